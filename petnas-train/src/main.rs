@@ -1,0 +1,316 @@
+//! `petnas-train`: train PET encoders, run the pruning search, check parity with PyTorch.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand};
+use petnas_core::arch::{Architecture, PruneMode};
+use petnas_core::criterion::CriterionKind;
+use petnas_core::inventory::inventory;
+use petnas_core::prune::{parse_budget, RankGroup};
+use petnas_core::record::{LoraInit, Recipe, Reinit, RunRecord, RunSpec};
+use petnas_core::space::SearchSpace;
+use petnas_train::device::parse_device;
+use petnas_train::glue::Task;
+use petnas_train::run::{self, DataLimits, RunInputs, RunPlan};
+use petnas_train::search::{self, init_map, SearchConfig};
+
+#[derive(Parser)]
+#[command(name = "petnas-train", version, about = "Where and how much to fine-tune: PET architecture search (Lawton et al. 2023) in candle")]
+struct Cli {
+    /// Worker threads for matrix products and elementwise ops (default: all cores).
+    #[arg(long, global = true)]
+    threads: Option<usize>,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Recompute the PyTorch parity fixture and print the differences as JSON (exit 1 beyond tolerance).
+    Verify {
+        /// Model folder (config.json, model.safetensors, tokenizer.json).
+        #[arg(long, default_value = "data/models/all-MiniLM-L6-v2")]
+        model: String,
+        /// The fixture's .safetensors (its .json must sit beside it).
+        #[arg(long)]
+        fixture: PathBuf,
+        /// cpu or cuda:N.
+        #[arg(long, default_value = "cpu")]
+        device: String,
+    },
+    /// Train one method (or a saved architecture) and evaluate it on dev.
+    Train(TrainArgs),
+    /// Train the maximal space once, prune to each budget, re-initialise and retrain.
+    Search(SearchArgs),
+}
+
+#[derive(Args, Clone)]
+struct Common {
+    /// GLUE task: cola, sst2, mrpc, stsb, qqp, mnli, mnli-mm, qnli, rte.
+    #[arg(long)]
+    task: String,
+    /// Model folder or a hub id present in the local HF cache.
+    #[arg(long, env = "PETNAS_MODEL", default_value = "data/models/all-MiniLM-L6-v2")]
+    model: String,
+    /// GLUE folder (<data>/<TASK>/{train,dev}.tsv). Default: $PETNAS_DATA, data/glue, ../shared/data/glue.
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// Seed of initialisation, shuffling and dropout.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Output folder: one sub-folder per run.
+    #[arg(long, default_value = "runs")]
+    out: PathBuf,
+    /// Epochs (default: the paper's per-task count).
+    #[arg(long)]
+    epochs: Option<f64>,
+    /// Peak learning rate (default: 2e-5 for full fine-tuning, 1e-3 for PET methods).
+    #[arg(long)]
+    lr: Option<f64>,
+    /// Batch size.
+    #[arg(long, default_value_t = 16)]
+    batch_size: usize,
+    /// Max sequence length (tokens).
+    #[arg(long, default_value_t = 128)]
+    max_len: usize,
+    /// Warm-up fraction of the linear schedule.
+    #[arg(long, default_value_t = 0.06)]
+    warmup: f64,
+    /// Adam weight decay (0: plain Adam).
+    #[arg(long, default_value_t = 0.0)]
+    weight_decay: f64,
+    /// Stop after this many optimizer steps.
+    #[arg(long)]
+    max_steps: Option<usize>,
+    /// Use only the first N training examples.
+    #[arg(long)]
+    max_train: Option<usize>,
+    /// Use only the first N dev examples.
+    #[arg(long)]
+    max_dev: Option<usize>,
+    /// LoRA initialisation: paper (eq. 1), lora (U = 0), paper_zero_offset.
+    #[arg(long, default_value = "paper")]
+    lora_init: String,
+    /// cpu or cuda:N.
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    /// Length-bucketing window in batches (1 = plain shuffle).
+    #[arg(long, default_value_t = 1)]
+    bucket: usize,
+    /// No progress bars.
+    #[arg(long)]
+    quiet: bool,
+}
+
+#[derive(Args)]
+struct TrainArgs {
+    #[command(flatten)]
+    common: Common,
+    /// full, bitfit, lora, mam, mam16, a space spec, or arch:FILE (a saved architecture).
+    #[arg(long)]
+    method: String,
+}
+
+#[derive(Args)]
+struct SearchArgs {
+    #[command(flatten)]
+    common: Common,
+    /// Maximal space: bitfit, mam16, ... or a space spec.
+    #[arg(long)]
+    space: String,
+    /// structured, unstructured, or both.
+    #[arg(long, default_value = "both")]
+    mode: String,
+    /// Budgets in PET parameters, comma separated (2000,10k,3.4M).
+    #[arg(long, value_delimiter = ',', required = true)]
+    budget: Vec<String>,
+    /// Criterion: mean (the paper's), last, abs, magnitude, random.
+    #[arg(long, default_value = "mean")]
+    criterion: String,
+    /// Pruned training starts from: same (the paper's), fresh, keep.
+    #[arg(long, default_value = "same")]
+    reinit: String,
+    /// Rank-component score: uv (column k of U and of V) or u_only.
+    #[arg(long, default_value = "uv")]
+    rank_group: String,
+    /// Peak LR of the maximal (search) training, if it should differ from --lr.
+    #[arg(long)]
+    search_lr: Option<f64>,
+}
+
+fn parse_enum<T: serde::de::DeserializeOwned>(what: &str, s: &str, valid: &str) -> Result<T> {
+    serde_json::from_value(serde_json::Value::String(s.to_string()))
+        .map_err(|_| anyhow::anyhow!("--{what} `{s}`: expected one of {valid}"))
+}
+
+/// The GLUE folder: --data, $PETNAS_DATA, data/glue, ../shared/data/glue.
+fn find_data(arg: &Option<PathBuf>) -> Result<PathBuf> {
+    if let Some(d) = arg {
+        if !d.is_dir() {
+            bail!("--data {}: no such folder", d.display());
+        }
+        return Ok(d.clone());
+    }
+    let mut tried = Vec::new();
+    let env = std::env::var_os("PETNAS_DATA").map(PathBuf::from);
+    for c in env.into_iter().chain([PathBuf::from("data/glue"), PathBuf::from("../shared/data/glue")]) {
+        if c.is_dir() {
+            return Ok(c);
+        }
+        tried.push(c.display().to_string());
+    }
+    bail!(
+        "no GLUE data found (looked in {}): pass --data DIR with <DIR>/<TASK>/train.tsv and dev.tsv, or set PETNAS_DATA",
+        tried.join(", ")
+    )
+}
+
+fn recipe(c: &Common, task: Task, default_lr: f64) -> Recipe {
+    Recipe {
+        epochs: c.epochs.unwrap_or_else(|| task.default_epochs()),
+        lr: c.lr.unwrap_or(default_lr),
+        batch_size: c.batch_size,
+        max_len: c.max_len,
+        warmup_frac: c.warmup,
+        weight_decay: c.weight_decay,
+        max_steps: c.max_steps,
+    }
+}
+
+fn load_inputs(c: &Common, task: Task) -> Result<RunInputs> {
+    let data = find_data(&c.data)?;
+    let device = parse_device(&c.device)?;
+    let limits = DataLimits { max_train: c.max_train, max_dev: c.max_dev };
+    Ok(RunInputs::load(&c.model, &data, task, c.max_len, limits, &device)?)
+}
+
+fn summary(r: &RunRecord) -> String {
+    let m: Vec<String> = r.result.metrics.iter().map(|(k, v)| format!("{k} {v:.4}")).collect();
+    format!(
+        "{}: {} | PET params {} | {} steps, {:.0}s | {}",
+        r.id,
+        match &r.result.status {
+            petnas_core::record::RunStatus::Completed => "completed".to_string(),
+            petnas_core::record::RunStatus::Failed { reason } => format!("FAILED ({reason})"),
+        },
+        r.result.pet_params,
+        r.result.steps,
+        r.result.wall_seconds,
+        m.join(", ")
+    )
+}
+
+fn cmd_train(a: TrainArgs) -> Result<()> {
+    let c = &a.common;
+    let task: Task = c.task.parse().map_err(|e| anyhow::anyhow!("--task: {e}"))?;
+    let lora_init: LoraInit = parse_enum("lora-init", &c.lora_init, "paper, lora, paper_zero_offset")?;
+    let inp = load_inputs(c, task)?;
+    let cfg = &inp.model.config;
+    let (arch, method, space_name) = if a.method == "full" {
+        (None, "full".to_string(), None)
+    } else if let Some(file) = a.method.strip_prefix("arch:") {
+        let arch = Architecture::load(Path::new(file)).with_context(|| format!("--method arch:{file}"))?;
+        arch.check_model(cfg).with_context(|| format!("--method arch:{file}"))?;
+        let name = arch.space.clone();
+        (Some(arch), a.method.clone(), Some(name))
+    } else {
+        let space = SearchSpace::from_spec(&a.method, &inventory(cfg)).with_context(|| format!("--method {}", a.method))?;
+        let name = space.name.clone();
+        (Some(Architecture::maximal(&space, cfg)?), a.method.clone(), Some(name))
+    };
+    let default_lr = if method == "full" { 2e-5 } else { 1e-3 };
+    let spec = RunSpec {
+        task: task.name().to_string(),
+        model: c.model.clone(),
+        model_fingerprint: petnas_core::arch::ModelFingerprint::from_config(cfg)?,
+        method: method.clone(),
+        space: space_name,
+        mode: arch.as_ref().and_then(|a| a.mode),
+        budget: arch.as_ref().and_then(|a| a.budget),
+        seed: c.seed,
+        recipe: recipe(c, task, default_lr),
+        criterion: None,
+        reinit: None,
+        lora_init,
+        device: c.device.clone(),
+    };
+    let start = arch.as_ref().map(|a| init_map(a, c.seed, lora_init)).unwrap_or_default();
+    let safe_method = method.replace(['/', ':', '.'], "_");
+    let id = format!("{}-{}-s{}", task.name(), safe_method, c.seed);
+    let o = run::execute(
+        &inp,
+        RunPlan { spec, arch: arch.as_ref(), start: &start, criterion: None, bucket: c.bucket, progress: !c.quiet },
+        &id,
+        &c.out,
+    )?;
+    println!("{}", summary(&o.record));
+    println!("wrote {}", c.out.join(&id).display());
+    if let petnas_core::record::RunStatus::Failed { reason } = &o.record.result.status {
+        bail!("run {id} failed: {reason}");
+    }
+    Ok(())
+}
+
+fn cmd_search(a: SearchArgs) -> Result<()> {
+    let c = &a.common;
+    let task: Task = c.task.parse().map_err(|e| anyhow::anyhow!("--task: {e}"))?;
+    let modes = match a.mode.as_str() {
+        "both" => vec![PruneMode::Structured, PruneMode::Unstructured],
+        m => vec![parse_enum::<PruneMode>("mode", m, "structured, unstructured, both")?],
+    };
+    let budgets = a.budget.iter().map(|b| parse_budget(b)).collect::<std::result::Result<Vec<_>, _>>().context("--budget")?;
+    let criterion: CriterionKind = parse_enum("criterion", &a.criterion, "mean, last, abs, magnitude, random")?;
+    let reinit: Reinit = parse_enum("reinit", &a.reinit, "same, fresh, keep")?;
+    let rank_group: RankGroup = parse_enum("rank-group", &a.rank_group, "uv, u_only")?;
+    let lora_init: LoraInit = parse_enum("lora-init", &c.lora_init, "paper, lora, paper_zero_offset")?;
+    let inp = load_inputs(c, task)?;
+    let space = SearchSpace::from_spec(&a.space, &inventory(&inp.model.config)).with_context(|| format!("--space {}", a.space))?;
+    if space.full_finetune {
+        bail!("--space {}: full fine-tuning has no PET parameters to search over", a.space);
+    }
+    let r = recipe(c, task, 1e-3);
+    let search_recipe = a.search_lr.map(|lr| Recipe { lr, ..r.clone() });
+    let cfg = SearchConfig {
+        task: task.name().to_string(),
+        model: c.model.clone(),
+        space,
+        modes,
+        budgets,
+        seed: c.seed,
+        recipe: r,
+        search_recipe,
+        criterion,
+        reinit,
+        lora_init,
+        rank_group,
+        device: c.device.clone(),
+        bucket: c.bucket,
+        progress: !c.quiet,
+    };
+    search::search(&inp, &cfg, &c.out, |r| println!("{}", summary(r)))?;
+    println!("wrote {}", c.out.display());
+    Ok(())
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    if let Some(n) = cli.threads {
+        // Read by gemm and rayon when their pools start, so before any tensor work.
+        std::env::set_var("RAYON_NUM_THREADS", n.to_string());
+    }
+    match cli.cmd {
+        Cmd::Verify { model, fixture, device } => {
+            let dev = parse_device(&device)?;
+            let rep = petnas_train::verify::verify(&model, &fixture, &dev)?;
+            println!("{}", serde_json::to_string(&rep)?);
+            if !rep.pass {
+                bail!("parity check failed (tolerances: hidden {} abs, loss/logits {} rel, gradients/criterion {} rel)",
+                    petnas_train::verify::HIDDEN_ABS, petnas_train::verify::OUTPUT_REL, petnas_train::verify::GRAD_REL);
+            }
+            Ok(())
+        }
+        Cmd::Train(a) => cmd_train(a),
+        Cmd::Search(a) => cmd_search(a),
+    }
+}

@@ -1,0 +1,193 @@
+//! Loading an HF model folder: `config.json`, `model.safetensors`, `tokenizer.json`.
+//!
+//! Tensor names are accepted with or without the `bert.` / `roberta.` prefix of the
+//! `*ForSequenceClassification` checkpoints. A hub id (`org/name`) is looked up in the local Hugging
+//! Face cache (`$HF_HOME/hub` or `~/.cache/huggingface/hub`); petnas never downloads weights itself.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device, Tensor};
+use petnas_core::inventory::EncoderConfig;
+
+use crate::error::{Result, TrainError};
+
+/// Base weights by HF name (prefix stripped), with the file they came from for error messages.
+#[derive(Debug, Clone)]
+pub struct Weights {
+    tensors: HashMap<String, Tensor>,
+    file: PathBuf,
+    family: String,
+    layers: usize,
+}
+
+impl Weights {
+    /// Loads a safetensors file (any float dtype; converted to f32) onto the CPU.
+    pub fn from_safetensors(file: &Path, cfg: &EncoderConfig) -> Result<Self> {
+        if !file.exists() {
+            return Err(TrainError::MissingModelFile {
+                dir: file.parent().unwrap_or(Path::new(".")).to_path_buf(),
+                file: file.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default(),
+                hint: "petnas reads safetensors weights; convert a pytorch_model.bin with transformers' save_pretrained(safe_serialization=True)".into(),
+            });
+        }
+        let raw = candle_core::safetensors::load(file, &Device::Cpu)
+            .map_err(|e| TrainError::Invalid(format!("{}: not a readable safetensors file: {e}", file.display())))?;
+        let mut tensors = HashMap::with_capacity(raw.len());
+        for (name, t) in raw {
+            let name = name
+                .strip_prefix("bert.")
+                .or_else(|| name.strip_prefix("roberta."))
+                .map(str::to_string)
+                .unwrap_or(name);
+            let t = if t.dtype().is_float() && t.dtype() != DType::F32 { t.to_dtype(DType::F32)? } else { t };
+            tensors.insert(name, t);
+        }
+        Ok(Self { tensors, file: file.to_path_buf(), family: cfg.model_type.clone(), layers: cfg.num_hidden_layers })
+    }
+
+    /// Weights held in memory (tests, tiny random models).
+    pub fn from_map(tensors: HashMap<String, Tensor>, cfg: &EncoderConfig) -> Self {
+        Self { tensors, file: PathBuf::from("<memory>"), family: cfg.model_type.clone(), layers: cfg.num_hidden_layers }
+    }
+
+    /// Random weights of the right shapes for `cfg` (N(0, 0.02), LayerNorm γ = 1, β = 0, biases
+    /// N(0, 0.02)): tiny test models without downloads.
+    pub fn random(cfg: &EncoderConfig, seed: u64) -> Result<Self> {
+        let mut t = HashMap::new();
+        let h = cfg.hidden_size;
+        let mut add = |name: String, shape: Vec<usize>, kind: u8| -> Result<()> {
+            let n: usize = shape.iter().product();
+            let v = match kind {
+                1 => vec![1.0; n],
+                0 => vec![0.0; n],
+                _ => super::pet::normal_values(seed, &name, n, 0.02),
+            };
+            t.insert(name, Tensor::from_vec(v, shape, &Device::Cpu)?);
+            Ok(())
+        };
+        add("embeddings.word_embeddings.weight".into(), vec![cfg.vocab_size, h], 2)?;
+        add("embeddings.position_embeddings.weight".into(), vec![cfg.max_position_embeddings, h], 2)?;
+        add("embeddings.token_type_embeddings.weight".into(), vec![cfg.type_vocab_size, h], 2)?;
+        add("embeddings.LayerNorm.weight".into(), vec![h], 1)?;
+        add("embeddings.LayerNorm.bias".into(), vec![h], 0)?;
+        for m in petnas_core::inventory::inventory(cfg) {
+            if m.path.starts_with("embeddings") {
+                continue;
+            }
+            if m.path.ends_with("LayerNorm") {
+                add(format!("{}.weight", m.path), vec![h], 1)?;
+                add(format!("{}.bias", m.path), vec![h], 0)?;
+            } else {
+                add(format!("{}.weight", m.path), vec![m.out_dim, m.in_dim], 2)?;
+                add(format!("{}.bias", m.path), vec![m.out_dim], 2)?;
+            }
+        }
+        Ok(Self::from_map(t, cfg))
+    }
+
+    /// Inserts or replaces a tensor (e.g. a head taken from a fixture).
+    pub fn insert(&mut self, name: &str, t: Tensor) {
+        self.tensors.insert(name.to_string(), t);
+    }
+
+    /// The tensor `name`, which must have `shape`.
+    pub fn get(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
+        self.try_get(name, shape)?.ok_or_else(|| TrainError::MissingTensor {
+            file: self.file.clone(),
+            name: name.to_string(),
+            family: self.family.clone(),
+            layers: self.layers,
+        })
+    }
+
+    /// The tensor `name` if present; a present tensor of another shape is an error.
+    pub fn try_get(&self, name: &str, shape: &[usize]) -> Result<Option<Tensor>> {
+        match self.tensors.get(name) {
+            None => Ok(None),
+            Some(t) if t.dims() == shape => Ok(Some(t.clone())),
+            Some(t) => Err(TrainError::ShapeMismatch {
+                file: self.file.clone(),
+                name: name.to_string(),
+                expected: shape.to_vec(),
+                found: t.dims().to_vec(),
+            }),
+        }
+    }
+}
+
+/// A model folder resolved on disk.
+#[derive(Debug, Clone)]
+pub struct ModelDir {
+    /// The folder.
+    pub dir: PathBuf,
+    /// Its parsed config.json.
+    pub config: EncoderConfig,
+}
+
+impl ModelDir {
+    /// Resolves `spec` (a folder, or an `org/name` hub id present in the local HF cache) and reads
+    /// its config.json.
+    pub fn open(spec: &str) -> Result<Self> {
+        let dir = resolve(spec)?;
+        let cfg_path = dir.join("config.json");
+        if !cfg_path.exists() {
+            return Err(TrainError::MissingModelFile {
+                dir: dir.clone(),
+                file: "config.json".into(),
+                hint: "a Hugging Face model folder has config.json, model.safetensors and tokenizer.json".into(),
+            });
+        }
+        let config = EncoderConfig::from_file(&cfg_path)?;
+        config.family()?;
+        Ok(Self { dir, config })
+    }
+
+    /// The base weights.
+    pub fn weights(&self) -> Result<Weights> {
+        Weights::from_safetensors(&self.dir.join("model.safetensors"), &self.config)
+    }
+
+    /// tokenizer.json's path (checked to exist).
+    pub fn tokenizer_path(&self) -> Result<PathBuf> {
+        let p = self.dir.join("tokenizer.json");
+        if !p.exists() {
+            return Err(TrainError::MissingModelFile {
+                dir: self.dir.clone(),
+                file: "tokenizer.json".into(),
+                hint: "save a fast tokenizer with transformers' tokenizer.save_pretrained(dir)".into(),
+            });
+        }
+        Ok(p)
+    }
+}
+
+fn resolve(spec: &str) -> Result<PathBuf> {
+    let p = PathBuf::from(spec);
+    if p.is_dir() {
+        return Ok(p);
+    }
+    if let Some((org, name)) = spec.split_once('/') {
+        if !org.is_empty() && !name.is_empty() && !name.contains('/') && !p.exists() {
+            let hub = std::env::var_os("HF_HOME")
+                .map(|h| PathBuf::from(h).join("hub"))
+                .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/huggingface/hub")));
+            if let Some(hub) = hub {
+                let snaps = hub.join(format!("models--{org}--{name}")).join("snapshots");
+                if let Ok(rd) = std::fs::read_dir(&snaps) {
+                    let mut dirs: Vec<PathBuf> = rd.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.join("config.json").exists()).collect();
+                    dirs.sort();
+                    if let Some(d) = dirs.pop() {
+                        return Ok(d);
+                    }
+                }
+            }
+            return Err(TrainError::Invalid(format!(
+                "model `{spec}`: no such folder, and not in the local Hugging Face cache; petnas does not download \
+                 weights: fetch them with `huggingface-cli download {spec}` on a machine that is online \
+                 (or `data/fetch-model` for the default all-MiniLM-L6-v2) and pass the folder"
+            )));
+        }
+    }
+    Err(TrainError::Invalid(format!("model folder `{spec}` does not exist (run data/fetch-model for the default model)")))
+}

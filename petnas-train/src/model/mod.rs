@@ -1,0 +1,357 @@
+//! Our own BERT / RoBERTa encoder with PET modules and HF classification heads.
+//!
+//! Weights are addressed by HF names (`encoder.layer.3.attention.self.query.weight`), with or without
+//! the `bert.` / `roberta.` prefix. Base weights are plain tensors (frozen) unless full fine-tuning
+//! asks for them as `Var`s. Heads follow transformers: BERT pooler (dense + tanh on [CLS]) and
+//! classifier; RoBERTa `classifier.dense` + tanh + `classifier.out_proj` on `<s>`. RoBERTa position
+//! ids start after the padding index (`pad + 1 + i` for real tokens, `pad` for padding).
+
+pub mod load;
+pub mod ops;
+pub mod pet;
+
+use std::collections::{BTreeMap, HashMap};
+
+use candle_core::{DType, Device, IndexOp, Result, Tensor, Var};
+use petnas_core::arch::{Architecture, ModuleArch};
+use petnas_core::inventory::{EncoderConfig, Family};
+use petnas_core::record::LoraInit;
+
+use ops::DropoutRng;
+use pet::{PetFactory, PetLayerNorm, PetLinear, Role, Trainable};
+
+/// How to build a trainable model.
+#[derive(Debug, Clone)]
+pub struct BuildOptions {
+    /// Outputs of the head: 1 for regression (STS-B), else the class count.
+    pub num_labels: usize,
+    /// Seeds the head's and the PET tensors' initial values.
+    pub seed: u64,
+    /// LoRA initialisation.
+    pub lora_init: LoraInit,
+    /// Train every base weight too (full fine-tuning).
+    pub full_finetune: bool,
+    /// Parameter dtype.
+    pub dtype: DType,
+}
+
+/// A batch as the encoder takes it. All [batch, seq].
+#[derive(Debug, Clone)]
+pub struct Batch {
+    /// Token ids (u32).
+    pub input_ids: Tensor,
+    /// Segment ids (u32).
+    pub type_ids: Tensor,
+    /// Position ids (u32), family-specific.
+    pub position_ids: Tensor,
+    /// 1.0 for real tokens, 0.0 for padding (f32).
+    pub attention_mask: Tensor,
+}
+
+struct Layer {
+    query: PetLinear,
+    key: PetLinear,
+    value: PetLinear,
+    attn_out: PetLinear,
+    attn_ln: PetLayerNorm,
+    inter: PetLinear,
+    out: PetLinear,
+    out_ln: PetLayerNorm,
+}
+
+/// The classification head (always trained, counted apart from the PET budget).
+enum Head {
+    Bert { pool: PetLinear, cls: PetLinear },
+    Roberta { dense: PetLinear, out_proj: PetLinear },
+}
+
+/// A trainable PET encoder with its head.
+pub struct EncoderModel {
+    cfg: EncoderConfig,
+    family: Family,
+    word: Tensor,
+    pos: Tensor,
+    tok_type: Tensor,
+    emb_ln: PetLayerNorm,
+    layers: Vec<Layer>,
+    head: Head,
+    trainables: Vec<Trainable>,
+    num_heads: usize,
+    device: Device,
+    dtype: DType,
+}
+
+/// HF names of the head's tensors for a family: (dense weight, dense bias, out weight, out bias).
+pub fn head_names(family: Family) -> [&'static str; 4] {
+    match family {
+        Family::Bert => ["pooler.dense.weight", "pooler.dense.bias", "classifier.weight", "classifier.bias"],
+        Family::Roberta => [
+            "classifier.dense.weight",
+            "classifier.dense.bias",
+            "classifier.out_proj.weight",
+            "classifier.out_proj.bias",
+        ],
+    }
+}
+
+impl EncoderModel {
+    /// Builds the model from base `weights` (HF names, no prefix), an architecture (`None` = no PET
+    /// parameters), and the initial PET values at maximal shape (`start`, by PET tensor name).
+    /// Head tensors found in `weights` are used; missing ones are initialised as transformers does
+    /// (N(0, 0.02) weights, zero biases) from the seed.
+    pub fn build(
+        cfg: &EncoderConfig,
+        weights: &load::Weights,
+        arch: Option<&Architecture>,
+        start: &HashMap<String, Vec<f32>>,
+        opts: &BuildOptions,
+        device: &Device,
+    ) -> crate::error::Result<Self> {
+        let family = cfg.family()?;
+        if let Some(a) = arch {
+            a.check_model(cfg)?;
+        }
+        let by_path: HashMap<&str, &ModuleArch> =
+            arch.map(|a| a.modules.iter().map(|m| (m.path.as_str(), m)).collect()).unwrap_or_default();
+        let mut reg: Vec<Trainable> = Vec::new();
+        let h = cfg.hidden_size;
+        let dt = opts.dtype;
+        // A base weight: frozen tensor, or a Var under full fine-tuning.
+        let mut base = |name: &str, shape: &[usize], reg: &mut Vec<Trainable>| -> crate::error::Result<Tensor> {
+            let t = weights.get(name, shape)?.to_device(device)?.to_dtype(dt)?;
+            if opts.full_finetune {
+                let var = Var::from_tensor(&t)?;
+                let value = var.as_tensor().clone();
+                reg.push(Trainable { name: name.to_string(), var, mask: None, role: Role::Base });
+                Ok(value)
+            } else {
+                Ok(t)
+            }
+        };
+        let fac = PetFactory { start, lora_init: opts.lora_init, device, dtype: dt };
+        let eps = cfg.layer_norm_eps;
+
+        let word = base("embeddings.word_embeddings.weight", &[cfg.vocab_size, h], &mut reg)?;
+        let pos = base("embeddings.position_embeddings.weight", &[cfg.max_position_embeddings, h], &mut reg)?;
+        let tok_type = base("embeddings.token_type_embeddings.weight", &[cfg.type_vocab_size, h], &mut reg)?;
+        let ln = |p: &str, reg: &mut Vec<Trainable>, base: &mut dyn FnMut(&str, &[usize], &mut Vec<Trainable>) -> crate::error::Result<Tensor>| -> crate::error::Result<PetLayerNorm> {
+            let g = base(&format!("{p}.weight"), &[h], reg)?;
+            let b = base(&format!("{p}.bias"), &[h], reg)?;
+            Ok(fac.layer_norm(PetLayerNorm::new(g, b, eps), by_path.get(p).copied(), reg)?)
+        };
+        let lin = |p: &str, i: usize, o: usize, reg: &mut Vec<Trainable>, base: &mut dyn FnMut(&str, &[usize], &mut Vec<Trainable>) -> crate::error::Result<Tensor>| -> crate::error::Result<PetLinear> {
+            let w = base(&format!("{p}.weight"), &[o, i], reg)?;
+            let b = base(&format!("{p}.bias"), &[o], reg)?;
+            Ok(fac.linear(PetLinear::new(w, b), by_path.get(p).copied(), reg)?)
+        };
+        let emb_ln = ln("embeddings.LayerNorm", &mut reg, &mut base)?;
+        let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
+        let f = cfg.intermediate_size;
+        for i in 0..cfg.num_hidden_layers {
+            let p = format!("encoder.layer.{i}");
+            layers.push(Layer {
+                query: lin(&format!("{p}.attention.self.query"), h, h, &mut reg, &mut base)?,
+                key: lin(&format!("{p}.attention.self.key"), h, h, &mut reg, &mut base)?,
+                value: lin(&format!("{p}.attention.self.value"), h, h, &mut reg, &mut base)?,
+                attn_out: lin(&format!("{p}.attention.output.dense"), h, h, &mut reg, &mut base)?,
+                attn_ln: ln(&format!("{p}.attention.output.LayerNorm"), &mut reg, &mut base)?,
+                inter: lin(&format!("{p}.intermediate.dense"), h, f, &mut reg, &mut base)?,
+                out: lin(&format!("{p}.output.dense"), f, h, &mut reg, &mut base)?,
+                out_ln: ln(&format!("{p}.output.LayerNorm"), &mut reg, &mut base)?,
+            });
+        }
+        if let Some(a) = arch {
+            // Every module of the architecture must have been placed.
+            let known: std::collections::HashSet<String> =
+                petnas_core::inventory::inventory(cfg).into_iter().map(|m| m.path).collect();
+            if let Some(m) = a.modules.iter().find(|m| !known.contains(&m.path)) {
+                return Err(crate::error::TrainError::Invalid(format!(
+                    "architecture module `{}` is not a PET-able module of this {family:?} model",
+                    m.path
+                )));
+            }
+        }
+
+        // The head: pre-trained tensors when the checkpoint has them, else transformers' init.
+        let names = head_names(family);
+        let nl = opts.num_labels;
+        let shapes: [Vec<usize>; 4] = [vec![h, h], vec![h], vec![nl, h], vec![nl]];
+        let mut head_t = Vec::with_capacity(4);
+        for (name, shape) in names.iter().zip(shapes.iter()) {
+            let t = match weights.try_get(name, shape)? {
+                Some(t) => t.to_device(device)?.to_dtype(dt)?,
+                None => {
+                    let n: usize = shape.iter().product();
+                    let v = if name.ends_with(".weight") {
+                        pet::normal_values(opts.seed, name, n, 0.02)
+                    } else {
+                        vec![0.0; n]
+                    };
+                    Tensor::from_vec(v, shape.as_slice(), device)?.to_dtype(dt)?
+                }
+            };
+            let var = Var::from_tensor(&t)?;
+            head_t.push(var.as_tensor().clone());
+            reg.push(Trainable { name: name.to_string(), var, mask: None, role: Role::Head });
+        }
+        let pool = PetLinear::new(head_t[0].clone(), head_t[1].clone());
+        let cls = PetLinear::new(head_t[2].clone(), head_t[3].clone());
+        let head = match family {
+            Family::Bert => Head::Bert { pool, cls },
+            Family::Roberta => Head::Roberta { dense: pool, out_proj: cls },
+        };
+        Ok(Self {
+            cfg: cfg.clone(),
+            family,
+            word,
+            pos,
+            tok_type,
+            emb_ln,
+            layers,
+            head,
+            trainables: reg,
+            num_heads: cfg.num_attention_heads,
+            device: device.clone(),
+            dtype: dt,
+        })
+    }
+
+    /// The trainable tensors (PET, head, and base weights under full fine-tuning).
+    pub fn trainables(&self) -> &[Trainable] {
+        &self.trainables
+    }
+
+    /// The model's config.
+    pub fn config(&self) -> &EncoderConfig {
+        &self.cfg
+    }
+
+    /// The model's family.
+    pub fn family(&self) -> Family {
+        self.family
+    }
+
+    /// Where the model lives.
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// Parameter count by role (kept PET entries only: masked-out entries are not counted).
+    pub fn param_count(&self, role: Role) -> crate::error::Result<usize> {
+        let mut n = 0;
+        for t in self.trainables.iter().filter(|t| t.role == role) {
+            n += match &t.mask {
+                Some(m) => m.sum_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()? as usize,
+                None => t.var.elem_count(),
+            };
+        }
+        Ok(n)
+    }
+
+    /// Current values of the PET tensors (flattened), by name.
+    pub fn pet_values(&self) -> Result<BTreeMap<String, Vec<f32>>> {
+        let mut out = BTreeMap::new();
+        for t in self.trainables.iter().filter(|t| t.role == Role::Pet) {
+            out.insert(t.name.clone(), t.var.as_tensor().flatten_all()?.to_dtype(DType::F32)?.to_vec1()?);
+        }
+        Ok(out)
+    }
+
+    /// Forward pass: last hidden states [batch, seq, hidden] and logits [batch, labels].
+    /// `drop` = `Some` in training (dropout active), `None` for evaluation.
+    pub fn forward(&self, batch: &Batch, mut drop: Option<&mut DropoutRng>) -> Result<(Tensor, Tensor)> {
+        let (b, l) = batch.input_ids.dims2()?;
+        let h = self.cfg.hidden_size;
+        let p_hidden = self.cfg.hidden_dropout_prob;
+        let p_attn = self.cfg.attention_probs_dropout_prob;
+        let ids = batch.input_ids.flatten_all()?;
+        let we = self.word.index_select(&ids, 0)?;
+        let pe = self.pos.index_select(&batch.position_ids.flatten_all()?, 0)?;
+        let te = self.tok_type.index_select(&batch.type_ids.flatten_all()?, 0)?;
+        let x = (we + pe)?.add(&te)?.reshape((b, l, h))?; // [batch, seq, hidden]
+        let x = self.emb_ln.forward(&x)?;
+        let mut x = ops::dropout(&x, p_hidden, drop.as_deref_mut())?;
+        // Additive attention bias: 0 for tokens, -1e9 for padding. [batch, 1, 1, seq]
+        let mask_bias = ((batch.attention_mask.to_dtype(self.dtype)? - 1.0)? * 1e9)?.reshape((b, 1, 1, l))?;
+        let nh = self.num_heads;
+        let dh = h / nh;
+        let scale = 1.0 / (dh as f64).sqrt();
+        for layer in &self.layers {
+            let heads = |t: Tensor| -> Result<Tensor> { t.reshape((b, l, nh, dh))?.transpose(1, 2)?.contiguous() };
+            let q = heads(layer.query.forward(&x)?)?; // [batch, heads, seq, dh]
+            let k = heads(layer.key.forward(&x)?)?;
+            let v = heads(layer.value.forward(&x)?)?;
+            let scores = (q.matmul(&k.t()?)? * scale)?.broadcast_add(&mask_bias)?; // [batch, heads, seq, seq]
+            let probs = ops::softmax_last(&scores)?;
+            let probs = ops::dropout(&probs, p_attn, drop.as_deref_mut())?;
+            let ctx = probs.matmul(&v)?.transpose(1, 2)?.reshape((b, l, h))?; // [batch, seq, hidden]
+            let a = layer.attn_out.forward(&ctx)?;
+            let a = ops::dropout(&a, p_hidden, drop.as_deref_mut())?;
+            let a = layer.attn_ln.forward(&(a + &x)?)?;
+            let i = layer.inter.forward(&a)?.gelu_erf()?;
+            let o = layer.out.forward(&i)?;
+            let o = ops::dropout(&o, p_hidden, drop.as_deref_mut())?;
+            x = layer.out_ln.forward(&(o + &a)?)?;
+        }
+        let first = x.i((.., 0, ..))?; // [batch, hidden]
+        let logits = match &self.head {
+            Head::Bert { pool, cls } => {
+                let pooled = pool.forward(&first)?.tanh()?;
+                let pooled = ops::dropout(&pooled, p_hidden, drop.as_deref_mut())?;
+                cls.forward(&pooled)?
+            }
+            Head::Roberta { dense, out_proj } => {
+                let z = ops::dropout(&first, p_hidden, drop.as_deref_mut())?;
+                let z = dense.forward(&z)?.tanh()?;
+                let z = ops::dropout(&z, p_hidden, drop.as_deref_mut())?;
+                out_proj.forward(&z)?
+            }
+        };
+        Ok((x, logits))
+    }
+
+    /// Merged base weights (HF names, no prefix) with every Δb and U·Vᵀ folded in, plus the head:
+    /// a plain model with the same outputs and no inference overhead.
+    pub fn merged_weights(&self) -> Result<Vec<(String, Tensor)>> {
+        let mut out = vec![
+            ("embeddings.word_embeddings.weight".to_string(), self.word.detach()),
+            ("embeddings.position_embeddings.weight".to_string(), self.pos.detach()),
+            ("embeddings.token_type_embeddings.weight".to_string(), self.tok_type.detach()),
+        ];
+        let push_ln = |out: &mut Vec<(String, Tensor)>, p: String, ln: &PetLayerNorm| -> Result<()> {
+            let (g, b) = ln.merged()?;
+            out.push((format!("{p}.weight"), g));
+            out.push((format!("{p}.bias"), b));
+            Ok(())
+        };
+        push_ln(&mut out, "embeddings.LayerNorm".into(), &self.emb_ln)?;
+        let push_lin = |out: &mut Vec<(String, Tensor)>, p: String, lin: &PetLinear| -> Result<()> {
+            let (w, b) = lin.merged()?;
+            out.push((format!("{p}.weight"), w));
+            out.push((format!("{p}.bias"), b));
+            Ok(())
+        };
+        for (i, l) in self.layers.iter().enumerate() {
+            let p = format!("encoder.layer.{i}");
+            push_lin(&mut out, format!("{p}.attention.self.query"), &l.query)?;
+            push_lin(&mut out, format!("{p}.attention.self.key"), &l.key)?;
+            push_lin(&mut out, format!("{p}.attention.self.value"), &l.value)?;
+            push_lin(&mut out, format!("{p}.attention.output.dense"), &l.attn_out)?;
+            push_ln(&mut out, format!("{p}.attention.output.LayerNorm"), &l.attn_ln)?;
+            push_lin(&mut out, format!("{p}.intermediate.dense"), &l.inter)?;
+            push_lin(&mut out, format!("{p}.output.dense"), &l.out)?;
+            push_ln(&mut out, format!("{p}.output.LayerNorm"), &l.out_ln)?;
+        }
+        let names = head_names(self.family);
+        let (a, c) = match &self.head {
+            Head::Bert { pool, cls } => (pool, cls),
+            Head::Roberta { dense, out_proj } => (dense, out_proj),
+        };
+        let (w0, b0) = a.merged()?;
+        let (w1, b1) = c.merged()?;
+        for (n, t) in names.iter().zip([w0, b0, w1, b1]) {
+            out.push((n.to_string(), t));
+        }
+        Ok(out)
+    }
+}

@@ -1,0 +1,204 @@
+//! Invariants of the PET encoder on tiny random models (2 layers, hidden 32): no downloads.
+
+use std::collections::HashMap;
+
+use candle_core::{DType, Device, Tensor};
+use petnas_core::arch::{Architecture, LoraKeep, Mask, PruneMode};
+use petnas_core::criterion::{CriterionAccumulator, CriterionKind};
+use petnas_core::inventory::{bias_delta_name, inventory, lora_u_name, EncoderConfig, Family};
+use petnas_core::prune::{prune, RankGroup};
+use petnas_core::record::LoraInit;
+use petnas_core::space::SearchSpace;
+use petnas_train::batch::make_batch;
+use petnas_train::model::load::Weights;
+use petnas_train::model::pet::Role;
+use petnas_train::model::{BuildOptions, EncoderModel};
+use petnas_train::search::init_map;
+use petnas_train::tokenize::Encoded;
+
+fn opts(init: LoraInit) -> BuildOptions {
+    BuildOptions { num_labels: 2, seed: 3, lora_init: init, full_finetune: false, dtype: DType::F32 }
+}
+
+fn batch(cfg: &EncoderConfig, family: Family) -> petnas_train::model::Batch {
+    let t = if family == Family::Bert { 1 } else { 0 }; // RoBERTa has one token type
+    let a = Encoded { ids: vec![2, 10, 11, 12, 3], type_ids: vec![0, 0, 0, t, t] };
+    let b = Encoded { ids: vec![2, 20, 3], type_ids: vec![0, 0, 0] };
+    let pad = cfg.pad_token_id as u32;
+    make_batch(&[&a, &b], family, pad, &Device::Cpu).unwrap()
+}
+
+fn model(family: Family, space: &str, init: LoraInit) -> (EncoderConfig, EncoderModel, Architecture) {
+    let cfg = EncoderConfig::tiny(family);
+    let w = Weights::random(&cfg, 1).unwrap();
+    let sp = SearchSpace::from_spec(space, &inventory(&cfg)).unwrap();
+    let arch = Architecture::maximal(&sp, &cfg).unwrap();
+    let start = init_map(&arch, 5, init);
+    let m = EncoderModel::build(&cfg, &w, Some(&arch), &start, &opts(init), &Device::Cpu).unwrap();
+    (cfg, m, arch)
+}
+
+fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+    a.sub(b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap()
+}
+
+#[test]
+fn gradients_reach_layer_zero_and_embeddings() {
+    // Guards against ops without a backward pass (candle's fused layer_norm / softmax_last_dim).
+    for family in [Family::Bert, Family::Roberta] {
+        let (cfg, m, _) = model(family, "mam", LoraInit::Paper);
+        let (_, logits) = m.forward(&batch(&cfg, family), None).unwrap();
+        let y = Tensor::new(&[1u32, 0], &Device::Cpu).unwrap();
+        let loss = petnas_train::model::ops::cross_entropy(&logits, &y).unwrap();
+        let grads = loss.backward().unwrap();
+        for name in [
+            bias_delta_name("embeddings.LayerNorm"),
+            bias_delta_name("encoder.layer.0.attention.self.query"),
+            lora_u_name("encoder.layer.0.attention.self.key"),
+            lora_u_name("encoder.layer.0.intermediate.dense"),
+        ] {
+            let t = m.trainables().iter().find(|t| t.name == name).unwrap_or_else(|| panic!("{name} missing"));
+            let g = grads.get(t.var.as_tensor()).unwrap_or_else(|| panic!("{family:?}: no gradient reached {name}"));
+            let n = g.abs().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap();
+            assert!(n > 0.0, "{family:?}: zero gradient at {name}");
+        }
+    }
+}
+
+#[test]
+fn zero_deltas_equal_the_base_model() {
+    for family in [Family::Bert, Family::Roberta] {
+        let cfg = EncoderConfig::tiny(family);
+        let w = Weights::random(&cfg, 1).unwrap();
+        let base = EncoderModel::build(&cfg, &w, None, &HashMap::new(), &opts(LoraInit::Paper), &Device::Cpu).unwrap();
+        let b = batch(&cfg, family);
+        let (h0, l0) = base.forward(&b, None).unwrap();
+        for init in [LoraInit::Lora, LoraInit::PaperZeroOffset] {
+            let (_, m, _) = model(family, "mam", init);
+            let (h1, l1) = m.forward(&b, None).unwrap();
+            assert!(max_abs_diff(&h0, &h1) < 1e-5, "{family:?} {init:?}: hidden differs");
+            assert!(max_abs_diff(&l0, &l1) < 1e-5, "{family:?} {init:?}: logits differ");
+        }
+        // The paper's init is not zero: outputs move.
+        let (_, m, _) = model(family, "mam", LoraInit::Paper);
+        let (h2, _) = m.forward(&b, None).unwrap();
+        assert!(max_abs_diff(&h0, &h2) > 1e-4);
+    }
+}
+
+#[test]
+fn masking_a_rank_equals_dropping_it() {
+    let family = Family::Bert;
+    let (cfg, _, maximal) = model(family, "mam", LoraInit::Paper);
+    let start = init_map(&maximal, 5, LoraInit::Paper);
+    let w = Weights::random(&cfg, 1).unwrap();
+    // Structured: keep ranks {0, 2, 5} of every LoRA module. Unstructured: the same as entry masks.
+    let mut ranks = maximal.clone();
+    let mut entries = maximal.clone();
+    for (mr, me) in ranks.modules.iter_mut().zip(entries.modules.iter_mut()) {
+        if let (Some(lr), Some(le)) = (mr.lora.as_mut(), me.lora.as_mut()) {
+            let r = lr.max_rank;
+            let kept = [0usize, 2, 5];
+            lr.keep = LoraKeep::Ranks(kept.to_vec());
+            let u = Mask::from_fn(mr.in_dim * r, |i| kept.contains(&(i % r)));
+            let v = Mask::from_fn(mr.out_dim * r, |i| kept.contains(&(i % r)));
+            le.keep = LoraKeep::Entries { u, v };
+        }
+    }
+    ranks.mode = Some(PruneMode::Structured);
+    entries.mode = Some(PruneMode::Unstructured);
+    let a = EncoderModel::build(&cfg, &w, Some(&ranks), &start, &opts(LoraInit::Paper), &Device::Cpu).unwrap();
+    let b = EncoderModel::build(&cfg, &w, Some(&entries), &start, &opts(LoraInit::Paper), &Device::Cpu).unwrap();
+    let x = batch(&cfg, family);
+    let (ha, _) = a.forward(&x, None).unwrap();
+    let (hb, _) = b.forward(&x, None).unwrap();
+    assert!(max_abs_diff(&ha, &hb) < 1e-5);
+    assert_eq!(a.param_count(Role::Pet).unwrap(), b.param_count(Role::Pet).unwrap());
+    assert_eq!(a.param_count(Role::Pet).unwrap(), ranks.pet_params());
+}
+
+#[test]
+fn merged_weights_give_the_same_outputs() {
+    for family in [Family::Bert, Family::Roberta] {
+        let (cfg, m, _) = model(family, "mam", LoraInit::PaperZeroOffset);
+        // Move every PET tensor away from its init so the merge has something to fold in.
+        for (i, t) in m.trainables().iter().enumerate() {
+            let noise = (t.var.as_tensor().ones_like().unwrap() * (0.01 * (i % 7) as f64 - 0.03)).unwrap();
+            t.var.set(&(t.var.as_tensor() + noise).unwrap()).unwrap();
+        }
+        let x = batch(&cfg, family);
+        let (h0, l0) = m.forward(&x, None).unwrap();
+        let merged: HashMap<String, Tensor> = m.merged_weights().unwrap().into_iter().collect();
+        let w = Weights::from_map(merged, &cfg);
+        let plain = EncoderModel::build(&cfg, &w, None, &HashMap::new(), &opts(LoraInit::Paper), &Device::Cpu).unwrap();
+        let (h1, l1) = plain.forward(&x, None).unwrap();
+        assert!(max_abs_diff(&h0, &h1) < 1e-4, "{family:?}: merged hidden differs by {}", max_abs_diff(&h0, &h1));
+        assert!(max_abs_diff(&l0, &l1) < 1e-4);
+    }
+}
+
+#[test]
+fn architecture_for_another_model_is_rejected() {
+    let (_, _, arch) = model(Family::Bert, "bitfit", LoraInit::Paper);
+    let mut other = EncoderConfig::tiny(Family::Bert);
+    other.hidden_size = 48;
+    other.num_hidden_layers = 3;
+    let w = Weights::random(&other, 1).unwrap();
+    let start = init_map(&arch, 0, LoraInit::Paper);
+    let err = EncoderModel::build(&other, &w, Some(&arch), &start, &opts(LoraInit::Paper), &Device::Cpu).err().expect("must fail");
+    assert!(err.to_string().contains("hidden") || err.to_string().contains("layer"), "{err}");
+}
+
+#[test]
+fn missing_and_misshaped_tensors_are_named() {
+    let cfg = EncoderConfig::tiny(Family::Bert);
+    let good = Weights::random(&cfg, 1).unwrap();
+    let mut wrong = cfg.clone();
+    wrong.hidden_size = 48;
+    let err = EncoderModel::build(&wrong, &good, None, &HashMap::new(), &opts(LoraInit::Paper), &Device::Cpu).err().unwrap();
+    assert!(err.to_string().contains("embeddings.word_embeddings.weight"), "{err}");
+    let mut deeper = cfg.clone();
+    deeper.num_hidden_layers = 3;
+    let err = EncoderModel::build(&deeper, &good, None, &HashMap::new(), &opts(LoraInit::Paper), &Device::Cpu).err().unwrap();
+    assert!(err.to_string().contains("encoder.layer.2"), "{err}");
+}
+
+#[test]
+fn search_criterion_prunes_to_budget_and_training_is_deterministic() {
+    use petnas_train::glue::{Label, Task};
+    use petnas_train::train::{train, Dataset, TrainContext};
+    let family = Family::Bert;
+    let cfg = EncoderConfig::tiny(family);
+    let w = Weights::random(&cfg, 1).unwrap();
+    let sp = SearchSpace::preset("mam", &inventory(&cfg)).unwrap();
+    let arch = Architecture::maximal(&sp, &cfg).unwrap();
+    let mut data = Dataset { encoded: vec![], labels: vec![] };
+    for i in 0..40u32 {
+        let len = 3 + (i % 7) as usize;
+        let ids: Vec<u32> = (0..len as u32).map(|j| 4 + (i * 7 + j * 3) % 90).collect();
+        data.labels.push(Label::Class((ids[1] % 2) as usize));
+        data.encoded.push(Encoded { type_ids: vec![0; ids.len()], ids });
+    }
+    let recipe = petnas_core::record::Recipe { epochs: 2.0, lr: 1e-2, batch_size: 8, max_len: 16, warmup_frac: 0.06, weight_decay: 0.0, max_steps: None };
+    let ctx = TrainContext { task: Task::Rte, family, pad_id: 0, device: &Device::Cpu, bucket: 1, progress: false, label: String::new() };
+    let run = || {
+        let start = init_map(&arch, 9, LoraInit::Paper);
+        let m = EncoderModel::build(&cfg, &w, Some(&arch), &start, &opts(LoraInit::Paper), &Device::Cpu).unwrap();
+        let mut crit = CriterionAccumulator::new();
+        let stats = train(&m, &data, &recipe, 9, &ctx, Some(&mut crit)).unwrap();
+        (m.pet_values().unwrap(), crit.scores(CriterionKind::Mean, 0), stats.steps)
+    };
+    let (v1, s1, steps) = run();
+    let (v2, s2, _) = run();
+    assert_eq!(steps, 10);
+    assert_eq!(v1, v2, "same seed, same trained values bit for bit");
+    assert_eq!(s1, s2);
+    let budget = arch.pet_params() / 3;
+    for mode in [PruneMode::Structured, PruneMode::Unstructured] {
+        let p = prune(&arch, &s1, mode, budget, RankGroup::UV).unwrap();
+        assert!(p.pet_params() <= budget && p.pet_params() > 0);
+        let start = init_map(&arch, 9, LoraInit::Paper);
+        let m = EncoderModel::build(&cfg, &w, Some(&p), &start, &opts(LoraInit::Paper), &Device::Cpu).unwrap();
+        assert_eq!(m.param_count(Role::Pet).unwrap(), p.pet_params());
+    }
+}

@@ -8,6 +8,7 @@
 #![warn(missing_docs)]
 
 pub mod batch;
+pub mod bench;
 pub mod device;
 pub mod error;
 pub mod glue;
@@ -15,6 +16,7 @@ pub mod metrics;
 pub mod model;
 pub mod run;
 pub mod search;
+pub mod sweep;
 pub mod tokenize;
 pub mod train;
 pub mod verify;

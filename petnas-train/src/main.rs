@@ -13,7 +13,8 @@ use petnas_core::space::SearchSpace;
 use petnas_train::device::parse_device;
 use petnas_train::glue::Task;
 use petnas_train::run::{self, DataLimits, RunInputs, RunPlan};
-use petnas_train::search::{self, init_map, SearchConfig};
+use petnas_train::search::{self, init_map, SearchConfig, SearchHooks};
+use petnas_train::sweep;
 
 #[derive(Parser)]
 #[command(name = "petnas-train", version, about = "Where and how much to fine-tune: PET architecture search (Lawton et al. 2023) in candle")]
@@ -43,6 +44,50 @@ enum Cmd {
     Train(TrainArgs),
     /// Train the maximal space once, prune to each budget, re-initialise and retrain.
     Search(SearchArgs),
+    /// Run a whole study from a TOML config: resumable, shardable.
+    Sweep(SweepArgs),
+    /// Write a tiny random BERT/RoBERTa model folder (2 layers, hidden 32) for tests and demos.
+    TinyModel {
+        /// bert or roberta.
+        #[arg(long, default_value = "bert")]
+        family: String,
+        /// A tokenizer.json to copy in (its vocabulary size sets the model's).
+        #[arg(long)]
+        tokenizer: PathBuf,
+        /// Output folder.
+        #[arg(long)]
+        out: PathBuf,
+        /// Seed of the random weights.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+    },
+    /// Throughput of one PET training step; prints one JSON line.
+    Bench {
+        /// Model folder.
+        #[arg(long, env = "PETNAS_MODEL", default_value = "data/models/all-MiniLM-L6-v2")]
+        model: String,
+        /// Batch size.
+        #[arg(long, default_value_t = 16)]
+        batch: usize,
+        /// Sequence length (all tokens real, as the PyTorch reference).
+        #[arg(long, default_value_t = 128)]
+        seq: usize,
+        /// Space: mam (the reference workload), bitfit, mam16, full, or a spec.
+        #[arg(long, default_value = "mam")]
+        space: String,
+        /// Timed steps.
+        #[arg(long, default_value_t = 10)]
+        steps: usize,
+        /// Untimed warm-up steps.
+        #[arg(long, default_value_t = 2)]
+        warmup: usize,
+        /// Skip criterion accumulation.
+        #[arg(long)]
+        no_criterion: bool,
+        /// cpu or cuda:N.
+        #[arg(long, default_value = "cpu")]
+        device: String,
+    },
 }
 
 #[derive(Args, Clone)]
@@ -144,28 +189,6 @@ fn parse_enum<T: serde::de::DeserializeOwned>(what: &str, s: &str, valid: &str) 
         .map_err(|_| anyhow::anyhow!("--{what} `{s}`: expected one of {valid}"))
 }
 
-/// The GLUE folder: --data, $PETNAS_DATA, data/glue, ../shared/data/glue.
-fn find_data(arg: &Option<PathBuf>) -> Result<PathBuf> {
-    if let Some(d) = arg {
-        if !d.is_dir() {
-            bail!("--data {}: no such folder", d.display());
-        }
-        return Ok(d.clone());
-    }
-    let mut tried = Vec::new();
-    let env = std::env::var_os("PETNAS_DATA").map(PathBuf::from);
-    for c in env.into_iter().chain([PathBuf::from("data/glue"), PathBuf::from("../shared/data/glue")]) {
-        if c.is_dir() {
-            return Ok(c);
-        }
-        tried.push(c.display().to_string());
-    }
-    bail!(
-        "no GLUE data found (looked in {}): pass --data DIR with <DIR>/<TASK>/train.tsv and dev.tsv, or set PETNAS_DATA",
-        tried.join(", ")
-    )
-}
-
 fn recipe(c: &Common, task: Task, default_lr: f64) -> Recipe {
     Recipe {
         epochs: c.epochs.unwrap_or_else(|| task.default_epochs()),
@@ -179,26 +202,10 @@ fn recipe(c: &Common, task: Task, default_lr: f64) -> Recipe {
 }
 
 fn load_inputs(c: &Common, task: Task) -> Result<RunInputs> {
-    let data = find_data(&c.data)?;
+    let data = sweep::find_data(c.data.as_deref())?;
     let device = parse_device(&c.device)?;
     let limits = DataLimits { max_train: c.max_train, max_dev: c.max_dev };
     Ok(RunInputs::load(&c.model, &data, task, c.max_len, limits, &device)?)
-}
-
-fn summary(r: &RunRecord) -> String {
-    let m: Vec<String> = r.result.metrics.iter().map(|(k, v)| format!("{k} {v:.4}")).collect();
-    format!(
-        "{}: {} | PET params {} | {} steps, {:.0}s | {}",
-        r.id,
-        match &r.result.status {
-            petnas_core::record::RunStatus::Completed => "completed".to_string(),
-            petnas_core::record::RunStatus::Failed { reason } => format!("FAILED ({reason})"),
-        },
-        r.result.pet_params,
-        r.result.steps,
-        r.result.wall_seconds,
-        m.join(", ")
-    )
 }
 
 fn cmd_train(a: TrainArgs) -> Result<()> {
@@ -240,11 +247,11 @@ fn cmd_train(a: TrainArgs) -> Result<()> {
     let id = format!("{}-{}-s{}", task.name(), safe_method, c.seed);
     let o = run::execute(
         &inp,
-        RunPlan { spec, arch: arch.as_ref(), start: &start, criterion: None, bucket: c.bucket, progress: !c.quiet },
+        RunPlan { spec, arch: arch.as_ref(), start: &start, criterion: None, bucket: c.bucket, progress: progress(c.quiet) },
         &id,
         &c.out,
     )?;
-    println!("{}", summary(&o.record));
+    println!("{}", run::summary_line(&o.record));
     println!("wrote {}", c.out.join(&id).display());
     if let petnas_core::record::RunStatus::Failed { reason } = &o.record.result.status {
         bail!("run {id} failed: {reason}");
@@ -275,21 +282,131 @@ fn cmd_search(a: SearchArgs) -> Result<()> {
         task: task.name().to_string(),
         model: c.model.clone(),
         space,
+        tag: String::new(),
         modes,
         budgets,
         seed: c.seed,
         recipe: r,
         search_recipe,
-        criterion,
-        reinit,
+        criteria: vec![criterion],
+        reinits: vec![reinit],
         lora_init,
         rank_group,
         device: c.device.clone(),
-        bucket: c.bucket,
-        progress: !c.quiet,
     };
-    search::search(&inp, &cfg, &c.out, |r| println!("{}", summary(r)))?;
+    let never = |_: &str, _: &RunSpec| false;
+    let mut print = |r: &RunRecord| println!("{}", run::summary_line(r));
+    search::search(&inp, &cfg, &c.out, SearchHooks { is_done: &never, on_record: &mut print, progress: progress(c.quiet), bucket: c.bucket })?;
     println!("wrote {}", c.out.display());
+    Ok(())
+}
+
+fn progress(quiet: bool) -> Option<indicatif::MultiProgress> {
+    (!quiet).then(indicatif::MultiProgress::new)
+}
+
+#[derive(Args)]
+struct SweepArgs {
+    /// The sweep config (TOML).
+    #[arg(long)]
+    config: PathBuf,
+    /// Output folder (default: runs/<config file stem>).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// GLUE folder, overriding the config's.
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// Print the plan and touch nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// Run shard K of N (0-based), e.g. 0/4, for job arrays.
+    #[arg(long)]
+    shard: Option<sweep::Shard>,
+    /// Redo finished runs whose config changed (default: stop with an error).
+    #[arg(long)]
+    rerun_changed: bool,
+    /// Skip the throughput measurement behind the cost estimate.
+    #[arg(long)]
+    no_estimate: bool,
+    /// Rebuild index.jsonl from every run folder (after gathering shards) and exit.
+    #[arg(long)]
+    reindex: bool,
+    /// No progress bars.
+    #[arg(long)]
+    quiet: bool,
+}
+
+/// examples/s: the median of finished runs in `out`, else a short measurement on the first task.
+fn measured_throughput(plan: &sweep::Plan, cfg: &sweep::SweepConfig, out: &Path, device: &candle_core::Device) -> Result<Option<f64>> {
+    let mut eps: Vec<f64> = plan
+        .runs
+        .iter()
+        .filter_map(|r| RunRecord::load(&sweep::runs_dir(out).join(&r.id).join("record.json")).ok())
+        .map(|r| r.result.examples_per_second)
+        .filter(|e| *e > 0.0)
+        .collect();
+    if !eps.is_empty() {
+        eps.sort_by(|a, b| a.total_cmp(b));
+        return Ok(Some(eps[eps.len() / 2]));
+    }
+    let task: Task = cfg.tasks[0].parse().map_err(|e| anyhow::anyhow!("{e}"))?;
+    let limits = DataLimits { max_train: Some(256), max_dev: Some(1) };
+    let inp = RunInputs::load(&cfg.model, &plan.data, task, cfg.recipe.max_len.unwrap_or(128), limits, device)?;
+    let mean_len = inp.train.encoded.iter().map(|e| e.ids.len()).sum::<usize>() / inp.train.encoded.len().max(1);
+    let bc = petnas_train::bench::BenchConfig {
+        model: cfg.model.clone(),
+        batch: cfg.recipe.batch_size.unwrap_or(16),
+        seq: mean_len.max(8),
+        space: "mam".into(),
+        steps: 2,
+        warmup: 1,
+        criterion: true,
+    };
+    Ok(Some(petnas_train::bench::bench(&bc, device)?.examples_per_s))
+}
+
+fn cmd_sweep(a: SweepArgs) -> Result<()> {
+    let text = std::fs::read_to_string(&a.config).with_context(|| format!("reading {}", a.config.display()))?;
+    let cfg = sweep::SweepConfig::load(&a.config)?;
+    let out = a.out.clone().unwrap_or_else(|| {
+        PathBuf::from("runs").join(a.config.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "sweep".into()))
+    });
+    let plan = sweep::plan(&cfg, a.data.as_deref())?;
+    if a.reindex {
+        let n = sweep::write_index(&out, None, None)?;
+        println!("wrote {} ({n} runs)", out.join("index.jsonl").display());
+        return Ok(());
+    }
+    let device = parse_device(&cfg.device)?;
+    let batch = cfg.recipe.batch_size.unwrap_or(16);
+    let eps = if a.no_estimate { None } else { measured_throughput(&plan, &cfg, &out, &device)? };
+    println!("{}", sweep::describe(&plan, &out, a.shard, eps, batch).trim_end());
+    if a.dry_run {
+        for r in plan.runs.iter().filter(|r| a.shard.is_none_or(|s| s.owns(r.job))) {
+            println!("  {} ({} steps) [{:?}]", r.id, r.steps, sweep::run_state(&out, &r.id, &r.hash));
+        }
+        return Ok(());
+    }
+    std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+    let log_path = out.join("sweep.log");
+    let log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path).with_context(|| format!("opening {}", log_path.display()))?;
+    let _ = tracing_subscriber::fmt().with_writer(std::sync::Mutex::new(log)).with_ansi(false).try_init();
+    tracing::info!(config = %a.config.display(), out = %out.display(), shard = ?a.shard, "sweep start");
+    let opts = sweep::SweepOptions { out: out.clone(), shard: a.shard, rerun_changed: a.rerun_changed, progress: !a.quiet };
+    let s = sweep::execute(&cfg, &text, &plan, &opts, &device)?;
+    tracing::info!(?s, "sweep end");
+    println!(
+        "sweep done: {} planned, {} already done, {} completed now, {} failed; index: {}",
+        s.planned,
+        s.skipped,
+        s.completed,
+        s.failed,
+        out.join(match a.shard {
+            Some(sh) => format!("index.{}-of-{}.jsonl", sh.k, sh.n),
+            None => "index.jsonl".into(),
+        })
+        .display()
+    );
     Ok(())
 }
 
@@ -311,6 +428,24 @@ fn main() -> Result<()> {
             Ok(())
         }
         Cmd::Train(a) => cmd_train(a),
+        Cmd::Sweep(a) => cmd_sweep(a),
+        Cmd::TinyModel { family, tokenizer, out, seed } => {
+            let family = match family.as_str() {
+                "bert" => petnas_core::inventory::Family::Bert,
+                "roberta" => petnas_core::inventory::Family::Roberta,
+                f => bail!("--family {f}: expected bert or roberta"),
+            };
+            petnas_train::model::load::write_tiny_model(family, &tokenizer, &out, seed)?;
+            println!("wrote {}", out.display());
+            Ok(())
+        }
+        Cmd::Bench { model, batch, seq, space, steps, warmup, no_criterion, device } => {
+            let dev = parse_device(&device)?;
+            let cfg = petnas_train::bench::BenchConfig { model, batch, seq, space, steps, warmup, criterion: !no_criterion };
+            let rep = petnas_train::bench::bench(&cfg, &dev)?;
+            println!("{}", serde_json::to_string(&rep)?);
+            Ok(())
+        }
         Cmd::Search(a) => cmd_search(a),
     }
 }

@@ -83,8 +83,8 @@ pub struct RunPlan<'a> {
     pub criterion: Option<&'a mut CriterionAccumulator>,
     /// Length-bucket window (batches).
     pub bucket: usize,
-    /// Show progress bars.
-    pub progress: bool,
+    /// Progress bars (drawn into this group), or none.
+    pub progress: Option<indicatif::MultiProgress>,
 }
 
 /// A finished (or failed) run and, when it trained, its model.
@@ -115,7 +115,7 @@ pub fn execute(inp: &RunInputs, plan: RunPlan, id: &str, out_dir: &Path) -> Resu
         pad_id: inp.pad_id,
         device: &inp.device,
         bucket: plan.bucket,
-        progress: plan.progress,
+        progress: plan.progress.clone(),
         label: id.to_string(),
     };
     let pet_params = model.param_count(Role::Pet)? + if full { model.param_count(Role::Base)? } else { 0 };
@@ -168,6 +168,37 @@ pub fn execute(inp: &RunInputs, plan: RunPlan, id: &str, out_dir: &Path) -> Resu
     let record = RunRecord::new(id.to_string(), spec, result, git_commit());
     write_run_dir(out_dir, id, &record, plan.arch, model.as_ref(), &log)?;
     Ok(RunOutcome { record, model })
+}
+
+/// One line per finished run: id, status, PET params, steps, time, metrics.
+pub fn summary_line(r: &RunRecord) -> String {
+    let m: Vec<String> = r.result.metrics.iter().map(|(k, v)| format!("{k} {v:.4}")).collect();
+    let status = match &r.result.status {
+        RunStatus::Completed => "completed".to_string(),
+        RunStatus::Failed { reason } => format!("FAILED ({reason})"),
+    };
+    format!(
+        "{}: {status} | PET params {} | {} steps, {:.0}s, {:.1} ex/s | {}",
+        r.id,
+        r.result.pet_params,
+        r.result.steps,
+        r.result.wall_seconds,
+        r.result.examples_per_second,
+        m.join(", ")
+    )
+}
+
+/// The trained PET values saved in a run directory (for `Reinit::Keep`).
+pub fn load_pet_values(run_dir: &Path) -> Result<HashMap<String, Vec<f32>>> {
+    let p = run_dir.join("weights.safetensors");
+    let t = candle_core::safetensors::load(&p, &Device::Cpu).map_err(|e| TrainError::Invalid(format!("{}: {e}", p.display())))?;
+    let mut out = HashMap::new();
+    for (name, v) in t {
+        if name.ends_with(".bias_delta") || name.ends_with(".lora_u") || name.ends_with(".lora_v") {
+            out.insert(name, v.flatten_all()?.to_dtype(DType::F32)?.to_vec1()?);
+        }
+    }
+    Ok(out)
 }
 
 /// The commit this binary was built from (empty when built outside git).

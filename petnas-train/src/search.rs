@@ -1,6 +1,10 @@
 //! The search run (paper §3.2): train the maximal architecture once while accumulating the
 //! criterion, prune to every (mode, budget) from the same scores, re-initialise with the same
 //! initial values, retrain each pruned architecture, evaluate.
+//!
+//! One maximal training serves every budget, both modes, every criterion (the accumulator keeps
+//! the sums for all of them) and every re-initialisation policy. Its criterion sums and trained
+//! values are saved with its run, so a resumed search re-prunes without retraining.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -8,15 +12,18 @@ use std::path::Path;
 use petnas_core::arch::{Architecture, PruneMode};
 use petnas_core::criterion::{CriterionAccumulator, CriterionKind};
 use petnas_core::prune::{prune, RankGroup};
-use petnas_core::record::{LoraInit, Recipe, Reinit, RunRecord, RunSpec};
+use petnas_core::record::{LoraInit, Recipe, Reinit, RunRecord, RunSpec, RunStatus};
 use petnas_core::space::SearchSpace;
 
-use crate::error::Result;
+use crate::error::{Result, TrainError};
 use crate::model::pet::initial_values;
 use crate::run::{self, RunInputs, RunPlan};
 
 /// Stream offset for `Reinit::Fresh`: a different draw from the same seed.
 const FRESH_STREAM: u64 = 0x4652_4553_48; // "FRESH"
+
+/// File in the maximal run's directory holding the criterion sums.
+pub const CRITERION_FILE: &str = "criterion.safetensors";
 
 /// What a search does.
 #[derive(Debug, Clone)]
@@ -27,30 +34,45 @@ pub struct SearchConfig {
     pub model: String,
     /// The maximal space.
     pub space: SearchSpace,
+    /// An optional tag that keeps run ids apart when one sweep searches a space twice.
+    pub tag: String,
     /// Modes to prune in.
     pub modes: Vec<PruneMode>,
     /// Budgets (PET parameters).
     pub budgets: Vec<usize>,
     /// Seed of init, shuffling, dropout.
     pub seed: u64,
-    /// Recipe of both trainings.
+    /// Recipe of the pruned trainings.
     pub recipe: Recipe,
     /// Recipe of the maximal training, if different (e.g. a lower LR for a larger space).
     pub search_recipe: Option<Recipe>,
-    /// Criterion used to prune.
-    pub criterion: CriterionKind,
-    /// How the pruned architecture starts.
-    pub reinit: Reinit,
+    /// Criteria to prune with.
+    pub criteria: Vec<CriterionKind>,
+    /// How the pruned architectures start.
+    pub reinits: Vec<Reinit>,
     /// LoRA init.
     pub lora_init: LoraInit,
     /// Rank-component grouping for structured pruning.
     pub rank_group: RankGroup,
     /// Device name for records.
     pub device: String,
-    /// Length-bucket window.
-    pub bucket: usize,
-    /// Progress bars.
-    pub progress: bool,
+}
+
+/// One planned pruned retraining.
+#[derive(Debug, Clone)]
+pub struct PrunedRun {
+    /// Run id.
+    pub id: String,
+    /// Its spec.
+    pub spec: RunSpec,
+    /// Criterion.
+    pub criterion: CriterionKind,
+    /// Re-initialisation.
+    pub reinit: Reinit,
+    /// Mode.
+    pub mode: PruneMode,
+    /// Budget.
+    pub budget: usize,
 }
 
 /// Initial values of every PET tensor of `arch` at maximal shape.
@@ -58,92 +80,154 @@ pub fn init_map(arch: &Architecture, seed: u64, init: LoraInit) -> HashMap<Strin
     arch.modules.iter().flat_map(|m| initial_values(seed, m, init)).collect()
 }
 
-/// Run id of the maximal training of a search.
-pub fn maximal_id(cfg: &SearchConfig) -> String {
-    format!("{}-{}-maximal-s{}", cfg.task, cfg.space.name, cfg.seed)
+/// A file-name-safe version of a space name or method (specs contain `=;@,`).
+pub fn slug(s: &str) -> String {
+    let mut out: String = s.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' }).collect();
+    while out.contains("__") {
+        out = out.replace("__", "_");
+    }
+    out.trim_matches('_').to_string()
 }
 
-/// Run id of one pruned retraining.
-pub fn pruned_id(cfg: &SearchConfig, mode: PruneMode, budget: usize) -> String {
-    let m = match mode {
-        PruneMode::Structured => "s",
-        PruneMode::Unstructured => "u",
-    };
-    let crit = serde_json::to_value(cfg.criterion).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default();
-    let re = serde_json::to_value(cfg.reinit).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default();
-    format!("{}-{}-{m}{budget}-{crit}-{re}-s{}", cfg.task, cfg.space.name, cfg.seed)
+fn enum_str<T: serde::Serialize>(v: &T) -> String {
+    serde_json::to_value(v).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default()
 }
 
-/// Runs the whole search and returns the records (maximal first). Criterion scores are saved in
-/// the maximal run's directory (`criterion.safetensors`), so later re-pruning needs no retraining.
-pub fn search(inp: &RunInputs, cfg: &SearchConfig, out_dir: &Path, mut on_record: impl FnMut(&RunRecord)) -> Result<Vec<RunRecord>> {
+impl SearchConfig {
+    fn base(&self) -> String {
+        format!("{}-{}{}", self.task, slug(&self.space.name), self.tag)
+    }
+
+    /// Run id of the maximal training.
+    pub fn maximal_id(&self) -> String {
+        format!("{}-maximal-s{}", self.base(), self.seed)
+    }
+
+    /// Spec of the maximal training.
+    pub fn maximal_spec(&self, maximal: &Architecture) -> RunSpec {
+        RunSpec {
+            task: self.task.clone(),
+            model: self.model.clone(),
+            model_fingerprint: maximal.model.clone(),
+            method: "search".into(),
+            space: Some(self.space.name.clone()),
+            mode: None,
+            budget: None,
+            seed: self.seed,
+            recipe: self.search_recipe.clone().unwrap_or_else(|| self.recipe.clone()),
+            criterion: None,
+            reinit: None,
+            lora_init: self.lora_init,
+            device: self.device.clone(),
+        }
+    }
+
+    /// Every pruned retraining, in a fixed order.
+    pub fn pruned_runs(&self, maximal: &Architecture) -> Vec<PrunedRun> {
+        let mut out = Vec::new();
+        for &criterion in &self.criteria {
+            for &reinit in &self.reinits {
+                for &mode in &self.modes {
+                    for &budget in &self.budgets {
+                        let m = match mode {
+                            PruneMode::Structured => "s",
+                            PruneMode::Unstructured => "u",
+                        };
+                        let id = format!("{}-{m}{budget}-{}-{}-s{}", self.base(), enum_str(&criterion), enum_str(&reinit), self.seed);
+                        let spec = RunSpec {
+                            mode: Some(mode),
+                            budget: Some(budget),
+                            recipe: self.recipe.clone(),
+                            criterion: Some(criterion),
+                            reinit: Some(reinit),
+                            ..self.maximal_spec(maximal)
+                        };
+                        out.push(PrunedRun { id, spec, criterion, reinit, mode, budget });
+                    }
+                }
+            }
+        }
+        out
+    }
+}
+
+/// Display of runs: progress and one line per finished run.
+pub struct SearchHooks<'a> {
+    /// Whether a run (id, spec) is already done and must be skipped.
+    pub is_done: &'a dyn Fn(&str, &RunSpec) -> bool,
+    /// Called with each new record.
+    pub on_record: &'a mut dyn FnMut(&RunRecord),
+    /// Progress bars.
+    pub progress: Option<indicatif::MultiProgress>,
+    /// Length-bucket window.
+    pub bucket: usize,
+}
+
+/// Runs the search: the maximal training (unless done), then every pruned retraining not done yet.
+/// Returns the records made by this call.
+pub fn search(inp: &RunInputs, cfg: &SearchConfig, out_dir: &Path, hooks: SearchHooks) -> Result<Vec<RunRecord>> {
+    let SearchHooks { is_done, on_record, progress, bucket } = hooks;
     let model_cfg = &inp.model.config;
     let maximal = Architecture::maximal(&cfg.space, model_cfg)?;
     let init = init_map(&maximal, cfg.seed, cfg.lora_init);
-    let mut crit = CriterionAccumulator::new();
-    let spec = RunSpec {
-        task: cfg.task.clone(),
-        model: cfg.model.clone(),
-        model_fingerprint: maximal.model.clone(),
-        method: "search".into(),
-        space: Some(cfg.space.name.clone()),
-        mode: None,
-        budget: None,
-        seed: cfg.seed,
-        recipe: cfg.search_recipe.clone().unwrap_or_else(|| cfg.recipe.clone()),
-        criterion: Some(cfg.criterion),
-        reinit: None,
-        lora_init: cfg.lora_init,
-        device: cfg.device.clone(),
-    };
-    let id = maximal_id(cfg);
-    let outcome = run::execute(
-        inp,
-        RunPlan { spec, arch: Some(&maximal), start: &init, criterion: Some(&mut crit), bucket: cfg.bucket, progress: cfg.progress },
-        &id,
-        out_dir,
-    )?;
-    on_record(&outcome.record);
-    let mut records = vec![outcome.record];
-    let Some(trained) = outcome.model else {
-        return Ok(records); // the maximal training failed: nothing to prune from
-    };
-    crit.save(&out_dir.join(&id).join("criterion.safetensors"))?;
-    let scores = crit.scores(cfg.criterion, cfg.seed);
-    let start: HashMap<String, Vec<f32>> = match cfg.reinit {
-        Reinit::Same => init,
-        Reinit::Fresh => init_map(&maximal, cfg.seed ^ FRESH_STREAM, cfg.lora_init),
-        Reinit::Keep => trained.pet_values()?.into_iter().collect(),
-    };
-    drop(trained);
-    for &mode in &cfg.modes {
-        for &budget in &cfg.budgets {
-            let arch = prune(&maximal, &scores, mode, budget, cfg.rank_group)?;
-            let spec = RunSpec {
-                task: cfg.task.clone(),
-                model: cfg.model.clone(),
-                model_fingerprint: maximal.model.clone(),
-                method: "search".into(),
-                space: Some(cfg.space.name.clone()),
-                mode: Some(mode),
-                budget: Some(budget),
-                seed: cfg.seed,
-                recipe: cfg.recipe.clone(),
-                criterion: Some(cfg.criterion),
-                reinit: Some(cfg.reinit),
-                lora_init: cfg.lora_init,
-                device: cfg.device.clone(),
-            };
-            let id = pruned_id(cfg, mode, budget);
-            let o = run::execute(
+    let pruned = cfg.pruned_runs(&maximal);
+    let max_id = cfg.maximal_id();
+    let max_spec = cfg.maximal_spec(&maximal);
+    let max_dir = out_dir.join(&max_id);
+    let mut records = Vec::new();
+
+    let need_trained = cfg.reinits.contains(&Reinit::Keep);
+    let (crit, trained): (CriterionAccumulator, Option<HashMap<String, Vec<f32>>>) =
+        if is_done(&max_id, &max_spec) && max_dir.join(CRITERION_FILE).exists() {
+            let crit = CriterionAccumulator::load(&max_dir.join(CRITERION_FILE))?;
+            let trained = if need_trained { Some(run::load_pet_values(&max_dir)?) } else { None };
+            (crit, trained)
+        } else if is_done(&max_id, &max_spec) {
+            // Done but failed (diverged): nothing to prune from.
+            return Ok(records);
+        } else {
+            let mut crit = CriterionAccumulator::new();
+            let outcome = run::execute(
                 inp,
-                RunPlan { spec, arch: Some(&arch), start: &start, criterion: None, bucket: cfg.bucket, progress: cfg.progress },
-                &id,
+                RunPlan { spec: max_spec, arch: Some(&maximal), start: &init, criterion: Some(&mut crit), bucket, progress: progress.clone() },
+                &max_id,
                 out_dir,
             )?;
-            on_record(&o.record);
-            records.push(o.record);
+            on_record(&outcome.record);
+            let failed = matches!(outcome.record.result.status, RunStatus::Failed { .. });
+            records.push(outcome.record);
+            let Some(model) = outcome.model else {
+                return Ok(records);
+            };
+            if failed {
+                return Ok(records);
+            }
+            crit.save(&max_dir.join(CRITERION_FILE))?;
+            let trained = if need_trained { Some(model.pet_values()?.into_iter().collect()) } else { None };
+            (crit, trained)
+        };
+
+    let mut scores_by_kind = HashMap::new();
+    let fresh = init_map(&maximal, cfg.seed ^ FRESH_STREAM, cfg.lora_init);
+    for p in pruned {
+        if is_done(&p.id, &p.spec) {
+            continue;
         }
+        let scores = scores_by_kind.entry(p.criterion.as_str()).or_insert_with(|| crit.scores(p.criterion, cfg.seed));
+        let arch = prune(&maximal, scores, p.mode, p.budget, cfg.rank_group)?;
+        let start = match p.reinit {
+            Reinit::Same => &init,
+            Reinit::Fresh => &fresh,
+            Reinit::Keep => trained.as_ref().ok_or_else(|| TrainError::Invalid("trained values of the maximal run are missing".into()))?,
+        };
+        let o = run::execute(
+            inp,
+            RunPlan { spec: p.spec.clone(), arch: Some(&arch), start, criterion: None, bucket, progress: progress.clone() },
+            &p.id,
+            out_dir,
+        )?;
+        on_record(&o.record);
+        records.push(o.record);
     }
     Ok(records)
 }

@@ -72,8 +72,8 @@ pub struct TrainContext<'a> {
     pub device: &'a Device,
     /// Length-bucket window in batches (1 = plain shuffle).
     pub bucket: usize,
-    /// Show a progress bar.
-    pub progress: bool,
+    /// Draw a progress bar into this group (None: no bar).
+    pub progress: Option<indicatif::MultiProgress>,
     /// A label for the progress bar.
     pub label: String,
 }
@@ -186,10 +186,10 @@ pub fn train(
 }
 
 fn progress_bar(ctx: &TrainContext, total: u64) -> indicatif::ProgressBar {
-    if !ctx.progress {
+    let Some(multi) = &ctx.progress else {
         return indicatif::ProgressBar::hidden();
-    }
-    let bar = indicatif::ProgressBar::new(total);
+    };
+    let bar = multi.add(indicatif::ProgressBar::new(total));
     bar.set_style(
         indicatif::ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} steps {msg} ETA {eta}")
             .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())

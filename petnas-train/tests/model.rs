@@ -180,7 +180,7 @@ fn search_criterion_prunes_to_budget_and_training_is_deterministic() {
         data.encoded.push(Encoded { type_ids: vec![0; ids.len()], ids });
     }
     let recipe = petnas_core::record::Recipe { epochs: 2.0, lr: 1e-2, batch_size: 8, max_len: 16, warmup_frac: 0.06, weight_decay: 0.0, max_steps: None };
-    let ctx = TrainContext { task: Task::Rte, family, pad_id: 0, device: &Device::Cpu, bucket: 1, progress: false, label: String::new() };
+    let ctx = TrainContext { task: Task::Rte, family, pad_id: 0, device: &Device::Cpu, bucket: 1, progress: None, label: String::new() };
     let run = || {
         let start = init_map(&arch, 9, LoraInit::Paper);
         let m = EncoderModel::build(&cfg, &w, Some(&arch), &start, &opts(LoraInit::Paper), &Device::Cpu).unwrap();

@@ -116,6 +116,27 @@ impl Weights {
     }
 }
 
+/// Writes a tiny random model folder (config.json, model.safetensors, tokenizer.json) whose
+/// vocabulary matches `tokenizer`: a real HF folder layout for end-to-end tests without downloads.
+pub fn write_tiny_model(family: petnas_core::inventory::Family, tokenizer: &Path, out: &Path, seed: u64) -> Result<()> {
+    let tok = tokenizers::Tokenizer::from_file(tokenizer)
+        .map_err(|e| TrainError::Tokenizer { path: tokenizer.to_path_buf(), message: e.to_string() })?;
+    let mut cfg = EncoderConfig::tiny(family);
+    cfg.vocab_size = tok.get_vocab_size(true);
+    if family == petnas_core::inventory::Family::Roberta {
+        cfg.max_position_embeddings = 130 + cfg.pad_token_id;
+    } else {
+        cfg.max_position_embeddings = 128;
+    }
+    std::fs::create_dir_all(out).map_err(crate::error::io_err(out))?;
+    let json = serde_json::to_string_pretty(&cfg).map_err(|e| TrainError::Invalid(e.to_string()))?;
+    petnas_core::io::write_atomic(&out.join("config.json"), json.as_bytes())?;
+    let w = Weights::random(&cfg, seed)?;
+    candle_core::safetensors::save(&w.tensors, out.join("model.safetensors"))?;
+    std::fs::copy(tokenizer, out.join("tokenizer.json")).map_err(crate::error::io_err(tokenizer))?;
+    Ok(())
+}
+
 /// A model folder resolved on disk.
 #[derive(Debug, Clone)]
 pub struct ModelDir {

@@ -1,0 +1,654 @@
+//! `petnas-train sweep`: the whole study from one TOML file, resumable and shardable.
+//!
+//! Layout of a sweep directory:
+//! ```text
+//! <out>/sweep.toml          the config as given (a copy)
+//! <out>/plan.json           the planned runs (id, spec hash)
+//! <out>/runs/<run-id>/      one folder per finished run: record.json, architecture.json, ...
+//! <out>/index.jsonl         one record per line, rebuilt atomically after every run
+//!                           (index.<K>-of-<N>.jsonl for shard K of N)
+//! <out>/sweep.log           tracing log
+//! ```
+//! A run counts as done when `runs/<id>/record.json` exists with the planned spec's hash. Run
+//! folders appear by rename only when complete, so `kill -9` at any moment loses nothing finished
+//! and leaves only `.partial-*` folders, which analysis ignores and the next start removes.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+
+use candle_core::Device;
+use petnas_core::arch::{Architecture, ModelFingerprint, PruneMode};
+use petnas_core::criterion::CriterionKind;
+use petnas_core::inventory::inventory;
+use petnas_core::prune::{parse_budget, RankGroup};
+use petnas_core::record::{LoraInit, Recipe, Reinit, RunRecord, RunSpec};
+use petnas_core::space::SearchSpace;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{io_err, Result, TrainError};
+use crate::glue::{self, Split, Task};
+use crate::model::load::ModelDir;
+use crate::run::{self, DataLimits, RunInputs, RunPlan};
+use crate::search::{self, init_map, slug, SearchConfig, SearchHooks};
+
+/// A sweep config (TOML). Unknown keys are rejected.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SweepConfig {
+    /// A name for reports.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Model folder (relative paths are taken from the current directory).
+    pub model: String,
+    /// GLUE folder; default: $PETNAS_DATA, data/glue, ../shared/data/glue.
+    #[serde(default)]
+    pub data: Option<PathBuf>,
+    /// `cpu` or `cuda:N`.
+    #[serde(default = "default_device")]
+    pub device: String,
+    /// Tasks (GLUE names).
+    pub tasks: Vec<String>,
+    /// Seeds.
+    pub seeds: Vec<u64>,
+    /// Recipe defaults for every run.
+    #[serde(default)]
+    pub recipe: RecipeConfig,
+    /// Baseline methods.
+    #[serde(default)]
+    pub baselines: Vec<BaselineConfig>,
+    /// Searches.
+    #[serde(default)]
+    pub searches: Vec<SearchEntry>,
+    /// Length-bucketing window in batches (1 = plain shuffle).
+    #[serde(default = "one")]
+    pub bucket: usize,
+}
+
+fn default_device() -> String {
+    "cpu".into()
+}
+fn one() -> usize {
+    1
+}
+
+/// Recipe settings shared by all runs (each optional; the paper's values otherwise).
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RecipeConfig {
+    /// Epochs for every task (default: the paper's per-task count).
+    pub epochs: Option<f64>,
+    /// Per-task epochs, overriding `epochs`.
+    #[serde(default)]
+    pub epochs_per_task: BTreeMap<String, f64>,
+    /// Batch size (16).
+    pub batch_size: Option<usize>,
+    /// Max tokens (128).
+    pub max_len: Option<usize>,
+    /// Warm-up fraction (0.06).
+    pub warmup_frac: Option<f64>,
+    /// Adam weight decay (0).
+    pub weight_decay: Option<f64>,
+    /// Cap on optimizer steps per run.
+    pub max_steps: Option<usize>,
+    /// Use the first N training examples only.
+    pub max_train: Option<usize>,
+    /// Use the first N dev examples only.
+    pub max_dev: Option<usize>,
+}
+
+/// One baseline method.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct BaselineConfig {
+    /// full, bitfit, lora, mam, mam16, or a space spec.
+    pub method: String,
+    /// Peak learning rate.
+    pub lr: f64,
+    /// LoRA init (paper).
+    #[serde(default)]
+    pub lora_init: LoraInit,
+    /// Keeps ids apart when a method appears twice (e.g. two LRs).
+    #[serde(default)]
+    pub tag: Option<String>,
+}
+
+/// A budget as a number or text (`2000`, `"2k"`, `"3.4M"`).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(untagged)]
+pub enum BudgetValue {
+    /// A count.
+    Count(u64),
+    /// Text with an optional k/M suffix.
+    Text(String),
+}
+
+/// One search: a space pruned to budgets in modes, with criteria and re-initialisations.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SearchEntry {
+    /// Maximal space (bitfit, mam16, or a spec).
+    pub space: String,
+    /// structured / unstructured (default both).
+    #[serde(default = "both_modes")]
+    pub modes: Vec<PruneMode>,
+    /// Budgets.
+    pub budgets: Vec<BudgetValue>,
+    /// Criteria (default: mean, the paper's).
+    #[serde(default = "mean_only")]
+    pub criteria: Vec<CriterionKind>,
+    /// Re-initialisations (default: same, the paper's).
+    #[serde(default = "same_only")]
+    pub reinit: Vec<Reinit>,
+    /// Peak LR of the pruned retrainings.
+    pub lr: f64,
+    /// Peak LR of the maximal training (default: `lr`).
+    #[serde(default)]
+    pub search_lr: Option<f64>,
+    /// LoRA init.
+    #[serde(default)]
+    pub lora_init: LoraInit,
+    /// Rank grouping.
+    #[serde(default)]
+    pub rank_group: RankGroup,
+    /// Keeps ids apart when a space is searched twice.
+    #[serde(default)]
+    pub tag: Option<String>,
+}
+
+fn both_modes() -> Vec<PruneMode> {
+    vec![PruneMode::Structured, PruneMode::Unstructured]
+}
+fn mean_only() -> Vec<CriterionKind> {
+    vec![CriterionKind::Mean]
+}
+fn same_only() -> Vec<Reinit> {
+    vec![Reinit::Same]
+}
+
+impl SweepConfig {
+    /// Reads and checks a sweep file; errors name the file and the key.
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(io_err(path))?;
+        let cfg: SweepConfig = toml::from_str(&text).map_err(|e| TrainError::Invalid(format!("{}: {e}", path.display())))?;
+        if cfg.tasks.is_empty() || cfg.seeds.is_empty() {
+            return Err(TrainError::Invalid(format!("{}: `tasks` and `seeds` must not be empty", path.display())));
+        }
+        for t in cfg.tasks.iter().chain(cfg.recipe.epochs_per_task.keys()) {
+            t.parse::<Task>().map_err(|e| TrainError::Invalid(format!("{}: task `{t}`: {e}", path.display())))?;
+        }
+        if cfg.baselines.is_empty() && cfg.searches.is_empty() {
+            return Err(TrainError::Invalid(format!("{}: no [[baselines]] and no [[searches]]: nothing to run", path.display())));
+        }
+        for b in &cfg.baselines {
+            if !(b.lr > 0.0 && b.lr.is_finite()) {
+                return Err(TrainError::Invalid(format!("{}: baseline {}: lr must be positive", path.display(), b.method)));
+            }
+        }
+        for s in &cfg.searches {
+            if !(s.lr > 0.0 && s.lr.is_finite()) || s.search_lr.is_some_and(|l| !(l > 0.0 && l.is_finite())) {
+                return Err(TrainError::Invalid(format!("{}: search {}: lr must be positive", path.display(), s.space)));
+            }
+            if s.budgets.is_empty() || s.modes.is_empty() || s.criteria.is_empty() || s.reinit.is_empty() {
+                return Err(TrainError::Invalid(format!("{}: search {}: budgets, modes, criteria and reinit must not be empty", path.display(), s.space)));
+            }
+        }
+        Ok(cfg)
+    }
+
+    fn recipe_for(&self, task: Task, lr: f64) -> Recipe {
+        let r = &self.recipe;
+        let epochs = r
+            .epochs_per_task
+            .iter()
+            .find(|(k, _)| k.parse::<Task>().ok() == Some(task))
+            .map(|(_, v)| *v)
+            .or(r.epochs)
+            .unwrap_or_else(|| task.default_epochs());
+        Recipe {
+            epochs,
+            lr,
+            batch_size: r.batch_size.unwrap_or(16),
+            max_len: r.max_len.unwrap_or(128),
+            warmup_frac: r.warmup_frac.unwrap_or(0.06),
+            weight_decay: r.weight_decay.unwrap_or(0.0),
+            max_steps: r.max_steps,
+        }
+    }
+}
+
+/// A unit of scheduling: one baseline run, or one search (maximal + its pruned runs). Shards
+/// split the plan by job, so a search's runs stay together.
+#[derive(Debug, Clone)]
+pub enum Job {
+    /// One training of a fixed method.
+    Baseline {
+        /// Task.
+        task: Task,
+        /// Run id.
+        id: String,
+        /// Spec.
+        spec: RunSpec,
+        /// Architecture (None: full fine-tuning).
+        arch: Option<Architecture>,
+    },
+    /// One search.
+    Search {
+        /// Task.
+        task: Task,
+        /// The search.
+        cfg: Box<SearchConfig>,
+    },
+}
+
+/// A planned run, for the plan display, resume and cost.
+#[derive(Debug, Clone, Serialize)]
+pub struct PlannedRun {
+    /// Run id.
+    pub id: String,
+    /// Task.
+    pub task: String,
+    /// Index of its job.
+    pub job: usize,
+    /// Spec hash.
+    pub hash: String,
+    /// Optimizer steps it will take.
+    pub steps: usize,
+    /// Whether it trains (false never happens today; kept for clarity of the plan file).
+    #[serde(skip)]
+    pub spec: RunSpec,
+}
+
+/// The expanded sweep.
+pub struct Plan {
+    /// Jobs in order.
+    pub jobs: Vec<Job>,
+    /// Every run.
+    pub runs: Vec<PlannedRun>,
+    /// The model's config.
+    pub model: ModelDir,
+    /// The GLUE folder.
+    pub data: PathBuf,
+}
+
+/// The GLUE folder: the config's, $PETNAS_DATA, data/glue, ../shared/data/glue.
+pub fn find_data(given: Option<&Path>) -> Result<PathBuf> {
+    if let Some(d) = given {
+        if !d.is_dir() {
+            return Err(TrainError::Invalid(format!("data folder {} does not exist", d.display())));
+        }
+        return Ok(d.to_path_buf());
+    }
+    let mut tried = Vec::new();
+    let env = std::env::var_os("PETNAS_DATA").map(PathBuf::from);
+    for c in env.into_iter().chain([PathBuf::from("data/glue"), PathBuf::from("../shared/data/glue")]) {
+        if c.is_dir() {
+            return Ok(c);
+        }
+        tried.push(c.display().to_string());
+    }
+    Err(TrainError::Invalid(format!(
+        "no GLUE data found (looked in {}): pass --data DIR (or `data = ...` in the sweep) with <DIR>/<TASK>/train.tsv and dev.tsv, or set PETNAS_DATA",
+        tried.join(", ")
+    )))
+}
+
+/// Expands a config into jobs and runs (reads the model's config and counts training rows).
+pub fn plan(cfg: &SweepConfig, data_override: Option<&Path>) -> Result<Plan> {
+    let md = ModelDir::open(&cfg.model)?;
+    let mc = &md.config;
+    let fp = ModelFingerprint::from_config(mc)?;
+    let inv = inventory(mc);
+    let data = find_data(data_override.or(cfg.data.as_deref()))?;
+    let mut jobs = Vec::new();
+    let mut runs: Vec<PlannedRun> = Vec::new();
+    let mut train_rows: HashMap<Task, usize> = HashMap::new();
+    for t in &cfg.tasks {
+        let task: Task = t.parse().map_err(|e| TrainError::Invalid(format!("task `{t}`: {e}")))?;
+        let n = match train_rows.get(&task) {
+            Some(n) => *n,
+            None => {
+                let n = glue::load(&data, task, Split::Train)?.len();
+                let n = cfg.recipe.max_train.map_or(n, |m| n.min(m));
+                train_rows.insert(task, n);
+                n
+            }
+        };
+        for &seed in &cfg.seeds {
+            for b in &cfg.baselines {
+                let (arch, space) = if b.method == "full" {
+                    (None, None)
+                } else {
+                    let sp = SearchSpace::from_spec(&b.method, &inv).map_err(|e| TrainError::Invalid(format!("baseline `{}`: {e}", b.method)))?;
+                    (Some(Architecture::maximal(&sp, mc)?), Some(sp.name.clone()))
+                };
+                let spec = RunSpec {
+                    task: task.name().into(),
+                    model: cfg.model.clone(),
+                    model_fingerprint: fp.clone(),
+                    method: b.method.clone(),
+                    space,
+                    mode: None,
+                    budget: None,
+                    seed,
+                    recipe: cfg.recipe_for(task, b.lr),
+                    criterion: None,
+                    reinit: None,
+                    lora_init: b.lora_init,
+                    device: cfg.device.clone(),
+                };
+                let tag = b.tag.as_deref().map(|t| format!("-{}", slug(t))).unwrap_or_default();
+                let id = format!("{}-{}{tag}-s{seed}", task.name(), slug(&b.method));
+                runs.push(PlannedRun { id: id.clone(), task: task.name().into(), job: jobs.len(), hash: spec.hash(), steps: crate::train::total_steps(&spec.recipe, n), spec: spec.clone() });
+                jobs.push(Job::Baseline { task, id, spec, arch });
+            }
+            for s in &cfg.searches {
+                let space = SearchSpace::from_spec(&s.space, &inv).map_err(|e| TrainError::Invalid(format!("search space `{}`: {e}", s.space)))?;
+                if space.full_finetune {
+                    return Err(TrainError::Invalid(format!("search space `{}` has no PET parameters", s.space)));
+                }
+                let budgets = s
+                    .budgets
+                    .iter()
+                    .map(|b| match b {
+                        BudgetValue::Count(n) => Ok(*n as usize),
+                        BudgetValue::Text(t) => parse_budget(t),
+                    })
+                    .collect::<std::result::Result<Vec<_>, _>>()?;
+                let recipe = cfg.recipe_for(task, s.lr);
+                let sc = SearchConfig {
+                    task: task.name().into(),
+                    model: cfg.model.clone(),
+                    space,
+                    tag: s.tag.as_deref().map(|t| format!("-{}", slug(t))).unwrap_or_default(),
+                    modes: s.modes.clone(),
+                    budgets,
+                    seed,
+                    search_recipe: s.search_lr.map(|lr| Recipe { lr, ..recipe.clone() }),
+                    recipe,
+                    criteria: s.criteria.clone(),
+                    reinits: s.reinit.clone(),
+                    lora_init: s.lora_init,
+                    rank_group: s.rank_group,
+                    device: cfg.device.clone(),
+                };
+                let maximal = Architecture::maximal(&sc.space, mc)?;
+                let ms = sc.maximal_spec(&maximal);
+                runs.push(PlannedRun { id: sc.maximal_id(), task: task.name().into(), job: jobs.len(), hash: ms.hash(), steps: crate::train::total_steps(&ms.recipe, n), spec: ms });
+                for p in sc.pruned_runs(&maximal) {
+                    runs.push(PlannedRun { id: p.id, task: task.name().into(), job: jobs.len(), hash: p.spec.hash(), steps: crate::train::total_steps(&p.spec.recipe, n), spec: p.spec });
+                }
+                jobs.push(Job::Search { task, cfg: Box::new(sc) });
+            }
+        }
+    }
+    let mut seen = BTreeSet::new();
+    for r in &runs {
+        if !seen.insert(r.id.clone()) {
+            return Err(TrainError::Invalid(format!("two planned runs share the id `{}`: give one of the entries a `tag`", r.id)));
+        }
+    }
+    Ok(Plan { jobs, runs, model: md, data })
+}
+
+/// `K/N`: shard K (0-based) of N.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shard {
+    /// This shard, 0..n.
+    pub k: usize,
+    /// Shard count.
+    pub n: usize,
+}
+
+impl std::str::FromStr for Shard {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        let (k, n) = s.split_once('/').ok_or_else(|| format!("--shard `{s}`: expected K/N, e.g. 0/4"))?;
+        let k: usize = k.trim().parse().map_err(|_| format!("--shard `{s}`: K is not a number"))?;
+        let n: usize = n.trim().parse().map_err(|_| format!("--shard `{s}`: N is not a number"))?;
+        if n == 0 || k >= n {
+            return Err(format!("--shard `{s}`: need 0 <= K < N"));
+        }
+        Ok(Shard { k, n })
+    }
+}
+
+impl Shard {
+    /// Whether job `i` belongs to this shard (round robin: deterministic, independent of state).
+    pub fn owns(&self, job: usize) -> bool {
+        job % self.n == self.k
+    }
+}
+
+/// State of a planned run on disk.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RunState {
+    /// Not there.
+    Missing,
+    /// There, with the planned spec.
+    Done,
+    /// There, but made from another config (hash differs).
+    Changed,
+}
+
+/// Where the runs of a sweep live.
+pub fn runs_dir(out: &Path) -> PathBuf {
+    out.join("runs")
+}
+
+/// The state of run `id` in `out`.
+pub fn run_state(out: &Path, id: &str, hash: &str) -> RunState {
+    let p = runs_dir(out).join(id).join("record.json");
+    match RunRecord::load(&p) {
+        Ok(r) if r.config_hash == hash => RunState::Done,
+        Ok(_) => RunState::Changed,
+        Err(_) => RunState::Missing,
+    }
+}
+
+/// Rebuilds `index.jsonl` (or the shard's index) atomically from the finished run folders.
+pub fn write_index(out: &Path, shard: Option<Shard>, ids: Option<&BTreeSet<String>>) -> Result<usize> {
+    let dir = runs_dir(out);
+    let mut lines = String::new();
+    let mut n = 0;
+    let mut entries: Vec<PathBuf> = match std::fs::read_dir(&dir) {
+        Ok(rd) => rd.filter_map(|e| e.ok().map(|e| e.path())).collect(),
+        Err(_) => Vec::new(),
+    };
+    entries.sort();
+    for p in entries {
+        let name = p.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default();
+        if name.starts_with('.') || ids.is_some_and(|ids| !ids.contains(&name)) {
+            continue;
+        }
+        if let Ok(r) = RunRecord::load(&p.join("record.json")) {
+            lines.push_str(&serde_json::to_string(&r).map_err(|e| TrainError::Invalid(e.to_string()))?);
+            lines.push('\n');
+            n += 1;
+        }
+    }
+    let name = match shard {
+        Some(s) => format!("index.{}-of-{}.jsonl", s.k, s.n),
+        None => "index.jsonl".into(),
+    };
+    petnas_core::io::write_atomic(&out.join(name), lines.as_bytes())?;
+    Ok(n)
+}
+
+/// Removes `.partial-*` folders left by an interrupted run.
+pub fn clean_partials(out: &Path) -> usize {
+    let mut n = 0;
+    if let Ok(rd) = std::fs::read_dir(runs_dir(out)) {
+        for e in rd.flatten() {
+            if e.file_name().to_string_lossy().starts_with(".partial-") && std::fs::remove_dir_all(e.path()).is_ok() {
+                n += 1;
+            }
+        }
+    }
+    n
+}
+
+/// Options of one sweep invocation.
+pub struct SweepOptions {
+    /// Output folder.
+    pub out: PathBuf,
+    /// Only this shard's jobs.
+    pub shard: Option<Shard>,
+    /// Redo runs whose config changed instead of stopping.
+    pub rerun_changed: bool,
+    /// Draw progress bars.
+    pub progress: bool,
+}
+
+/// What a sweep invocation did.
+#[derive(Debug, Default)]
+pub struct SweepSummary {
+    /// Runs planned for this shard.
+    pub planned: usize,
+    /// Already done before this call.
+    pub skipped: usize,
+    /// Completed in this call.
+    pub completed: usize,
+    /// Failed (diverged) in this call.
+    pub failed: usize,
+}
+
+/// Runs every missing run of the plan (this shard's part), writing as it goes.
+pub fn execute(cfg: &SweepConfig, config_text: &str, plan: &Plan, opts: &SweepOptions, device: &Device) -> Result<SweepSummary> {
+    let out = &opts.out;
+    std::fs::create_dir_all(runs_dir(out)).map_err(io_err(out))?;
+    let cleaned = clean_partials(out);
+    if cleaned > 0 {
+        tracing::info!(cleaned, "removed interrupted run folders");
+    }
+    petnas_core::io::write_atomic(&out.join("sweep.toml"), config_text.as_bytes())?;
+    let mine: Vec<&PlannedRun> = plan.runs.iter().filter(|r| opts.shard.is_none_or(|s| s.owns(r.job))).collect();
+    let changed: Vec<&str> = mine.iter().filter(|r| run_state(out, &r.id, &r.hash) == RunState::Changed).map(|r| r.id.as_str()).collect();
+    if !changed.is_empty() && !opts.rerun_changed {
+        return Err(TrainError::Invalid(format!(
+            "{} finished run(s) in {} were made with a different config (e.g. {}); use another --out, or --rerun-changed to redo them",
+            changed.len(),
+            out.display(),
+            changed.iter().take(3).copied().collect::<Vec<_>>().join(", ")
+        )));
+    }
+    let plan_json: Vec<_> = mine.iter().map(|r| serde_json::json!({"id": r.id, "hash": r.hash, "steps": r.steps})).collect();
+    let pname = match opts.shard {
+        Some(s) => format!("plan.{}-of-{}.json", s.k, s.n),
+        None => "plan.json".into(),
+    };
+    petnas_core::io::write_atomic(&out.join(pname), serde_json::to_string_pretty(&plan_json).unwrap_or_default().as_bytes())?;
+    let ids: BTreeSet<String> = mine.iter().map(|r| r.id.clone()).collect();
+    let hashes: HashMap<String, String> = mine.iter().map(|r| (r.id.clone(), r.hash.clone())).collect();
+    let mut summary = SweepSummary { planned: mine.len(), ..Default::default() };
+    summary.skipped = mine.iter().filter(|r| run_state(out, &r.id, &r.hash) == RunState::Done).count();
+
+    let multi = if opts.progress { Some(indicatif::MultiProgress::new()) } else { None };
+    let overall = match &multi {
+        Some(m) => {
+            let b = m.add(indicatif::ProgressBar::new(mine.len() as u64));
+            b.set_style(
+                indicatif::ProgressStyle::with_template("sweep [{bar:30}] {pos}/{len} runs, ETA {eta}")
+                    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+                    .progress_chars("=> "),
+            );
+            b.set_position(summary.skipped as u64);
+            b
+        }
+        None => indicatif::ProgressBar::hidden(),
+    };
+    let say = |line: String| {
+        tracing::info!("{line}");
+        match &multi {
+            Some(m) => {
+                let _ = m.println(&line);
+            }
+            None => println!("{line}"),
+        }
+    };
+    let limits = DataLimits { max_train: cfg.recipe.max_train, max_dev: cfg.recipe.max_dev };
+    let max_len = cfg.recipe.max_len.unwrap_or(128);
+    let mut inputs: Option<(Task, RunInputs)> = None;
+    let is_done = |id: &str, _spec: &RunSpec| -> bool {
+        let h = hashes.get(id).cloned().unwrap_or_default();
+        run_state(out, id, &h) == RunState::Done
+    };
+    for (ji, job) in plan.jobs.iter().enumerate() {
+        if opts.shard.is_some_and(|s| !s.owns(ji)) {
+            continue;
+        }
+        let job_runs: Vec<&&PlannedRun> = mine.iter().filter(|r| r.job == ji).collect();
+        if job_runs.iter().all(|r| is_done(&r.id, &r.spec)) {
+            continue;
+        }
+        let task = match job {
+            Job::Baseline { task, .. } | Job::Search { task, .. } => *task,
+        };
+        if inputs.as_ref().is_none_or(|(t, _)| *t != task) {
+            drop(inputs.take()); // free the previous task's data first
+            inputs = Some((task, RunInputs::load(&cfg.model, &plan.data, task, max_len, limits, device)?));
+        }
+        let inp = &inputs.as_ref().expect("loaded above").1;
+        let mut on_record = |r: &RunRecord| {
+            match &r.result.status {
+                petnas_core::record::RunStatus::Completed => summary.completed += 1,
+                petnas_core::record::RunStatus::Failed { .. } => summary.failed += 1,
+            }
+            say(run::summary_line(r));
+            overall.inc(1);
+            if let Err(e) = write_index(out, opts.shard, Some(&ids)) {
+                tracing::warn!("index not written: {e}");
+            }
+        };
+        match job {
+            Job::Baseline { id, spec, arch, .. } => {
+                let start = arch.as_ref().map(|a| init_map(a, spec.seed, spec.lora_init)).unwrap_or_default();
+                let o = run::execute(
+                    inp,
+                    RunPlan { spec: spec.clone(), arch: arch.as_ref(), start: &start, criterion: None, bucket: cfg.bucket, progress: multi.clone() },
+                    id,
+                    &runs_dir(out),
+                )?;
+                on_record(&o.record);
+            }
+            Job::Search { cfg: sc, .. } => {
+                search::search(inp, sc, &runs_dir(out), SearchHooks { is_done: &is_done, on_record: &mut on_record, progress: multi.clone(), bucket: cfg.bucket })?;
+            }
+        }
+    }
+    overall.finish_and_clear();
+    write_index(out, opts.shard, Some(&ids))?;
+    Ok(summary)
+}
+
+/// Human summary of a plan: counts, trainings, steps and an estimated cost.
+pub fn describe(plan: &Plan, out: &Path, shard: Option<Shard>, examples_per_s: Option<f64>, batch: usize) -> String {
+    let mine: Vec<&PlannedRun> = plan.runs.iter().filter(|r| shard.is_none_or(|s| s.owns(r.job))).collect();
+    let done = mine.iter().filter(|r| run_state(out, &r.id, &r.hash) == RunState::Done).count();
+    let changed = mine.iter().filter(|r| run_state(out, &r.id, &r.hash) == RunState::Changed).count();
+    let todo: Vec<&&PlannedRun> = mine.iter().filter(|r| run_state(out, &r.id, &r.hash) != RunState::Done).collect();
+    let steps: usize = todo.iter().map(|r| r.steps).sum();
+    let searches = plan.jobs.iter().enumerate().filter(|(i, j)| matches!(j, Job::Search { .. }) && shard.is_none_or(|s| s.owns(*i))).count();
+    let mut by_task: BTreeMap<&str, usize> = BTreeMap::new();
+    for r in &mine {
+        *by_task.entry(r.task.as_str()).or_default() += 1;
+    }
+    let mut s = format!(
+        "plan: {} runs ({} trainings of a maximal search space serve {} pruned runs), {} done, {} to do, {} changed\n",
+        mine.len(),
+        searches,
+        mine.len().saturating_sub(searches).saturating_sub(plan.jobs.iter().enumerate().filter(|(i, j)| matches!(j, Job::Baseline { .. }) && shard.is_none_or(|s| s.owns(*i))).count()),
+        done,
+        todo.len(),
+        changed
+    );
+    for (t, n) in by_task {
+        s.push_str(&format!("  {t}: {n} runs\n"));
+    }
+    s.push_str(&format!("  optimizer steps to do: {steps} (batch {batch})\n"));
+    if let Some(eps) = examples_per_s {
+        let secs = steps as f64 * batch as f64 / eps.max(1e-9);
+        let t = if secs < 3600.0 { format!("{:.1} min", secs / 60.0) } else { format!("{:.1} h", secs / 3600.0) };
+        s.push_str(&format!("  estimated training time: {t} at {eps:.1} examples/s (measured), plus evaluation\n"));
+    }
+    s
+}

@@ -11,6 +11,7 @@ pub mod batch;
 pub mod bench;
 pub mod device;
 pub mod error;
+pub mod export;
 pub mod glue;
 pub mod metrics;
 pub mod model;

@@ -46,6 +46,36 @@ enum Cmd {
     Search(SearchArgs),
     /// Run a whole study from a TOML config: resumable, shardable.
     Sweep(SweepArgs),
+    /// Export a finished run: a merged HF model folder and/or a PEFT adapter.
+    Export {
+        /// The run folder (record.json, architecture.json, weights.safetensors).
+        #[arg(long)]
+        run: PathBuf,
+        /// Write a merged model folder here (transformers AutoModelForSequenceClassification).
+        #[arg(long)]
+        merged: Option<PathBuf>,
+        /// Write a PEFT LoRA adapter here.
+        #[arg(long)]
+        peft: Option<PathBuf>,
+        /// Model folder, if it moved since training (default: the record's).
+        #[arg(long)]
+        model: Option<String>,
+    },
+    /// Logits of a finished run on its task's dev examples, as JSON lines (text_a, text_b, logits).
+    Predict {
+        /// The run folder.
+        #[arg(long)]
+        run: PathBuf,
+        /// GLUE folder.
+        #[arg(long)]
+        data: Option<PathBuf>,
+        /// Use the first N dev examples.
+        #[arg(long)]
+        max_dev: Option<usize>,
+        /// Model folder, if it moved since training.
+        #[arg(long)]
+        model: Option<String>,
+    },
     /// Write a tiny random BERT/RoBERTa model folder (2 layers, hidden 32) for tests and demos.
     TinyModel {
         /// bert or roberta.
@@ -429,6 +459,31 @@ fn main() -> Result<()> {
         }
         Cmd::Train(a) => cmd_train(a),
         Cmd::Sweep(a) => cmd_sweep(a),
+        Cmd::Predict { run, data, max_dev, model } => {
+            let loaded = petnas_train::export::load_run(&run, model.as_deref(), &candle_core::Device::Cpu)
+                .with_context(|| format!("loading run {}", run.display()))?;
+            let data = sweep::find_data(data.as_deref())?;
+            for p in petnas_train::export::predict_dev(&loaded, &data, max_dev)? {
+                println!("{}", serde_json::to_string(&p)?);
+            }
+            Ok(())
+        }
+        Cmd::Export { run, merged, peft, model } => {
+            if merged.is_none() && peft.is_none() {
+                bail!("export: give --merged DIR and/or --peft DIR");
+            }
+            let loaded = petnas_train::export::load_run(&run, model.as_deref(), &candle_core::Device::Cpu)
+                .with_context(|| format!("loading run {}", run.display()))?;
+            if let Some(m) = merged {
+                let p = petnas_train::export::export_merged(&loaded, &m)?;
+                println!("wrote merged model {}", p.display());
+            }
+            if let Some(p) = peft {
+                let p = petnas_train::export::export_peft(&loaded, &p)?;
+                println!("wrote PEFT adapter {}", p.display());
+            }
+            Ok(())
+        }
         Cmd::TinyModel { family, tokenizer, out, seed } => {
             let family = match family.as_str() {
                 "bert" => petnas_core::inventory::Family::Bert,

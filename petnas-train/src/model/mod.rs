@@ -310,6 +310,29 @@ impl EncoderModel {
         Ok((x, logits))
     }
 
+    /// Effective LoRA factors per module path in PEFT's layout: (`lora_A` [r, in], `lora_B`
+    /// [out, r]) with `lora_B · lora_A` equal to this module's ΔW (masks applied; the zero-offset
+    /// init appended as extra ranks with a negated B).
+    pub fn lora_factors(&self) -> Result<Vec<(String, (Tensor, Tensor))>> {
+        let mut out = Vec::new();
+        for (i, l) in self.layers.iter().enumerate() {
+            let p = format!("encoder.layer.{i}");
+            for (name, lin) in [
+                (format!("{p}.attention.self.query"), &l.query),
+                (format!("{p}.attention.self.key"), &l.key),
+                (format!("{p}.attention.self.value"), &l.value),
+                (format!("{p}.attention.output.dense"), &l.attn_out),
+                (format!("{p}.intermediate.dense"), &l.inter),
+                (format!("{p}.output.dense"), &l.out),
+            ] {
+                if let Some(f) = lin.lora_factors()? {
+                    out.push((name, f));
+                }
+            }
+        }
+        Ok(out)
+    }
+
     /// Merged base weights (HF names, no prefix) with every Δb and U·Vᵀ folded in, plus the head:
     /// a plain model with the same outputs and no inference overhead.
     pub fn merged_weights(&self) -> Result<Vec<(String, Tensor)>> {

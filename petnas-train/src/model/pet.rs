@@ -116,6 +116,19 @@ impl PetLinear {
         y.reshape(out)
     }
 
+    /// `(A, B)` with `B·A = ΔW` in PEFT's layout (A = Uᵀ [r, in], B = V [out, r]), masks applied;
+    /// a zero-offset init adds its initial factors as extra ranks with B negated.
+    pub fn lora_factors(&self) -> Result<Option<(Tensor, Tensor)>> {
+        let Some(l) = &self.lora else { return Ok(None) };
+        let mut a = l.u.effective()?.t()?.contiguous()?.detach();
+        let mut b = l.v.effective()?.detach();
+        if let Some((u0, v0)) = &l.offset {
+            a = Tensor::cat(&[&a, &u0.t()?.contiguous()?], 0)?;
+            b = Tensor::cat(&[&b, &v0.neg()?], 1)?;
+        }
+        Ok(Some((a, b)))
+    }
+
     /// The merged layer: `W + V·Uᵀ` (minus the offset product) and `b + m⊙Δb`. The same outputs
     /// as [`PetLinear::forward`] with no extra inference cost.
     pub fn merged(&self) -> Result<(Tensor, Tensor)> {

@@ -1,0 +1,84 @@
+//! Export round trip without PyTorch: a merged folder, loaded back as a plain model, predicts
+//! what the trained PET model predicts (the paper's zero-latency claim), for BERT and RoBERTa.
+//! (`scripts/check-exports` does the same through transformers and PEFT.)
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+use candle_core::{DType, Device};
+use petnas_core::arch::Architecture;
+use petnas_core::inventory::{inventory, Family};
+use petnas_core::record::{LoraInit, Recipe, RunSpec};
+use petnas_core::space::SearchSpace;
+use petnas_train::export::{export_merged, export_peft, load_run, predict_dev};
+use petnas_train::glue::Task;
+use petnas_train::model::load::{write_tiny_model, ModelDir};
+use petnas_train::model::{BuildOptions, EncoderModel};
+use petnas_train::run::{execute, DataLimits, RunInputs, RunPlan};
+use petnas_train::search::init_map;
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn glue_dir() -> PathBuf {
+    std::env::var("PETNAS_DATA").map(PathBuf::from).unwrap_or_else(|_| root().join("../shared/data/glue"))
+}
+
+#[test]
+fn merged_export_predicts_like_the_pet_model() {
+    let tok = root().join("data/models/all-MiniLM-L6-v2/tokenizer.json");
+    assert!(tok.exists(), "run data/fetch-model first (scripts/test does)");
+    for (family, init) in [(Family::Bert, LoraInit::Paper), (Family::Roberta, LoraInit::PaperZeroOffset)] {
+        let tmp = tempfile::tempdir().unwrap();
+        let model_dir = tmp.path().join("model");
+        write_tiny_model(family, &tok, &model_dir, 4).unwrap();
+        let dev = Device::Cpu;
+        let limits = DataLimits { max_train: Some(32), max_dev: Some(24) };
+        let inp = RunInputs::load(model_dir.to_str().unwrap(), &glue_dir(), Task::Rte, 32, limits, &dev).unwrap();
+        let cfg = &inp.model.config;
+        let space = SearchSpace::preset("mam", &inventory(cfg)).unwrap();
+        let arch = Architecture::maximal(&space, cfg).unwrap();
+        let spec = RunSpec {
+            task: "rte".into(),
+            model: model_dir.display().to_string(),
+            model_fingerprint: arch.model.clone(),
+            method: "mam".into(),
+            space: Some("mam".into()),
+            mode: None,
+            budget: None,
+            seed: 1,
+            recipe: Recipe { epochs: 1.0, lr: 5e-2, batch_size: 8, max_len: 32, warmup_frac: 0.0, weight_decay: 0.0, max_steps: Some(3) },
+            criterion: None,
+            reinit: None,
+            lora_init: init,
+            device: "cpu".into(),
+        };
+        let start = init_map(&arch, 1, init);
+        let runs = tmp.path().join("runs");
+        execute(&inp, RunPlan { spec, arch: Some(&arch), start: &start, criterion: None, bucket: 1, progress: None }, "r", &runs).unwrap();
+        let run = load_run(&runs.join("r"), None, &dev).unwrap();
+        let ours = predict_dev(&run, &glue_dir(), Some(24)).unwrap();
+        let merged = tmp.path().join("merged");
+        export_merged(&run, &merged).unwrap();
+        export_peft(&run, &tmp.path().join("peft")).unwrap();
+        assert!(tmp.path().join("peft/adapter_config.json").exists());
+        // Load the merged folder as a plain model (prefixed HF keys, no PET parameters).
+        let md = ModelDir::open(merged.to_str().unwrap()).unwrap();
+        let w = md.weights().unwrap();
+        let opts = BuildOptions { num_labels: 2, seed: 0, lora_init: LoraInit::Paper, full_finetune: false, dtype: DType::F32 };
+        let plain = EncoderModel::build(&md.config, &w, None, &HashMap::new(), &opts, &dev).unwrap();
+        let plain_run = petnas_train::export::LoadedRun { record: run.record.clone(), arch: None, model_dir: md, model: plain, task: Task::Rte };
+        let theirs = predict_dev(&plain_run, &glue_dir(), Some(24)).unwrap();
+        assert_eq!(ours.len(), 24);
+        let mut worst = 0f32;
+        for (a, b) in ours.iter().zip(&theirs) {
+            for (x, y) in a.logits.iter().zip(&b.logits) {
+                worst = worst.max((x - y).abs());
+            }
+        }
+        assert!(worst < 1e-4, "{family:?}: merged logits differ by {worst}");
+        // Training moved the logits away from the untrained head, so the check is not vacuous.
+        assert!(ours.iter().any(|p| p.logits.iter().any(|v| v.abs() > 1e-4)));
+    }
+}

@@ -21,7 +21,9 @@ use crate::CoreError;
 #[serde(rename_all = "snake_case")]
 pub enum RankGroup {
     /// Sum over column k of U and column k of V (both are removed together).
+    // `rename_all = "snake_case"` would spell this `u_v`; the CLI and configs say `uv`.
     #[default]
+    #[serde(rename = "uv", alias = "u_v")]
     UV,
     /// Sum over column k of U only (the paper's literal wording); V's column is still removed
     /// with it and still counted in the cost.
@@ -710,5 +712,14 @@ mod tests {
             b.iter().all(|&x| (9..=10).contains(&x)) && b[5] == 9,
             "{b:?}"
         );
+    }
+
+    #[test]
+    fn rank_group_names_match_the_cli() {
+        let uv: RankGroup = serde_json::from_str("\"uv\"").unwrap();
+        assert_eq!(uv, RankGroup::UV);
+        assert_eq!(serde_json::to_string(&RankGroup::UV).unwrap(), "\"uv\"");
+        let u: RankGroup = serde_json::from_str("\"u_only\"").unwrap();
+        assert_eq!(u, RankGroup::UOnly);
     }
 }

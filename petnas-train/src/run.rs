@@ -121,7 +121,8 @@ pub fn execute(inp: &RunInputs, plan: RunPlan, id: &str, out_dir: &Path) -> Resu
     let pet_params = model.param_count(Role::Pet)? + if full { model.param_count(Role::Base)? } else { 0 };
     let head_params = model.param_count(Role::Head)?;
     let modules = plan.arch.map(|a| a.module_counts()).unwrap_or_default();
-    let trained = train::train(&model, &inp.train, &spec.recipe, spec.seed, &ctx, plan.criterion);
+    let mut criterion = plan.criterion;
+    let trained = train::train(&model, &inp.train, &spec.recipe, spec.seed, &ctx, criterion.as_deref_mut());
     let mut log = String::new();
     let (result, model) = match trained {
         Ok(stats) => {
@@ -166,7 +167,10 @@ pub fn execute(inp: &RunInputs, plan: RunPlan, id: &str, out_dir: &Path) -> Resu
         Err(e) => return Err(e),
     };
     let record = RunRecord::new(id.to_string(), spec, result, git_commit());
-    write_run_dir(out_dir, id, &record, plan.arch, model.as_ref(), &log)?;
+    // The criterion sums go into the run folder before it appears: a search resumed after a kill
+    // must never find its maximal run done but without the scores to prune from.
+    let criterion = criterion.as_deref().filter(|_| model.is_some());
+    write_dir(out_dir, id, &record, plan.arch, model.as_ref(), criterion, &log)?;
     Ok(RunOutcome { record, model })
 }
 
@@ -209,6 +213,19 @@ pub fn git_commit() -> Option<String> {
 /// Writes a run's directory under a temporary name, then renames it into place (replacing an
 /// older directory of the same id).
 pub fn write_run_dir(out_dir: &Path, id: &str, record: &RunRecord, arch: Option<&Architecture>, model: Option<&EncoderModel>, log: &str) -> Result<PathBuf> {
+    write_dir(out_dir, id, record, arch, model, None, log)
+}
+
+/// [`write_run_dir`], plus the criterion sums (`criterion.safetensors`) of a search's maximal run.
+fn write_dir(
+    out_dir: &Path,
+    id: &str,
+    record: &RunRecord,
+    arch: Option<&Architecture>,
+    model: Option<&EncoderModel>,
+    criterion: Option<&CriterionAccumulator>,
+    log: &str,
+) -> Result<PathBuf> {
     std::fs::create_dir_all(out_dir).map_err(io_err(out_dir))?;
     let tmp = out_dir.join(format!(".partial-{id}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&tmp);
@@ -224,6 +241,9 @@ pub fn write_run_dir(out_dir: &Path, id: &str, record: &RunRecord, arch: Option<
         let map: HashMap<String, candle_core::Tensor> = tensors.into_iter().collect();
         let p = tmp.join("weights.safetensors");
         candle_core::safetensors::save(&map, &p)?;
+    }
+    if let Some(c) = criterion {
+        c.save(&tmp.join(crate::search::CRITERION_FILE))?;
     }
     let lp = tmp.join("log.txt");
     std::fs::write(&lp, log).map_err(io_err(&lp))?;

@@ -177,12 +177,17 @@ pub fn search(inp: &RunInputs, cfg: &SearchConfig, out_dir: &Path, hooks: Search
     let mut records = Vec::new();
 
     let need_trained = cfg.reinits.contains(&Reinit::Keep);
+    let max_done = is_done(&max_id, &max_spec);
+    // A maximal run that completed but has no criterion file (written by an older version, or
+    // damaged) is trained again rather than silently skipping every pruned run.
+    let max_failed = max_done
+        && RunRecord::load(&max_dir.join("record.json")).is_ok_and(|r| matches!(r.result.status, RunStatus::Failed { .. }));
     let (crit, trained): (CriterionAccumulator, Option<HashMap<String, Vec<f32>>>) =
-        if is_done(&max_id, &max_spec) && max_dir.join(CRITERION_FILE).exists() {
+        if max_done && max_dir.join(CRITERION_FILE).exists() {
             let crit = CriterionAccumulator::load(&max_dir.join(CRITERION_FILE))?;
             let trained = if need_trained { Some(run::load_pet_values(&max_dir)?) } else { None };
             (crit, trained)
-        } else if is_done(&max_id, &max_spec) {
+        } else if max_failed {
             // Done but failed (diverged): nothing to prune from.
             return Ok(records);
         } else {
@@ -202,7 +207,6 @@ pub fn search(inp: &RunInputs, cfg: &SearchConfig, out_dir: &Path, hooks: Search
             if failed {
                 return Ok(records);
             }
-            crit.save(&max_dir.join(CRITERION_FILE))?;
             let trained = if need_trained { Some(model.pet_values()?.into_iter().collect()) } else { None };
             (crit, trained)
         };

@@ -113,13 +113,48 @@ pub struct BaselineConfig {
 }
 
 /// A budget as a number or text (`2000`, `"2k"`, `"3.4M"`).
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Serialize)]
 #[serde(untagged)]
 pub enum BudgetValue {
     /// A count.
     Count(u64),
     /// Text with an optional k/M suffix.
     Text(String),
+}
+
+// By hand rather than `untagged`: a bad budget (`-5`, `1.5`, `"abc"`) is then reported with its
+// reason at its line in the TOML, not as "data did not match any variant".
+impl<'de> Deserialize<'de> for BudgetValue {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        use serde::de::Error;
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = BudgetValue;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a parameter budget: a whole number (2000) or text with a k/M suffix (\"2k\", \"3.4M\")")
+            }
+            fn visit_u64<E: Error>(self, v: u64) -> std::result::Result<BudgetValue, E> {
+                Ok(BudgetValue::Count(v))
+            }
+            fn visit_i64<E: Error>(self, v: i64) -> std::result::Result<BudgetValue, E> {
+                u64::try_from(v).map(BudgetValue::Count).map_err(|_| E::custom(format!("bad parameter budget {v}: a budget cannot be negative")))
+            }
+            fn visit_f64<E: Error>(self, v: f64) -> std::result::Result<BudgetValue, E> {
+                if v < 0.0 {
+                    Err(E::custom(format!("bad parameter budget {v}: a budget cannot be negative")))
+                } else if v.fract() != 0.0 || v > u64::MAX as f64 {
+                    Err(E::custom(format!("bad parameter budget {v}: not a whole number of parameters")))
+                } else {
+                    Ok(BudgetValue::Count(v as u64))
+                }
+            }
+            fn visit_str<E: Error>(self, v: &str) -> std::result::Result<BudgetValue, E> {
+                parse_budget(v).map_err(E::custom)?;
+                Ok(BudgetValue::Text(v.to_string()))
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 /// One search: a space pruned to budgets in modes, with criteria and re-initialisations.
@@ -520,7 +555,6 @@ pub fn execute(cfg: &SweepConfig, config_text: &str, plan: &Plan, opts: &SweepOp
     if cleaned > 0 {
         tracing::info!(cleaned, "removed interrupted run folders");
     }
-    petnas_core::io::write_atomic(&out.join("sweep.toml"), config_text.as_bytes())?;
     let mine: Vec<&PlannedRun> = plan.runs.iter().filter(|r| opts.shard.is_none_or(|s| s.owns(r.job))).collect();
     let changed: Vec<&str> = mine.iter().filter(|r| run_state(out, &r.id, &r.hash) == RunState::Changed).map(|r| r.id.as_str()).collect();
     if !changed.is_empty() && !opts.rerun_changed {
@@ -531,6 +565,8 @@ pub fn execute(cfg: &SweepConfig, config_text: &str, plan: &Plan, opts: &SweepOp
             changed.iter().take(3).copied().collect::<Vec<_>>().join(", ")
         )));
     }
+    // Only now: a refused config must not replace the copy of the one the runs were made with.
+    petnas_core::io::write_atomic(&out.join("sweep.toml"), config_text.as_bytes())?;
     let plan_json: Vec<_> = mine.iter().map(|r| serde_json::json!({"id": r.id, "hash": r.hash, "steps": r.steps})).collect();
     let pname = match opts.shard {
         Some(s) => format!("plan.{}-of-{}.json", s.k, s.n),

@@ -1,0 +1,300 @@
+//! Bad inputs get a clear error that names the file, line, field or tensor, a non-zero exit, and
+//! leave nothing behind: no output folder, no run folder, no `.partial-*`.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use common::*;
+
+/// A GLUE folder with the first `rows` examples of RTE and STS-B (train and dev).
+fn small_glue(dir: &Path, rows: usize) -> PathBuf {
+    for task in ["RTE", "STS-B"] {
+        std::fs::create_dir_all(dir.join(task)).unwrap();
+        for split in ["train", "dev"] {
+            let text = std::fs::read_to_string(glue().join(task).join(format!("{split}.tsv"))).unwrap();
+            let head: Vec<&str> = text.lines().take(rows + 1).collect();
+            std::fs::write(dir.join(task).join(format!("{split}.tsv")), head.join("\n") + "\n").unwrap();
+        }
+    }
+    dir.to_path_buf()
+}
+
+fn train_bitfit(task: &str, model: &Path, data: &Path, out: &Path) -> Run {
+    let mut args = vec!["train", "--task", task, "--model", s(model), "--data", s(data), "--method", "bitfit", "--out", s(out)];
+    args.extend(TINY);
+    train(&args)
+}
+
+#[track_caller]
+fn assert_nothing_written(out: &Path) {
+    assert!(!out.exists(), "a failed command created {}: {:?}", out.display(), std::fs::read_dir(out).map(|r| r.count()));
+}
+
+#[test]
+fn malformed_tsv_rows_are_named_by_file_and_line() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tiny(tmp.path(), "bert");
+    let out = tmp.path().join("out");
+    // (task, split, what to append to 20 good rows or how to replace the file, expected message)
+    type Edit = fn(&str) -> String;
+    let cases: Vec<(&str, &str, &str, Edit, Vec<&str>)> = vec![
+        ("missing column", "RTE", "train", |t| format!("{t}7\tonly one sentence\n"), vec!["RTE/train.tsv:22:", "missing column 2 (sentence2)", "2 tab-separated fields"]),
+        ("extra tab", "RTE", "train", |t| format!("{t}7\ta\tb\tentailment\tstray\n"), vec!["RTE/train.tsv:22:", "5 tab-separated fields but the header has 4"]),
+        ("bad label", "RTE", "train", |t| format!("{t}7\ta\tb\tmaybe\n"), vec!["RTE/train.tsv:22:", "bad label \"maybe\"", "not_entailment"]),
+        ("bad label in dev", "RTE", "dev", |t| format!("{t}7\ta\tb\tyes\n"), vec!["RTE/dev.tsv:22:", "bad label \"yes\""]),
+        ("non-numeric score", "STS-B", "train", |t| format!("{t}9\tmain-captions\tMSRvid\t2012test\t0001\tnone\tnone\ta\tb\tfive\n"), vec!["STS-B/train.tsv:22:", "bad score \"five\"", "not a number"]),
+        ("score out of range", "STS-B", "train", |t| format!("{t}9\tmain-captions\tMSRvid\t2012test\t0001\tnone\tnone\ta\tb\t7.5\n"), vec!["STS-B/train.tsv:22:", "bad score \"7.5\"", "0..=5"]),
+        ("empty line between rows", "RTE", "train", |t| format!("{t}\n7\ta\tb\tentailment\n"), vec!["RTE/train.tsv:22:", "empty line between rows"]),
+        ("empty file", "RTE", "train", |_| String::new(), vec!["RTE/train.tsv", "file is empty"]),
+        ("header only", "RTE", "dev", |t| t.lines().next().unwrap().to_string() + "\n", vec!["RTE/dev.tsv", "header but no examples"]),
+    ];
+    for (what, task_dir, split, edit, needles) in cases {
+        let data = small_glue(&tmp.path().join(what.replace(' ', "-")), 20);
+        let file = data.join(task_dir).join(format!("{split}.tsv"));
+        let text = std::fs::read_to_string(&file).unwrap();
+        std::fs::write(&file, edit(&text)).unwrap();
+        let task = if task_dir == "RTE" { "rte" } else { "stsb" };
+        let err = train_bitfit(task, &model, &data, &out).fails_with(&needles);
+        assert!(err.lines().count() <= 3, "{what}: a short message, not a backtrace:\n{err}");
+        assert_nothing_written(&out);
+    }
+
+    // Not UTF-8, and a task folder that is not there.
+    let data = small_glue(&tmp.path().join("latin1"), 20);
+    let mut bytes = std::fs::read(data.join("RTE/train.tsv")).unwrap();
+    bytes.extend(b"7\tcaf\xe9\tb\tentailment\n");
+    std::fs::write(data.join("RTE/train.tsv"), bytes).unwrap();
+    train_bitfit("rte", &model, &data, &out).fails_with(&["RTE/train.tsv:22:", "not valid UTF-8"]);
+    std::fs::remove_dir_all(data.join("RTE")).unwrap();
+    train_bitfit("rte", &model, &data, &out).fails_with(&["RTE/train.tsv", "GLUE file not found"]);
+    assert_nothing_written(&out);
+}
+
+/// A sweep whose dev file is bad stops at that task with the file and line, and leaves no run
+/// folder and no `.partial-*`.
+#[test]
+fn sweep_with_bad_data_leaves_no_run_behind() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tiny(tmp.path(), "bert");
+    let data = small_glue(&tmp.path().join("glue"), 20);
+    let dev = data.join("RTE/dev.tsv");
+    let text = std::fs::read_to_string(&dev).unwrap();
+    std::fs::write(&dev, format!("{text}7\ta\tb\tperhaps\n")).unwrap();
+    let cfg = tmp.path().join("bad-data.toml");
+    let toml = sweep_toml(&model, "tasks = [\"rte\"]\nseeds = [0]\n[[baselines]]\nmethod = \"bitfit\"\nlr = 1e-3\n");
+    std::fs::write(&cfg, toml).unwrap();
+    let out = tmp.path().join("sweep");
+    train(&["sweep", "--config", s(&cfg), "--out", s(&out), "--data", s(&data), "--quiet", "--no-estimate"])
+        .fails_with(&["RTE/dev.tsv:22:", "bad label \"perhaps\""]);
+    assert!(run_names(&out.join("runs")).is_empty(), "{:?}", run_names(&out.join("runs")));
+    assert!(leftovers(&out.join("runs")).is_empty() && leftovers(&out).is_empty());
+
+    // A bad training file is found while planning: not even the output folder is made.
+    let out2 = tmp.path().join("sweep2");
+    let train_tsv = data.join("RTE/train.tsv");
+    let text = std::fs::read_to_string(&train_tsv).unwrap();
+    std::fs::write(&train_tsv, format!("{text}7\ta\n")).unwrap();
+    train(&["sweep", "--config", s(&cfg), "--out", s(&out2), "--data", s(&data), "--quiet", "--no-estimate"])
+        .fails_with(&["RTE/train.tsv:22:", "missing column"]);
+    assert_nothing_written(&out2);
+}
+
+/// A UTF-8 BOM and CRLF line ends (as Windows tools write them) change nothing: the run is the
+/// same, bit for bit, as on the plain files.
+#[test]
+fn bom_and_crlf_just_work() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tiny(tmp.path(), "bert");
+    let plain = small_glue(&tmp.path().join("plain"), 64);
+    let windows = small_glue(&tmp.path().join("windows"), 64);
+    for task in ["RTE", "STS-B"] {
+        for split in ["train", "dev"] {
+            let p = windows.join(task).join(format!("{split}.tsv"));
+            let t = std::fs::read_to_string(&p).unwrap();
+            std::fs::write(&p, format!("\u{feff}{}", t.replace('\n', "\r\n"))).unwrap();
+        }
+    }
+    for task in ["rte", "stsb"] {
+        let a = tmp.path().join(format!("a-{task}"));
+        let b = tmp.path().join(format!("b-{task}"));
+        train_bitfit(task, &model, &plain, &a).ok();
+        train_bitfit(task, &model, &windows, &b).ok();
+        let id = format!("{task}-bitfit-s0");
+        assert_eq!(text(&json(&b.join(&id).join("record.json")), "/result/status"), "completed");
+        assert_same_run(&a.join(&id), &b.join(&id));
+    }
+}
+
+#[test]
+fn unknown_task_and_missing_model_are_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tiny(tmp.path(), "bert");
+    let out = tmp.path().join("out");
+    train_bitfit("glue-ten", &model, glue(), &out).fails_with(&["unknown GLUE task \"glue-ten\"", "rte"]);
+    train_bitfit("rte", &tmp.path().join("no-such-model"), glue(), &out).fails_with(&["no-such-model", "does not exist"]);
+    train_bitfit("rte", &model, &tmp.path().join("no-such-data"), &out).fails_with(&["no-such-data", "does not exist"]);
+    let mut search = vec!["search", "--task", "nli9", "--model", s(&model), "--data", s(glue()), "--space", "bitfit", "--budget", "100", "--out", s(&out)];
+    search.extend(TINY);
+    train(&search).fails_with(&["unknown GLUE task \"nli9\""]);
+    assert_nothing_written(&out);
+}
+
+/// Rewrites `model.safetensors` without one tensor.
+fn drop_tensor(model: &Path, name: &str) {
+    let p = model.join("model.safetensors");
+    let bytes = std::fs::read(&p).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let kept: Vec<(String, safetensors::tensor::TensorView)> = st.tensors().into_iter().filter(|(n, _)| n != name).collect();
+    assert_eq!(kept.len() + 1, st.len(), "no tensor {name} to drop");
+    let out = safetensors::serialize(kept, None).unwrap();
+    std::fs::write(&p, out).unwrap();
+}
+
+fn edit_config(model: &Path, from: &str, to: &str) {
+    let p = model.join("config.json");
+    let t = std::fs::read_to_string(&p).unwrap();
+    assert!(t.contains(from), "config.json lacks {from}");
+    std::fs::write(&p, t.replace(from, to)).unwrap();
+}
+
+#[test]
+fn broken_model_folders_are_named() {
+    let tmp = tempfile::tempdir().unwrap();
+    let good = tiny(tmp.path(), "bert");
+    let out = tmp.path().join("out");
+    type Break = fn(&Path);
+    let cases: Vec<(&str, Break, Vec<&str>)> = vec![
+        ("hidden size", |m| edit_config(m, "\"hidden_size\": 32", "\"hidden_size\": 48"), vec!["model.safetensors", "has shape [30522, 32] but config.json implies [30522, 48]"]),
+        ("layer count", |m| edit_config(m, "\"num_hidden_layers\": 2", "\"num_hidden_layers\": 3"), vec!["model.safetensors", "missing tensor `encoder.layer.2.", "3 layers"]),
+        ("dropped tensor", |m| drop_tensor(m, "encoder.layer.1.output.dense.weight"), vec!["model.safetensors", "missing tensor `encoder.layer.1.output.dense.weight`"]),
+        ("no tokenizer", |m| std::fs::remove_file(m.join("tokenizer.json")).unwrap(), vec!["missing tokenizer.json"]),
+        ("no weights", |m| std::fs::remove_file(m.join("model.safetensors")).unwrap(), vec!["model.safetensors"]),
+        ("no config", |m| std::fs::remove_file(m.join("config.json")).unwrap(), vec!["missing config.json"]),
+        ("config not JSON", |m| std::fs::write(m.join("config.json"), "{\"model_type\": \"bert\",").unwrap(), vec!["config.json"]),
+        ("truncated weights", |m| {
+            let p = m.join("model.safetensors");
+            let b = std::fs::read(&p).unwrap();
+            std::fs::write(&p, &b[..b.len() / 2]).unwrap();
+        }, vec!["model.safetensors"]),
+        ("tokenizer not JSON", |m| std::fs::write(m.join("tokenizer.json"), "not json").unwrap(), vec!["tokenizer.json"]),
+    ];
+    for (what, brk, needles) in cases {
+        let model = tmp.path().join(what.replace(' ', "-"));
+        copy_dir(&good, &model);
+        brk(&model);
+        let err = train_bitfit("rte", &model, glue(), &out).fails_with(&needles);
+        assert!(err.contains(s(&model)), "{what}: the message does not name the model folder:\n{err}");
+        assert_nothing_written(&out);
+    }
+}
+
+fn search(model: &Path, space: &str, budget: &str, out: &Path) -> Run {
+    let budget = format!("--budget={budget}");
+    let mut args = vec!["search", "--task", "rte", "--model", s(model), "--data", s(glue()), "--space", space, &budget, "--out", s(out)];
+    args.extend(TINY);
+    train(&args)
+}
+
+/// What a user may type as a budget. Invalid text is refused; 0 and huge budgets are valid and
+/// mean what they say: 0 keeps no PET parameter (only the classification head trains), a budget
+/// above the maximal space keeps all of it. A budget below the smallest structured unit (a whole
+/// bias vector: hidden 32 here) leaves structured pruning with nothing, while unstructured
+/// pruning keeps exactly that many entries.
+#[test]
+fn budgets_bad_zero_huge_and_tiny() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tiny(tmp.path(), "bert");
+    let out = tmp.path().join("never");
+    for (budget, needles) in [
+        ("-5", vec!["--budget", "\"-5\"", "cannot be negative"]),
+        ("abc", vec!["\"abc\"", "e.g. 2000, 2k"]),
+        ("1.5", vec!["\"1.5\"", "not a whole number"]),
+        ("", vec!["empty"]),
+        ("99999999999999999999999999999", vec!["too large"]),
+    ] {
+        search(&model, "bitfit", budget, &out).fails_with(&needles);
+        assert_nothing_written(&out);
+    }
+
+    let get = |dir: &Path, id: &str| json(&dir.join(id).join("record.json"));
+    let maximal_params = |dir: &Path| num(&get(dir, "rte-bitfit-maximal-s0"), "/result/pet_params");
+
+    let zero = tmp.path().join("zero");
+    search(&model, "bitfit", "0", &zero).ok();
+    for id in ["rte-bitfit-s0-mean-same-s0", "rte-bitfit-u0-mean-same-s0"] {
+        let r = get(&zero, id);
+        assert_eq!(text(&r, "/result/status"), "completed", "{id}");
+        assert_eq!(num(&r, "/result/pet_params"), 0.0, "{id}");
+        assert!(num(&r, "/result/head_params") > 0.0, "{id}: the head still trains");
+        let arch = json(&zero.join(id).join("architecture.json"));
+        for m in arch["modules"].as_array().unwrap() {
+            let hex = m.pointer("/bias/masked/hex").and_then(|h| h.as_str()).unwrap_or_else(|| panic!("{id}: {} keeps its bias: {m}", m["path"]));
+            assert!(hex.chars().all(|c| c == '0'), "{id}: {} keeps bias entries", m["path"]);
+        }
+    }
+
+    let huge = tmp.path().join("huge");
+    search(&model, "bitfit", "1G", &huge).ok();
+    let full = maximal_params(&huge);
+    for id in ["rte-bitfit-s1000000000-mean-same-s0", "rte-bitfit-u1000000000-mean-same-s0"] {
+        assert_eq!(num(&get(&huge, id), "/result/pet_params"), full, "{id} keeps the whole space");
+    }
+
+    let below = tmp.path().join("below");
+    search(&model, "bitfit", "31", &below).ok();
+    assert_eq!(num(&get(&below, "rte-bitfit-s31-mean-same-s0"), "/result/pet_params"), 0.0);
+    assert_eq!(num(&get(&below, "rte-bitfit-u31-mean-same-s0"), "/result/pet_params"), 31.0);
+
+    // The same rules in a sweep's TOML (tested for wording in the sweep tests): 0 is accepted.
+    let cfg = tmp.path().join("zero.toml");
+    let toml = sweep_toml(&model, "tasks = [\"rte\"]\nseeds = [0]\n[[searches]]\nspace = \"bitfit\"\nbudgets = [0]\nmodes = [\"structured\"]\nlr = 1e-3\n");
+    std::fs::write(&cfg, toml).unwrap();
+    let sw = tmp.path().join("sweep-zero");
+    train(&["sweep", "--config", s(&cfg), "--out", s(&sw), "--quiet", "--no-estimate"]).ok();
+    assert_eq!(num(&get(&sw.join("runs"), "rte-bitfit-s0-mean-same-s0"), "/result/pet_params"), 0.0);
+}
+
+/// `--method arch:FILE` with an architecture saved for another model is refused with what differs.
+#[test]
+fn architecture_of_another_model_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tiny(tmp.path(), "bert");
+    // A one-layer model: the same weights file, the config says one layer.
+    let one = tmp.path().join("one-layer");
+    copy_dir(&model, &one);
+    edit_config(&one, "\"num_hidden_layers\": 2", "\"num_hidden_layers\": 1");
+    let roberta = tiny(tmp.path(), "roberta");
+    let out = tmp.path().join("out");
+    for (other, needle) in [(&one, "num_layers is 1 in the architecture but 2 in the model config"), (&roberta, "family is Roberta in the architecture but Bert")] {
+        let runs = tmp.path().join(format!("runs-{}", other.file_name().unwrap().to_string_lossy()));
+        train_mam(other, &runs).ok();
+        let arch = runs.join("rte-mam-s0/architecture.json");
+        assert!(arch.exists());
+        let method = format!("arch:{}", s(&arch));
+        let mut args = vec!["train", "--task", "rte", "--model", s(&model), "--data", s(glue()), "--method", &method, "--out", s(&out)];
+        args.extend(TINY);
+        train(&args).fails_with(&["--method arch:", "architecture is for another model", needle]);
+        assert_nothing_written(&out);
+    }
+    // The architecture of this model works, by file or by run folder.
+    let own = tmp.path().join("own");
+    train_mam(&model, &own).ok();
+    for file in [own.join("rte-mam-s0/architecture.json"), own.join("rte-mam-s0")] {
+        let method = format!("arch:{}", s(&file));
+        let mut args = vec!["train", "--task", "rte", "--model", s(&model), "--data", s(glue()), "--method", &method, "--out", s(&out)];
+        args.extend(TINY);
+        train(&args).ok();
+    }
+    let bad = format!("arch:{}", s(&tmp.path().join("missing.json")));
+    let o2 = tmp.path().join("o2");
+    let mut args = vec!["train", "--task", "rte", "--model", s(&model), "--data", s(glue()), "--method", &bad, "--out", s(&o2)];
+    args.extend(TINY);
+    train(&args).fails_with(&["missing.json"]);
+}
+
+fn train_mam(model: &Path, out: &Path) -> Run {
+    let mut args = vec!["train", "--task", "rte", "--model", s(model), "--data", s(glue()), "--method", "mam", "--out", s(out)];
+    args.extend(TINY);
+    train(&args)
+}

@@ -1,0 +1,290 @@
+//! `petnas-train sweep` end to end on a tiny model and real (truncated) GLUE data, then
+//! `petnas-analyze report` on its output; config changes, dry runs, shards and reindexing.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+
+use common::*;
+use serde_json::Value;
+
+fn module_sum(r: &Value, field: &str) -> u64 {
+    r.pointer("/result/modules").and_then(Value::as_array).expect("modules").iter().map(|m| m[field].as_u64().unwrap_or(0)).sum()
+}
+
+#[test]
+fn sweep_end_to_end_then_report() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tiny(tmp.path(), "bert");
+    let cfg = tmp.path().join("study.toml");
+    std::fs::write(&cfg, study(&model)).unwrap();
+    let out = tmp.path().join("sweep");
+
+    let r = train(&["sweep", "--config", s(&cfg), "--out", s(&out), "--quiet"]).ok();
+    assert!(r.stdout.contains("plan: 20 runs"), "{}", r.stdout);
+    assert!(r.stdout.contains("20 planned, 0 already done, 20 completed now, 0 failed"), "{}", r.stdout);
+
+    // The plan, the folders and the index agree on the 20 runs.
+    let plan: BTreeSet<String> = json(&out.join("plan.json")).as_array().unwrap().iter().map(|p| text(p, "/id").to_string()).collect();
+    assert_eq!(plan.len(), 20);
+    let folders: BTreeSet<String> = run_names(&out.join("runs")).into_iter().collect();
+    assert_eq!(folders, plan);
+    let index = jsonl(&out.join("index.jsonl"));
+    assert_eq!(index.len(), 20, "index.jsonl lines");
+    let ids: BTreeSet<String> = index.iter().map(|r| text(r, "/id").to_string()).collect();
+    assert_eq!(ids, plan);
+    assert!(leftovers(&out.join("runs")).is_empty() && leftovers(&out).is_empty());
+    assert!(out.join("sweep.log").exists() && out.join("sweep.toml").exists());
+
+    let mut by_id: BTreeMap<String, Value> = BTreeMap::new();
+    for r in &index {
+        let id = text(r, "/id");
+        let dir = out.join("runs").join(id);
+        assert_eq!(normalized(r.clone()), record(&dir), "{id}: index line and record.json differ");
+        assert_eq!(text(r, "/result/status"), "completed", "{id}");
+        let metric = text(r, "/result/primary_metric");
+        let v = num(r, &format!("/result/metrics/{metric}"));
+        assert!(v.is_finite(), "{id}: {metric} = {v}");
+        assert_eq!(num(r, "/result/steps"), 3.0, "{id}");
+        // A PET run's count is the sum of what its modules keep.
+        assert_eq!(num(r, "/result/pet_params") as u64, module_sum(r, "bias_kept") + module_sum(r, "lora_kept"), "{id}");
+        assert!(dir.join("architecture.json").exists() && dir.join("weights.safetensors").exists(), "{id}");
+        by_id.insert(id.to_string(), r.clone());
+    }
+    for task in ["rte", "stsb"] {
+        let bitfit = &by_id[&format!("{task}-bitfit-s0")];
+        assert_eq!(num(bitfit, "/result/pet_params") as u64, module_sum(bitfit, "bias_total"));
+        assert_eq!(module_sum(bitfit, "lora_total"), 0);
+        let maximal = &by_id[&format!("{task}-mam16-maximal-s0")];
+        let full = num(maximal, "/result/pet_params") as u64;
+        assert_eq!(full, module_sum(maximal, "bias_total") + module_sum(maximal, "lora_total"));
+        assert!(out.join("runs").join(format!("{task}-mam16-maximal-s0")).join("criterion.safetensors").exists());
+        for crit in ["mean", "random"] {
+            for budget in [2000u64, 5000] {
+                let st = &by_id[&format!("{task}-mam16-s{budget}-{crit}-same-s0")];
+                let un = &by_id[&format!("{task}-mam16-u{budget}-{crit}-same-s0")];
+                let (sp, up) = (num(st, "/result/pet_params") as u64, num(un, "/result/pet_params") as u64);
+                assert!(full > budget);
+                // Unstructured pruning removes single entries, so it lands on the budget exactly;
+                // structured removes whole vectors and rank components, so it may stay below.
+                assert_eq!(up, budget, "{task} U {crit} {budget}");
+                assert!(sp <= budget && sp <= up && sp > 0, "{task} S {crit} {budget}: {sp}");
+                for (r, mode) in [(st, "structured"), (un, "unstructured")] {
+                    assert_eq!(text(r, "/spec/mode"), mode);
+                    assert_eq!(num(r, "/spec/budget") as u64, budget);
+                    assert_eq!(text(r, "/spec/criterion"), crit);
+                    let arch = json(&out.join("runs").join(text(r, "/id")).join("architecture.json"));
+                    assert_eq!(text(&arch, "/mode"), mode);
+                    assert_eq!(num(&arch, "/budget") as u64, budget);
+                }
+            }
+        }
+    }
+
+    // The report: tables with these scores, and the figures it links to.
+    let rep = tmp.path().join("report");
+    let a = analyze(&["report", "--runs", s(&out), "--out", s(&rep)]).ok();
+    let readme_path = rep.join("README.md");
+    assert!(a.stdout.contains("README.md"), "{}", a.stdout);
+    let readme = std::fs::read_to_string(&readme_path).unwrap();
+    for needle in ["## Tables", "## Figures", "| BitFit |", "| S-MaM ", "| U-MaM ", "Random S-MaM", "Random U-MaM", "RTE", "STS-B"] {
+        assert!(readme.contains(needle), "README lacks {needle:?}:\n{readme}");
+    }
+    // Table 1's BitFit row carries the records' scores × 100.
+    let row = readme.lines().find(|l| l.starts_with("| BitFit |")).expect("BitFit row");
+    let header = readme.lines().find(|l| l.starts_with("| Method | #params |")).expect("Table 1 header");
+    let cols: Vec<&str> = header.split('|').map(str::trim).collect();
+    let cells: Vec<&str> = row.split('|').map(str::trim).collect();
+    for (task, col, key) in [("rte", "RTE", "accuracy"), ("stsb", "STS-B", "pearson")] {
+        let i = cols.iter().position(|c| *c == col).unwrap_or_else(|| panic!("no {col} column in {header}"));
+        let shown: f64 = cells[i].parse().unwrap_or_else(|_| panic!("cell {:?} of {row}", cells[i]));
+        let want = num(&by_id[&format!("{task}-bitfit-s0")], &format!("/result/metrics/{key}")) * 100.0;
+        assert!((shown - want).abs() <= 0.051, "{col}: table shows {shown}, record says {want}");
+    }
+    let mut pngs = 0;
+    for line in readme.lines() {
+        if let Some(start) = line.find("](figures/") {
+            let rest = &line[start + 2..];
+            let file = &rest[..rest.find(')').expect("closing parenthesis")];
+            let bytes = std::fs::read(rep.join(file)).unwrap_or_else(|e| panic!("README links {file}: {e}"));
+            if file.ends_with(".png") {
+                assert!(bytes.starts_with(b"\x89PNG\r\n\x1a\n") && bytes.len() > 1000, "{file} is not a PNG image");
+                pngs += 1;
+            }
+        }
+    }
+    for f in ["score_vs_budget_rte.png", "score_vs_budget_stsb.png"] {
+        assert!(rep.join("figures").join(f).exists(), "no figure {f}");
+    }
+    assert!(pngs >= 3, "README shows {pngs} PNG figures");
+    assert!(rep.join("table1.csv").exists() && rep.join("table2.csv").exists());
+}
+
+/// A sweep small enough to run three times: one baseline and one search on RTE.
+fn small(model: &Path, bitfit_lr: &str) -> String {
+    sweep_toml(
+        model,
+        &format!(
+            r#"tasks = ["rte"]
+seeds = [0]
+
+[[baselines]]
+method = "bitfit"
+lr = {bitfit_lr}
+
+[[searches]]
+space = "bitfit"
+budgets = [100]
+modes = ["unstructured"]
+lr = 1e-3
+"#
+        ),
+    )
+}
+
+fn mtimes(runs: &Path) -> BTreeMap<String, std::time::SystemTime> {
+    run_names(runs).into_iter().map(|n| {
+        let t = std::fs::metadata(runs.join(&n).join("record.json")).unwrap().modified().unwrap();
+        (n, t)
+    }).collect()
+}
+
+#[test]
+fn changed_config_needs_rerun_changed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tiny(tmp.path(), "bert");
+    let cfg = tmp.path().join("small.toml");
+    let out = tmp.path().join("sweep");
+    let original = small(&model, "1e-3");
+    std::fs::write(&cfg, &original).unwrap();
+    train(&["sweep", "--config", s(&cfg), "--out", s(&out), "--quiet", "--no-estimate"]).ok();
+    let runs = out.join("runs");
+    assert_eq!(run_names(&runs), ["rte-bitfit-maximal-s0", "rte-bitfit-s0", "rte-bitfit-u100-mean-same-s0"]);
+    let before = mtimes(&runs);
+    let old_hash = text(&json(&runs.join("rte-bitfit-s0/record.json")), "/config_hash").to_string();
+
+    // Same config again: nothing to do.
+    let r = train(&["sweep", "--config", s(&cfg), "--out", s(&out), "--quiet", "--no-estimate"]).ok();
+    assert!(r.stdout.contains("3 planned, 3 already done, 0 completed now"), "{}", r.stdout);
+    assert_eq!(mtimes(&runs), before);
+
+    // Another LR for the baseline: refused, naming the run and the way out; nothing touched.
+    std::fs::write(&cfg, small(&model, "2e-3")).unwrap();
+    let dry = train(&["sweep", "--config", s(&cfg), "--out", s(&out), "--dry-run", "--no-estimate"]).ok();
+    assert!(dry.stdout.contains("1 changed"), "{}", dry.stdout);
+    assert!(dry.stdout.contains("rte-bitfit-s0 (3 steps) [Changed]"), "{}", dry.stdout);
+    train(&["sweep", "--config", s(&cfg), "--out", s(&out), "--quiet", "--no-estimate"])
+        .fails_with(&["--rerun-changed", "rte-bitfit-s0", "different config"]);
+    assert_eq!(mtimes(&runs), before);
+    assert_eq!(std::fs::read_to_string(out.join("sweep.toml")).unwrap(), original, "a refused config replaced sweep.toml");
+
+    // --rerun-changed redoes that run only.
+    let r = train(&["sweep", "--config", s(&cfg), "--out", s(&out), "--quiet", "--no-estimate", "--rerun-changed"]).ok();
+    assert!(r.stdout.contains("3 planned, 2 already done, 1 completed now"), "{}", r.stdout);
+    let after = mtimes(&runs);
+    assert_ne!(after["rte-bitfit-s0"], before["rte-bitfit-s0"]);
+    assert_eq!(after["rte-bitfit-maximal-s0"], before["rte-bitfit-maximal-s0"]);
+    assert_eq!(after["rte-bitfit-u100-mean-same-s0"], before["rte-bitfit-u100-mean-same-s0"]);
+    let redone = json(&runs.join("rte-bitfit-s0/record.json"));
+    assert_eq!(num(&redone, "/spec/recipe/lr"), 2e-3);
+    assert_ne!(text(&redone, "/config_hash"), old_hash);
+    let index = jsonl(&out.join("index.jsonl"));
+    assert_eq!(index.len(), 3);
+    let line = index.iter().find(|r| r["id"] == "rte-bitfit-s0").unwrap();
+    assert_eq!(num(line, "/spec/recipe/lr"), 2e-3, "index.jsonl not rebuilt");
+    assert_eq!(std::fs::read_to_string(out.join("sweep.toml")).unwrap(), small(&model, "2e-3"));
+}
+
+#[test]
+fn unknown_and_bad_config_keys_are_named() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tiny(tmp.path(), "bert");
+    let out = tmp.path().join("never");
+    let good = small(&model, "1e-3");
+    let cases: Vec<(&str, String, Vec<&str>)> = vec![
+        ("top-level key", format!("learning_rate = 3e-4\n{good}"), vec!["unknown field `learning_rate`", "line 1"]),
+        ("recipe key", good.replace("max_dev = 32", "max_dev = 32\nepoch = 3"), vec!["unknown field `epoch`", "expected one of `epochs`"]),
+        ("search key", good.replace("budgets = [100]", "budgets = [100]\nbudget = 5"), vec!["unknown field `budget`"]),
+        ("baseline key", good.replace("method = \"bitfit\"", "method = \"bitfit\"\nrate = 1"), vec!["unknown field `rate`"]),
+        ("unknown task", good.replace("tasks = [\"rte\"]", "tasks = [\"rte\", \"glue9\"]"), vec!["task `glue9`", "unknown GLUE task"]),
+        ("negative budget", good.replace("budgets = [100]", "budgets = [100, -5]"), vec!["line", "cannot be negative"]),
+        ("fractional budget", good.replace("budgets = [100]", "budgets = [1.5]"), vec!["line", "not a whole number"]),
+        ("text budget", good.replace("budgets = [100]", "budgets = [\"lots\"]"), vec!["line", "\"lots\"", "2k"]),
+        ("bad mode", good.replace("modes = [\"unstructured\"]", "modes = [\"sideways\"]"), vec!["sideways", "structured"]),
+        ("bad criterion", good.replace("modes = [\"unstructured\"]", "modes = [\"unstructured\"]\ncriteria = [\"vibes\"]"), vec!["vibes"]),
+        ("zero lr", good.replace("lr = 1e-3\n\n[[searches]]", "lr = 0.0\n\n[[searches]]"), vec!["lr must be positive"]),
+        ("unknown space", good.replace("space = \"bitfit\"", "space = \"nonsense\""), vec!["nonsense"]),
+        ("duplicate ids", good.replace("budgets = [100]", "budgets = [1000, \"1k\"]"), vec!["share the id", "tag"]),
+    ];
+    for (what, toml, needles) in cases {
+        let cfg = tmp.path().join("bad.toml");
+        std::fs::write(&cfg, &toml).unwrap();
+        let err = train(&["sweep", "--config", s(&cfg), "--out", s(&out), "--quiet", "--no-estimate"]).fails_with(&needles);
+        if what != "duplicate ids" && what != "unknown space" {
+            assert!(err.contains("bad.toml"), "{what}: the message does not name the file:\n{err}");
+        }
+        assert!(!out.exists(), "{what}: a refused config created {}", out.display());
+    }
+}
+
+#[test]
+fn dry_run_touches_nothing_and_shards_cover_the_plan() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tiny(tmp.path(), "bert");
+    let cfg = tmp.path().join("study.toml");
+    std::fs::write(&cfg, study(&model)).unwrap();
+    let out = tmp.path().join("sweep");
+
+    // The dry run measures throughput for its estimate, prints the plan, and writes nothing.
+    let dry = train(&["sweep", "--config", s(&cfg), "--out", s(&out), "--dry-run"]).ok();
+    assert!(!out.exists(), "--dry-run created {}", out.display());
+    assert!(dry.stdout.contains("estimated training time"), "{}", dry.stdout);
+    let planned: Vec<String> = dry.stdout.lines().filter(|l| l.ends_with("[Missing]")).map(|l| l.trim().split(' ').next().unwrap().to_string()).collect();
+    assert_eq!(planned.len(), 20, "{}", dry.stdout);
+    let all: BTreeSet<String> = planned.iter().cloned().collect();
+    assert_eq!(all.len(), 20);
+
+    // Shards as a job array would run them: separate machines, separate folders.
+    let mut seen: Vec<String> = Vec::new();
+    for k in 0..2 {
+        let shard = format!("{k}/2");
+        let dir = tmp.path().join(format!("shard{k}"));
+        let d = train(&["sweep", "--config", s(&cfg), "--out", s(&dir), "--dry-run", "--no-estimate", "--shard", &shard]).ok();
+        let ids: Vec<String> = d.stdout.lines().filter(|l| l.ends_with("[Missing]")).map(|l| l.trim().split(' ').next().unwrap().to_string()).collect();
+        train(&["sweep", "--config", s(&cfg), "--out", s(&dir), "--quiet", "--no-estimate", "--shard", &shard]).ok();
+        let plan: Vec<String> = json(&dir.join(format!("plan.{k}-of-2.json"))).as_array().unwrap().iter().map(|p| text(p, "/id").to_string()).collect();
+        assert_eq!(plan, ids, "shard {k}: plan file and dry run disagree");
+        let index: Vec<String> = jsonl(&dir.join(format!("index.{k}-of-2.jsonl"))).iter().map(|r| text(r, "/id").to_string()).collect();
+        assert_eq!(index.iter().cloned().collect::<BTreeSet<_>>(), ids.iter().cloned().collect::<BTreeSet<_>>(), "shard {k} index");
+        assert_eq!(run_names(&dir.join("runs")).into_iter().collect::<BTreeSet<_>>(), ids.iter().cloned().collect::<BTreeSet<_>>());
+        assert!(!dir.join("index.jsonl").exists(), "a shard wrote the global index");
+        // A search's runs stay in one shard (they share its maximal training).
+        for id in &ids {
+            if id.contains("-mam16-") {
+                let task = id.split('-').next().unwrap();
+                assert!(ids.contains(&format!("{task}-mam16-maximal-s0")), "shard {k} has {id} without its maximal run");
+            }
+        }
+        seen.extend(ids);
+    }
+    assert_eq!(seen.len(), 20, "shards overlap or miss runs: {seen:?}");
+    assert_eq!(seen.iter().cloned().collect::<BTreeSet<_>>(), all);
+
+    // Gather the shards and reindex.
+    let merged = tmp.path().join("merged");
+    for k in 0..2 {
+        let runs = tmp.path().join(format!("shard{k}/runs"));
+        for n in run_names(&runs) {
+            copy_dir(&runs.join(&n), &merged.join("runs").join(&n));
+        }
+    }
+    let r = train(&["sweep", "--config", s(&cfg), "--out", s(&merged), "--reindex"]).ok();
+    assert!(r.stdout.contains("(20 runs)"), "{}", r.stdout);
+    let index = jsonl(&merged.join("index.jsonl"));
+    let ids: Vec<String> = index.iter().map(|r| text(r, "/id").to_string()).collect();
+    assert_eq!(ids.len(), 20);
+    assert_eq!(ids.iter().cloned().collect::<BTreeSet<_>>(), all, "reindex lost or duplicated runs");
+    let again = train(&["sweep", "--config", s(&cfg), "--out", s(&merged), "--dry-run", "--no-estimate"]).ok();
+    assert!(again.stdout.contains("20 done, 0 to do"), "{}", again.stdout);
+}

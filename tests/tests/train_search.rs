@@ -1,0 +1,175 @@
+//! `train` and `search` on their own: divergence, determinism, and the RoBERTa path.
+
+mod common;
+
+use std::path::Path;
+
+use common::*;
+
+fn train_run(model: &Path, task: &str, method: &str, extra: &[&str], out: &Path) -> Run {
+    let mut args = vec!["train", "--task", task, "--model", s(model), "--data", s(glue()), "--method", method, "--out", s(out)];
+    args.extend(TINY);
+    args.extend(extra);
+    train(&args)
+}
+
+/// An absurd learning rate makes the loss NaN within the 3 steps: the run is recorded as failed
+/// with the reason, `train` says so and exits non-zero, and a sweep goes on with the next run.
+#[test]
+fn divergence_is_recorded_and_the_sweep_goes_on() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tiny(tmp.path(), "bert");
+    let out = tmp.path().join("out");
+    let err = train_run(&model, "rte", "mam", &["--lr", "1e30"], &out).fails_with(&["rte-mam-s0 failed", "training diverged", "NaN", "lower the learning rate"]);
+    assert!(!err.contains("panicked"));
+    let dir = out.join("rte-mam-s0");
+    let r = json(&dir.join("record.json"));
+    assert_eq!(text(&r, "/result/status"), "failed");
+    let reason = text(&r, "/result/reason");
+    assert!(reason.contains("diverged") && reason.contains("NaN"), "{reason}");
+    assert!(r["result"]["metrics"].as_object().unwrap().is_empty(), "a failed run has no scores: {r}");
+    assert!(std::fs::read_to_string(dir.join("log.txt")).unwrap().contains("diverged"));
+    assert!(!dir.join("weights.safetensors").exists(), "a diverged run saved weights");
+    assert!(leftovers(&out).is_empty());
+
+    // In a sweep: a diverging baseline, a diverging search (its maximal training), then two
+    // healthy runs that must still happen.
+    let cfg = tmp.path().join("diverge.toml");
+    let toml = sweep_toml(
+        &model,
+        r#"tasks = ["rte"]
+seeds = [0]
+
+[[baselines]]
+method = "mam"
+lr = 1e30
+tag = "boom"
+
+[[baselines]]
+method = "bitfit"
+lr = 1e-3
+
+[[searches]]
+space = "mam16"
+budgets = [500]
+modes = ["unstructured"]
+lr = 1e-3
+search_lr = 1e30
+
+[[searches]]
+space = "bitfit"
+budgets = [100]
+modes = ["unstructured"]
+lr = 1e-3
+"#,
+    );
+    std::fs::write(&cfg, toml).unwrap();
+    let sw = tmp.path().join("sweep");
+    let r = train(&["sweep", "--config", s(&cfg), "--out", s(&sw), "--quiet", "--no-estimate"]).ok();
+    assert!(r.stdout.contains("rte-mam-boom-s0: FAILED (training diverged"), "{}", r.stdout);
+    assert!(r.stdout.contains("rte-mam16-maximal-s0: FAILED (training diverged"), "{}", r.stdout);
+    assert!(r.stdout.contains("2 failed"), "{}", r.stdout);
+    let runs = sw.join("runs");
+    let status = |id: &str| text(&json(&runs.join(id).join("record.json")), "/result/status").to_string();
+    assert_eq!(status("rte-mam-boom-s0"), "failed");
+    assert_eq!(status("rte-mam16-maximal-s0"), "failed");
+    assert_eq!(status("rte-bitfit-s0"), "completed");
+    assert_eq!(status("rte-bitfit-maximal-s0"), "completed");
+    assert_eq!(status("rte-bitfit-u100-mean-same-s0"), "completed");
+    // Nothing to prune from a diverged search: its pruned run is not attempted.
+    assert!(!runs.join("rte-mam16-u500-mean-same-s0").exists());
+    assert_eq!(jsonl(&sw.join("index.jsonl")).len(), 5);
+
+    // Rerunning does not retry diverged runs (they are results), and the report leaves them out.
+    let again = train(&["sweep", "--config", s(&cfg), "--out", s(&sw), "--quiet", "--no-estimate"]).ok();
+    assert!(again.stdout.contains("0 completed now, 0 failed"), "{}", again.stdout);
+    let rep = tmp.path().join("report");
+    let a = analyze(&["report", "--runs", s(&sw), "--out", s(&rep)]).ok();
+    assert!(a.stderr.contains("2 failed run(s) excluded") && a.stderr.contains("rte-mam-boom-s0"), "{}", a.stderr);
+    assert!(rep.join("README.md").exists());
+}
+
+/// The same seed gives the same search on CPU, bit for bit: criterion, masks, weights, scores.
+/// Another seed gives other random masks (so the comparison can fail).
+#[test]
+fn search_is_deterministic_per_seed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tiny(tmp.path(), "bert");
+    let run = |seed: &str, out: &Path| {
+        let mut args = vec![
+            "search", "--task", "stsb", "--model", s(&model), "--data", s(glue()), "--space", "mam16", "--mode", "both",
+            "--budget", "1000,3k", "--criterion", "random", "--seed", seed, "--out", s(out),
+        ];
+        args.extend(TINY);
+        train(&args).ok();
+        let mut args = vec![
+            "search", "--task", "stsb", "--model", s(&model), "--data", s(glue()), "--space", "mam16", "--mode", "unstructured",
+            "--budget", "1000", "--criterion", "mean", "--seed", seed, "--out", s(out),
+        ];
+        args.extend(TINY);
+        // The maximal run is trained again into the same folder: it must come out the same.
+        train(&args).ok();
+    };
+    let (a, b, c) = (tmp.path().join("a"), tmp.path().join("b"), tmp.path().join("c"));
+    run("7", &a);
+    run("7", &b);
+    run("8", &c);
+    let names = run_names(&a);
+    assert_eq!(names.len(), 6, "{names:?}");
+    assert_eq!(names, run_names(&b));
+    for n in &names {
+        assert_same_run(&a.join(n), &b.join(n));
+    }
+    for n in ["stsb-mam16-u1000-random-same-s7", "stsb-mam16-s3000-random-same-s7", "stsb-mam16-u1000-mean-same-s7"] {
+        let arch = |d: &Path, n: &str| std::fs::read(d.join(n).join("architecture.json")).unwrap();
+        let other = n.replace("-s7", "-s8");
+        assert!(arch(&a, n) != arch(&c, &other), "seeds 7 and 8 give the same masks for {n}");
+    }
+    let metric = |d: &Path, n: &str| json(&d.join(n).join("record.json"))["result"]["metrics"].clone();
+    assert_ne!(metric(&a, "stsb-mam16-maximal-s7"), metric(&c, "stsb-mam16-maximal-s8"));
+}
+
+/// RoBERTa (padding-offset positions, one token type) through `train` and `search`.
+#[test]
+fn roberta_end_to_end() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tiny(tmp.path(), "roberta");
+    let out = tmp.path().join("out");
+    for task in ["rte", "stsb"] {
+        train_run(&model, task, "mam", &[], &out).ok();
+        let dir = out.join(format!("{task}-mam-s0"));
+        let r = json(&dir.join("record.json"));
+        assert_eq!(text(&r, "/result/status"), "completed");
+        assert_eq!(text(&r, "/spec/model_fingerprint/family"), "Roberta");
+        assert_eq!(num(&r, "/result/steps"), 3.0);
+        let metric = text(&r, "/result/primary_metric");
+        assert!(num(&r, &format!("/result/metrics/{metric}")).is_finite());
+        assert!(num(&r, "/result/final_train_loss").is_finite());
+        assert!(num(&r, "/result/pet_params") > 0.0);
+        let arch = json(&dir.join("architecture.json"));
+        assert_eq!(text(&arch, "/model/family"), "Roberta");
+        let (_, tensors) = safetensors_content(&dir.join("weights.safetensors"));
+        assert!(tensors.keys().any(|k| k.ends_with(".lora_u")) && tensors.keys().any(|k| k.ends_with(".bias_delta")), "{:?}", tensors.keys());
+    }
+    let mut args = vec!["search", "--task", "rte", "--model", s(&model), "--data", s(glue()), "--space", "mam16", "--budget", "2000", "--out", s(&out)];
+    args.extend(TINY);
+    train(&args).ok();
+    for id in ["rte-mam16-s2000-mean-same-s0", "rte-mam16-u2000-mean-same-s0"] {
+        let r = json(&out.join(id).join("record.json"));
+        assert_eq!(text(&r, "/result/status"), "completed", "{id}");
+        assert!(num(&r, "/result/pet_params") <= 2000.0, "{id}");
+    }
+}
+
+/// `verify` against the PyTorch parity fixture, when it is there, as the README runs it.
+#[test]
+fn verify_against_the_pytorch_fixture() {
+    let fixture = root().join("../shared/reference/minilm_rte_parity.safetensors");
+    if !fixture.exists() {
+        eprintln!("skipped: no fixture at {}", fixture.display());
+        return;
+    }
+    let r = train(&["verify", "--model", s(&minilm()), "--fixture", s(&fixture)]).ok();
+    let rep: serde_json::Value = serde_json::from_str(r.stdout.trim()).unwrap_or_else(|e| panic!("{e}: {}", r.stdout));
+    assert_eq!(rep["pass"], true, "{rep}");
+}

@@ -58,6 +58,8 @@ pub struct BenchReport {
     pub trainable_params: usize,
     /// Median step time.
     pub ms_per_step: f64,
+    /// Fastest step (a contention-robust figure on a shared machine).
+    pub ms_per_step_min: f64,
     /// Median forward time.
     pub ms_forward: f64,
     /// Median backward time.
@@ -151,6 +153,7 @@ pub fn bench(cfg: &BenchConfig, device: &Device) -> Result<BenchReport> {
             op.push((t4 - t3).as_secs_f64() * 1e3);
         }
     }
+    let ms_min = tot.iter().copied().fold(f64::INFINITY, f64::min);
     let ms = median(&mut tot);
     let ms_c = median(&mut cr);
     let threads = std::env::var("RAYON_NUM_THREADS")
@@ -165,6 +168,7 @@ pub fn bench(cfg: &BenchConfig, device: &Device) -> Result<BenchReport> {
         space: cfg.space.clone(),
         trainable_params: trainable,
         ms_per_step: ms,
+        ms_per_step_min: if ms_min.is_finite() { ms_min } else { 0.0 },
         ms_forward: median(&mut fw),
         ms_backward: median(&mut bw),
         ms_criterion: ms_c,

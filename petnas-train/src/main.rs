@@ -198,7 +198,7 @@ struct SearchArgs {
     #[arg(long, default_value = "both")]
     mode: String,
     /// Budgets in PET parameters, comma separated (2000,10k,3.4M).
-    #[arg(long, value_delimiter = ',', required = true)]
+    #[arg(long, value_delimiter = ',', required = true, allow_hyphen_values = true)]
     budget: Vec<String>,
     /// Criterion: mean (the paper's), last, abs, magnitude, random.
     #[arg(long, default_value = "mean")]
@@ -446,6 +446,9 @@ fn main() -> Result<()> {
         // Read by gemm and rayon when their pools start, so before any tensor work.
         std::env::set_var("RAYON_NUM_THREADS", n.to_string());
     }
+    // Before any tensor work: malloc thresholds, and candle's elementwise pool off (it spins
+    // against rayon for the same cores; see model/cpu.rs).
+    petnas_train::model::cpu::tune_for_training();
     match cli.cmd {
         Cmd::Verify { model, fixture, device } => {
             let dev = parse_device(&device)?;

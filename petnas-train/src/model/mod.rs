@@ -6,6 +6,8 @@
 //! classifier; RoBERTa `classifier.dense` + tanh + `classifier.out_proj` on `<s>`. RoBERTa position
 //! ids start after the padding index (`pad + 1 + i` for real tokens, `pad` for padding).
 
+pub mod cpu;
+pub mod fused;
 pub mod load;
 pub mod ops;
 pub mod pet;
@@ -108,6 +110,10 @@ impl EncoderModel {
         device: &Device,
     ) -> crate::error::Result<Self> {
         let family = cfg.family()?;
+        if device.is_cpu() {
+            // Allocator and thread-pool settings for CPU training (see `cpu`).
+            cpu::tune_for_training();
+        }
         if let Some(a) = arch {
             a.check_model(cfg)?;
         }
@@ -276,19 +282,33 @@ impl EncoderModel {
         let nh = self.num_heads;
         let dh = h / nh;
         let scale = 1.0 / (dh as f64).sqrt();
+        let fused_attn = fused::enabled(fused::Kind::Attention, &x);
         for layer in &self.layers {
-            let heads = |t: Tensor| -> Result<Tensor> { t.reshape((b, l, nh, dh))?.transpose(1, 2)?.contiguous() };
-            let q = heads(layer.query.forward(&x)?)?; // [batch, heads, seq, dh]
-            let k = heads(layer.key.forward(&x)?)?;
-            let v = heads(layer.value.forward(&x)?)?;
-            let scores = (q.matmul(&k.t()?)? * scale)?.broadcast_add(&mask_bias)?; // [batch, heads, seq, seq]
-            let probs = ops::softmax_last(&scores)?;
-            let probs = ops::dropout(&probs, p_attn, drop.as_deref_mut())?;
-            let ctx = probs.matmul(&v)?.transpose(1, 2)?.reshape((b, l, h))?; // [batch, seq, hidden]
+            let q = layer.query.forward(&x)?; // [batch, seq, hidden]
+            let k = layer.key.forward(&x)?;
+            let v = layer.value.forward(&x)?;
+            let ctx = if fused_attn {
+                // One op over batch × heads; draws the dropout mask at the same counters as below.
+                let drop_at = match drop.as_deref_mut() {
+                    Some(rng) if p_attn > 0.0 => {
+                        let (seed, base) = rng.reserve(b * nh * l * l);
+                        Some((seed, base, p_attn as f32))
+                    }
+                    _ => None,
+                };
+                fused::attention(&q, &k, &v, &batch.attention_mask, nh, scale, drop_at)?
+            } else {
+                let heads = |t: Tensor| -> Result<Tensor> { t.reshape((b, l, nh, dh))?.transpose(1, 2)?.contiguous() };
+                let (q, k, v) = (heads(q)?, heads(k)?, heads(v)?); // [batch, heads, seq, dh]
+                let scores = (q.matmul(&k.t()?)? * scale)?.broadcast_add(&mask_bias)?; // [batch, heads, seq, seq]
+                let probs = ops::softmax_last(&scores)?;
+                let probs = ops::dropout_composite(&probs, p_attn, drop.as_deref_mut())?;
+                probs.matmul(&v)?.transpose(1, 2)?.reshape((b, l, h))? // [batch, seq, hidden]
+            };
             let a = layer.attn_out.forward(&ctx)?;
             let a = ops::dropout(&a, p_hidden, drop.as_deref_mut())?;
             let a = layer.attn_ln.forward(&(a + &x)?)?;
-            let i = layer.inter.forward(&a)?.gelu_erf()?;
+            let i = layer.inter.forward_gelu(&a)?;
             let o = layer.out.forward(&i)?;
             let o = ops::dropout(&o, p_hidden, drop.as_deref_mut())?;
             x = layer.out_ln.forward(&(o + &a)?)?;

@@ -3,7 +3,9 @@
 //! candle's fused `ops::layer_norm` (what `candle_nn::LayerNorm` calls on contiguous input) and
 //! `softmax_last_dim` have no backward pass: gradients stop there without an error. Everything here is
 //! composed of ops that candle can differentiate, and `tests::grads_reach_layer_zero` in
-//! [`crate::model`] guards against a regression.
+//! [`crate::model`] guards against a regression. These composite ops are the reference and the
+//! fallback (CUDA, half precision) for the fused CPU ops in [`super::fused`], which have their own
+//! backward passes and are tested against them; [`dropout`] picks the fused one by itself.
 //!
 //! Dropout uses our own counter-based random numbers (petnas-core's `counter_uniform`), so that the
 //! same seed gives bit-identical training on CPU; candle's CPU generator cannot be seeded.
@@ -65,6 +67,14 @@ impl DropoutRng {
         Self { seed, counter: 0 }
     }
 
+    /// Reserves `n` counters for a mask generated elsewhere (the fused ops): returns the seed and
+    /// the first counter, exactly the range [`DropoutRng::mask`] would have drawn.
+    pub fn reserve(&mut self, n: usize) -> (u64, u64) {
+        let base = self.counter;
+        self.counter += n as u64;
+        (self.seed, base)
+    }
+
     /// A keep-mask for `shape`, scaled by `1 / (1 - p)`, on `device`.
     pub fn mask(&mut self, shape: &[usize], p: f32, dtype: DType, device: &Device) -> Result<Tensor> {
         let n: usize = shape.iter().product();
@@ -85,7 +95,20 @@ impl DropoutRng {
 }
 
 /// Dropout with probability `p`; identity when `rng` is `None` (evaluation) or `p == 0`.
+/// Fused on CPU (the mask is generated inside the op and redrawn in backward, never stored);
+/// the same elements are dropped either way.
 pub fn dropout(x: &Tensor, p: f64, rng: Option<&mut DropoutRng>) -> Result<Tensor> {
+    match rng {
+        Some(rng) if p > 0.0 && super::fused::enabled(super::fused::Kind::Dropout, x) => {
+            let (seed, base) = rng.reserve(x.elem_count());
+            super::fused::dropout(x, p as f32, seed, base)
+        }
+        rng => dropout_composite(x, p, rng),
+    }
+}
+
+/// Dropout as a mask tensor times `x` (any device and dtype).
+pub fn dropout_composite(x: &Tensor, p: f64, rng: Option<&mut DropoutRng>) -> Result<Tensor> {
     match rng {
         Some(rng) if p > 0.0 => {
             let m = rng.mask(x.dims(), p as f32, x.dtype(), x.device())?;

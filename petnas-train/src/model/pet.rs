@@ -12,7 +12,7 @@ use petnas_core::inventory::{bias_delta_name, lora_u_name, lora_v_name};
 use petnas_core::record::LoraInit;
 use petnas_core::rng::Rng;
 
-use super::ops;
+use super::{fused, ops};
 
 /// What a trainable tensor is, for the optimizer's parameter groups and for counting.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -92,16 +92,58 @@ impl PetLinear {
 
     /// `x·Wᵀ + (b + m⊙Δb) + (x·(m⊙U))·(m⊙V)ᵀ` for `x` [.., in].
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.forward_act(x, false)
+    }
+
+    /// `gelu(forward(x))`, fused into one op on CPU.
+    pub fn forward_gelu(&self, x: &Tensor) -> Result<Tensor> {
+        self.forward_act(x, true)
+    }
+
+    fn forward_act(&self, x: &Tensor, gelu: bool) -> Result<Tensor> {
+        // A frozen weight (plain tensor) takes the fused op, whose backward skips the weight
+        // gradient; a trained one (full fine-tuning, the head) needs candle's matmul backward.
+        if !self.weight.track_op() && fused::enabled(fused::Kind::Linear, x) {
+            let dims = x.dims().to_vec();
+            let in_dim = dims[dims.len() - 1];
+            let x2 = x.reshape((x.elem_count() / in_dim, in_dim))?; // [n, in]
+            let b = match &self.delta {
+                Some(d) => self.bias.add(&d.effective()?)?,
+                None => self.bias.clone(),
+            };
+            let (u, v) = match &self.lora {
+                Some(l) => (Some(l.u.effective()?), Some(l.v.effective()?)),
+                None => (None, None),
+            };
+            let lora = match (&self.lora, &u, &v) {
+                (Some(l), Some(u), Some(v)) => Some(fused::LoraParts { u, v, offset: l.offset.as_ref().map(|(a, b)| (a, b)) }),
+                _ => None,
+            };
+            let y = fused::pet_linear(&x2, &self.weight, &b, lora, gelu)?;
+            let mut out = dims;
+            let last = out.len() - 1;
+            out[last] = self.weight.dim(0)?;
+            return y.reshape(out);
+        }
+        let y = self.forward_composite(x)?;
+        match gelu {
+            true if fused::enabled(fused::Kind::Gelu, &y) => fused::gelu(&y),
+            true => y.gelu_erf(),
+            false => Ok(y),
+        }
+    }
+
+    /// The composite (unfused) forward, for any device and dtype.
+    pub fn forward_composite(&self, x: &Tensor) -> Result<Tensor> {
         let dims = x.dims().to_vec();
         let in_dim = dims[dims.len() - 1];
         let n = x.elem_count() / in_dim;
         let x2 = x.reshape((n, in_dim))?; // [n, in]
-        let mut y = x2.matmul(&self.weight.t()?)?; // [n, out]
         let b = match &self.delta {
             Some(d) => self.bias.add(&d.effective()?)?,
             None => self.bias.clone(),
         };
-        y = y.broadcast_add(&b)?;
+        let mut y = x2.matmul(&self.weight.t()?)?.broadcast_add(&b)?; // [n, out]
         if let Some(l) = &self.lora {
             let u = l.u.effective()?;
             let v = l.v.effective()?;
@@ -160,7 +202,11 @@ impl PetLayerNorm {
             Some(d) => self.beta.add(&d.effective()?)?,
             None => self.beta.clone(),
         };
-        ops::layer_norm(x, &self.gamma, &beta, self.eps)
+        if fused::enabled(fused::Kind::LayerNorm, x) {
+            fused::layer_norm(x, &self.gamma, &beta, self.eps)
+        } else {
+            ops::layer_norm(x, &self.gamma, &beta, self.eps)
+        }
     }
 
     /// The merged LayerNorm parameters `(gamma, beta + m⊙Δb)`.

@@ -107,6 +107,12 @@ pub fn method_label(spec: &RunSpec, has_lora: bool) -> MethodLabel {
     }
     let space = spec.space.as_deref().unwrap_or("?");
     let Some(mode) = spec.mode else {
+        // The maximal training of a preset space is that preset trained with the search's recipe:
+        // the maximal run of a `bitfit` search *is* full BitFit, the comparison the paper draws.
+        if matches!(space, "bitfit" | "lora" | "mam" | "mam16") {
+            let label = baseline_label(space);
+            return MethodLabel { base: label.clone(), label, group: Group::Baseline, random: false, ablation: false };
+        }
         let label = format!("{space} (search start)");
         return MethodLabel {
             base: label.clone(),
@@ -209,6 +215,8 @@ mod tests {
                 warmup_frac: 0.06,
                 weight_decay: 0.0,
                 max_steps: None,
+                max_train: None,
+                max_dev: None,
             },
             criterion: None,
             reinit: None,
@@ -285,9 +293,11 @@ mod tests {
                 search("bias=all;lora=query@8", u, Mean, Reinit::Same),
                 "U-MaM [space=bias=all;lora=query@8]",
             ),
+            (search("mam16", None, Mean, Reinit::Same), "MaM (r=16)"),
+            (search("bitfit", None, Mean, Reinit::Same), "BitFit"),
             (
-                search("mam16", None, Mean, Reinit::Same),
-                "mam16 (search start)",
+                search("bias=all;lora=query@8", None, Mean, Reinit::Same),
+                "bias=all;lora=query@8 (search start)",
             ),
         ] {
             assert_eq!(label(&spec), want, "{spec:?}");
@@ -297,6 +307,8 @@ mod tests {
         let a = method_label(&search("bitfit", s, Last, Reinit::Same), false);
         assert!(!a.random && a.ablation);
         let st = method_label(&search("mam16", None, Mean, Reinit::Same), true);
+        assert_eq!(st.group, Group::Baseline);
+        let st = method_label(&search("bias=all", None, Mean, Reinit::Same), false);
         assert_eq!(st.group, Group::SearchStart);
     }
 

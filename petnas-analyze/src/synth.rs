@@ -182,6 +182,8 @@ impl SynthRun {
                 warmup_frac: 0.06,
                 weight_decay: 0.0,
                 max_steps: None,
+                max_train: None,
+                max_dev: None,
             },
             criterion: self.criterion,
             reinit: (self.method == "search").then_some(Reinit::Same),

@@ -138,12 +138,14 @@ fn medians_over_seeds_and_failed_runs_excluded() {
     assert!((cells[1].0 - 72.0).abs() < 1e-9);
     assert!((cells[0].0 - 50.0).abs() < 1e-9);
     assert!((bitfit.avg.unwrap() - (85.0 + 72.0 + 50.0) / 3.0).abs() < 1e-9);
-    // The search start (score 99) is not a row.
+    // The maximal training of the preset mam16 space (score 99) is that preset, trained with the
+    // search's recipe: it shows as "MaM (r=16)", never as a searched method.
     assert!(t
         .table1
         .rows
         .iter()
         .all(|r| !r.label.contains("search start")));
+    assert!(t.table1.rows.iter().any(|r| r.label == "MaM (r=16)"));
     assert!(med.height() > 0);
 }
 
@@ -159,11 +161,12 @@ fn table1_markdown_snapshot() {
 |---|---:|---:|---:|---:|---:|
 | Full FT | 22.7M | – | – | 75.0 (n=1) |  |
 | BitFit | 26.5k | 50.0 | 72.0 | 85.0 | 69.0 |
+| MaM (r=16) | 10k | – | – | 99.0 (n=1) |  |
 | S-BitFit (10k) | 10k | 31.0 | 61.0 | 71.0 | 54.3 |
 | U-BitFit (10k) | 10k | 28.0 | 63.0 | 75.0 | 55.3 |
 
 Median over 1–3 seeds per cell; cells with fewer than 3 seeds show (n=…). –: no completed run.
-Avg is left blank where a task is missing: Full FT.
+Avg is left blank where a task is missing: Full FT, MaM (r=16).
 ";
     assert_eq!(md, want, "got:\n{md}");
     let t2 = t.table2.unwrap().markdown();

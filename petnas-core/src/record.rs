@@ -35,6 +35,13 @@ pub struct Recipe {
     /// Hard cap on optimiser steps (tests, smoke runs).
     #[serde(default)]
     pub max_steps: Option<usize>,
+    /// Only the first N training examples were used (absent: all). Part of the spec hash, so a
+    /// changed subsample is detected; omitted from JSON when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_train: Option<usize>,
+    /// Only the first N dev examples were scored (absent: all).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_dev: Option<usize>,
 }
 
 /// How a pruned architecture's PET tensors are initialised before retraining.
@@ -281,6 +288,8 @@ mod tests {
                 warmup_frac: 0.06,
                 weight_decay: 0.0,
                 max_steps: None,
+                max_train: None,
+                max_dev: None,
             },
             criterion: Some(CriterionKind::Mean),
             reinit: Some(Reinit::Same),

@@ -22,10 +22,7 @@ use crate::glue::Task;
 use crate::model::load::ModelDir;
 use crate::model::pet::Role;
 use crate::model::{BuildOptions, EncoderModel};
-use crate::search::init_map;
-
-/// Stream offset of `Reinit::Fresh` (must match search.rs).
-const FRESH_STREAM: u64 = 0x4652_4553_48;
+use crate::search::{init_map, FRESH_STREAM};
 
 /// A finished run, rebuilt with its trained values.
 pub struct LoadedRun {

@@ -228,6 +228,8 @@ fn recipe(c: &Common, task: Task, default_lr: f64) -> Recipe {
         warmup_frac: c.warmup,
         weight_decay: c.weight_decay,
         max_steps: c.max_steps,
+        max_train: c.max_train,
+        max_dev: c.max_dev,
     }
 }
 

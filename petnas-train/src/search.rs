@@ -20,7 +20,7 @@ use crate::model::pet::initial_values;
 use crate::run::{self, RunInputs, RunPlan};
 
 /// Stream offset for `Reinit::Fresh`: a different draw from the same seed.
-const FRESH_STREAM: u64 = 0x4652_4553_48; // "FRESH"
+pub const FRESH_STREAM: u64 = 0x4652_4553_48; // "FRESH"
 
 /// File in the maximal run's directory holding the criterion sums.
 pub const CRITERION_FILE: &str = "criterion.safetensors";

@@ -80,6 +80,9 @@ pub struct RecipeConfig {
     /// Per-task epochs, overriding `epochs`.
     #[serde(default)]
     pub epochs_per_task: BTreeMap<String, f64>,
+    /// Per-task caps on training examples, overriding `max_train`.
+    #[serde(default)]
+    pub max_train_per_task: BTreeMap<String, usize>,
     /// Batch size (16).
     pub batch_size: Option<usize>,
     /// Max tokens (128).
@@ -208,7 +211,7 @@ impl SweepConfig {
         if cfg.tasks.is_empty() || cfg.seeds.is_empty() {
             return Err(TrainError::Invalid(format!("{}: `tasks` and `seeds` must not be empty", path.display())));
         }
-        for t in cfg.tasks.iter().chain(cfg.recipe.epochs_per_task.keys()) {
+        for t in cfg.tasks.iter().chain(cfg.recipe.epochs_per_task.keys()).chain(cfg.recipe.max_train_per_task.keys()) {
             t.parse::<Task>().map_err(|e| TrainError::Invalid(format!("{}: task `{t}`: {e}", path.display())))?;
         }
         if cfg.baselines.is_empty() && cfg.searches.is_empty() {
@@ -247,7 +250,15 @@ impl SweepConfig {
             warmup_frac: r.warmup_frac.unwrap_or(0.06),
             weight_decay: r.weight_decay.unwrap_or(0.0),
             max_steps: r.max_steps,
+            max_train: self.max_train_for(task),
+            max_dev: r.max_dev,
         }
+    }
+
+    /// The cap on training examples for `task` (per-task value, else the global one).
+    pub fn max_train_for(&self, task: Task) -> Option<usize> {
+        let r = &self.recipe;
+        r.max_train_per_task.iter().find(|(k, _)| k.parse::<Task>().ok() == Some(task)).map(|(_, v)| *v).or(r.max_train)
     }
 }
 
@@ -343,7 +354,7 @@ pub fn plan(cfg: &SweepConfig, data_override: Option<&Path>) -> Result<Plan> {
             Some(n) => *n,
             None => {
                 let n = glue::load(&data, task, Split::Train)?.len();
-                let n = cfg.recipe.max_train.map_or(n, |m| n.min(m));
+                let n = cfg.max_train_for(task).map_or(n, |m| n.min(m));
                 train_rows.insert(task, n);
                 n
             }
@@ -601,7 +612,6 @@ pub fn execute(cfg: &SweepConfig, config_text: &str, plan: &Plan, opts: &SweepOp
             None => println!("{line}"),
         }
     };
-    let limits = DataLimits { max_train: cfg.recipe.max_train, max_dev: cfg.recipe.max_dev };
     let max_len = cfg.recipe.max_len.unwrap_or(128);
     let mut inputs: Option<(Task, RunInputs)> = None;
     let is_done = |id: &str, _spec: &RunSpec| -> bool {
@@ -621,6 +631,7 @@ pub fn execute(cfg: &SweepConfig, config_text: &str, plan: &Plan, opts: &SweepOp
         };
         if inputs.as_ref().is_none_or(|(t, _)| *t != task) {
             drop(inputs.take()); // free the previous task's data first
+            let limits = DataLimits { max_train: cfg.max_train_for(task), max_dev: cfg.recipe.max_dev };
             inputs = Some((task, RunInputs::load(&cfg.model, &plan.data, task, max_len, limits, device)?));
         }
         let inp = &inputs.as_ref().expect("loaded above").1;

@@ -250,7 +250,7 @@ mod tests {
 
     #[test]
     fn total_steps_rounds_up_and_caps() {
-        let mut r = Recipe { epochs: 3.0, lr: 1e-3, batch_size: 16, max_len: 128, warmup_frac: 0.06, weight_decay: 0.0, max_steps: None };
+        let mut r = Recipe { epochs: 3.0, lr: 1e-3, batch_size: 16, max_len: 128, warmup_frac: 0.06, weight_decay: 0.0, max_steps: None, max_train: None, max_dev: None };
         assert_eq!(total_steps(&r, 3668), 3 * 230);
         r.epochs = 0.5;
         assert_eq!(total_steps(&r, 100), 4);

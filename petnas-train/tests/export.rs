@@ -48,7 +48,7 @@ fn merged_export_predicts_like_the_pet_model() {
             mode: None,
             budget: None,
             seed: 1,
-            recipe: Recipe { epochs: 1.0, lr: 5e-2, batch_size: 8, max_len: 32, warmup_frac: 0.0, weight_decay: 0.0, max_steps: Some(3) },
+            recipe: Recipe { epochs: 1.0, lr: 5e-2, batch_size: 8, max_len: 32, warmup_frac: 0.0, weight_decay: 0.0, max_steps: Some(3), max_train: None, max_dev: None },
             criterion: None,
             reinit: None,
             lora_init: init,

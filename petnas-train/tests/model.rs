@@ -179,7 +179,7 @@ fn search_criterion_prunes_to_budget_and_training_is_deterministic() {
         data.labels.push(Label::Class((ids[1] % 2) as usize));
         data.encoded.push(Encoded { type_ids: vec![0; ids.len()], ids });
     }
-    let recipe = petnas_core::record::Recipe { epochs: 2.0, lr: 1e-2, batch_size: 8, max_len: 16, warmup_frac: 0.06, weight_decay: 0.0, max_steps: None };
+    let recipe = petnas_core::record::Recipe { epochs: 2.0, lr: 1e-2, batch_size: 8, max_len: 16, warmup_frac: 0.06, weight_decay: 0.0, max_steps: None, max_train: None, max_dev: None };
     let ctx = TrainContext { task: Task::Rte, family, pad_id: 0, device: &Device::Cpu, bucket: 1, progress: None, label: String::new() };
     let run = || {
         let start = init_map(&arch, 9, LoraInit::Paper);

@@ -834,7 +834,7 @@ impl candle_core::CustomOp3 for LayerNorm {
     }
 }
 
-/// LayerNorm over the last dimension (fused; see [`super::ops::layer_norm`] for the composite).
+/// LayerNorm over the last dimension (fused; see [`super::ops::layer_norm_composite`] for the composite).
 pub fn layer_norm(x: &Tensor, gamma: &Tensor, beta: &Tensor, eps: f64) -> Result<Tensor> {
     x.contiguous()?.apply_op3(&gamma.contiguous()?, &beta.contiguous()?, LayerNorm { eps: eps as f32 })
 }
@@ -1270,7 +1270,7 @@ mod tests {
             let g = var(&[h], 5, 1.0);
             let b = var(&[h], 6, 1.0);
             let yf = layer_norm(x.as_tensor(), g.as_tensor(), b.as_tensor(), 1e-12)?;
-            let yc = ops::layer_norm(x.as_tensor(), g.as_tensor(), b.as_tensor(), 1e-12)?;
+            let yc = ops::layer_norm_composite(x.as_tensor(), g.as_tensor(), b.as_tensor(), 1e-12)?;
             assert!(max_abs_diff(&yf, &yc) < 1e-5, "h={h}: {}", max_abs_diff(&yf, &yc));
             check_grads(&[&x, &g, &b], &yf, &yc, 2e-5);
         }

@@ -15,7 +15,7 @@ use rayon::prelude::*;
 
 /// LayerNorm over the last dimension: `(x - mean) / sqrt(var + eps) * gamma + beta`.
 /// `beta` is the effective bias (base bias plus its masked delta) so gradients reach the delta.
-pub fn layer_norm(x: &Tensor, gamma: &Tensor, beta: &Tensor, eps: f64) -> Result<Tensor> {
+pub fn layer_norm_composite(x: &Tensor, gamma: &Tensor, beta: &Tensor, eps: f64) -> Result<Tensor> {
     let mean = x.mean_keepdim(D::Minus1)?; // [.., 1]
     let xc = x.broadcast_sub(&mean)?;
     let var = xc.sqr()?.mean_keepdim(D::Minus1)?;
@@ -129,7 +129,7 @@ mod tests {
         let x = Var::from_vec(vec![1f32, 2., 4., -1., 0., 3.], (2, 3), &dev)?;
         let g = Tensor::new(&[1f32, 2., 0.5], &dev)?;
         let b = Var::from_vec(vec![0.1f32, 0., -0.1], 3, &dev)?;
-        let y = layer_norm(x.as_tensor(), &g, b.as_tensor(), 1e-5)?;
+        let y = layer_norm_composite(x.as_tensor(), &g, b.as_tensor(), 1e-5)?;
         let row: Vec<f32> = y.get(0)?.to_vec1()?;
         // mean 7/3, var = ((4/3)^2 + (1/3)^2 + (5/3)^2)/3 = 42/27
         let sd = (42f32 / 27. + 1e-5).sqrt();

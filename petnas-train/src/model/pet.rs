@@ -205,7 +205,7 @@ impl PetLayerNorm {
         if fused::enabled(fused::Kind::LayerNorm, x) {
             fused::layer_norm(x, &self.gamma, &beta, self.eps)
         } else {
-            ops::layer_norm(x, &self.gamma, &beta, self.eps)
+            ops::layer_norm_composite(x, &self.gamma, &beta, self.eps)
         }
     }
 

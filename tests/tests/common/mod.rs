@@ -2,8 +2,10 @@
 //! folders, the GLUE data, sweep configs and comparisons of run folders.
 //!
 //! The binaries belong to other packages, so `CARGO_BIN_EXE_*` is not set here; they are built
-//! once per test process with `cargo build --bins -p petnas-train -p petnas-analyze` into the
-//! target directory this test executable lives in, and run from there.
+//! once per test process with `cargo build --workspace --bins --tests` into the target directory
+//! this test executable lives in, and run from there. That is the feature set `cargo test
+//! --workspace` resolved (dev-dependencies included), and the build runs without the variables
+//! cargo sets for a test process, so after the test build it compiles nothing.
 
 #![allow(dead_code)]
 
@@ -36,7 +38,21 @@ fn ensure_built() {
         let target = dir.parent().expect("<target>/<profile> has a parent");
         let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
         let mut cmd = Command::new(cargo);
-        cmd.current_dir(root()).env("CARGO_TARGET_DIR", target).args(["build", "--bins", "-p", "petnas-train", "-p", "petnas-analyze"]);
+        cmd.current_dir(root()).env("CARGO_TARGET_DIR", target).args(["build", "--workspace", "--bins", "--tests"]);
+        // `cargo test` runs this process with the package's CARGO_PKG_* / CARGO_MANIFEST_* set.
+        // ring's build script (under polars' object_store) reruns when CARGO_PKG_NAME changes, and
+        // everything above it (all of polars) would then rebuild, in the test and again in the next
+        // `cargo test`. The inner build must see the environment a shell gives cargo.
+        for (k, _) in std::env::vars_os() {
+            let k = k.to_string_lossy().into_owned();
+            if k.starts_with("CARGO_PKG_")
+                || k.starts_with("CARGO_MANIFEST_")
+                || k.starts_with("CARGO_BIN_")
+                || ["CARGO_CRATE_NAME", "CARGO_PRIMARY_PACKAGE", "CARGO_TARGET_TMPDIR", "OUT_DIR"].contains(&k.as_str())
+            {
+                cmd.env_remove(&k);
+            }
+        }
         match dir.file_name().and_then(|n| n.to_str()) {
             Some("debug") | None => {}
             Some("release") => {

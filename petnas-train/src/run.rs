@@ -128,10 +128,11 @@ pub fn execute(inp: &RunInputs, plan: RunPlan, id: &str, out_dir: &Path) -> Resu
         Ok(stats) => {
             let metrics = train::evaluate(&model, &inp.dev, &ctx, 64)?;
             log.push_str(&format!(
-                "trained {} steps in {:.1}s ({:.1} examples/s), final loss {:.5}\ndev: {metrics:?}\n",
+                "trained {} steps in {:.1}s ({:.1} examples/s, {:.1}% padded positions), final loss {:.5}\ndev: {metrics:?}\n",
                 stats.steps,
                 stats.seconds,
                 stats.examples as f64 / stats.seconds.max(1e-9),
+                100.0 * stats.padded_fraction,
                 stats.final_loss
             ));
             let r = RunResult {

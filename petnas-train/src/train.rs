@@ -58,6 +58,8 @@ pub struct TrainStats {
     pub seconds: f64,
     /// Training examples processed.
     pub examples: usize,
+    /// Fraction of the token positions fed to the model that were padding.
+    pub padded_fraction: f64,
 }
 
 /// Shared context of a training: task, family, padding id, device, progress display.
@@ -148,6 +150,7 @@ pub fn train(
     let start = Instant::now();
     let mut step = 0usize;
     let mut losses: Vec<f64> = Vec::with_capacity(total);
+    let (mut examples, mut positions, mut real) = (0usize, 0usize, 0usize);
     'outer: loop {
         for idx in epoch_batches(&lengths, recipe.batch_size, &mut shuffle_rng, ctx.bucket) {
             if step >= total {
@@ -156,6 +159,9 @@ pub fn train(
             let items: Vec<&Encoded> = idx.iter().map(|&i| &data.encoded[i]).collect();
             let labs: Vec<&Label> = idx.iter().map(|&i| &data.labels[i]).collect();
             let batch = make_batch(&items, ctx.family, ctx.pad_id, ctx.device)?;
+            examples += items.len();
+            real += items.iter().map(|e| e.ids.len()).sum::<usize>();
+            positions += items.len() * items.iter().map(|e| e.ids.len()).max().unwrap_or(0);
             let y = labels_tensor(ctx.task, &labs, ctx.device)?;
             let (_, logits) = model.forward(&batch, Some(&mut drop_rng))?;
             let loss = task_loss(ctx.task, &logits, &y)?;
@@ -182,7 +188,8 @@ pub fn train(
     bar.finish_and_clear();
     let tail = (losses.len() / 10).max(1).min(losses.len());
     let final_loss = losses[losses.len() - tail..].iter().sum::<f64>() / tail as f64;
-    Ok(TrainStats { steps: step, final_loss, seconds: start.elapsed().as_secs_f64(), examples: step * recipe.batch_size })
+    let padded_fraction = if positions == 0 { 0.0 } else { (positions - real) as f64 / positions as f64 };
+    Ok(TrainStats { steps: step, final_loss, seconds: start.elapsed().as_secs_f64(), examples, padded_fraction })
 }
 
 fn progress_bar(ctx: &TrainContext, total: u64) -> indicatif::ProgressBar {

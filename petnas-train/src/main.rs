@@ -1,5 +1,6 @@
 //! `petnas-train`: train PET encoders, run the pruning search, check parity with PyTorch.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
@@ -368,33 +369,53 @@ struct SweepArgs {
     quiet: bool,
 }
 
-/// examples/s: the median of finished runs in `out`, else a short measurement on the first task.
-fn measured_throughput(plan: &sweep::Plan, cfg: &sweep::SweepConfig, out: &Path, device: &candle_core::Device) -> Result<Option<f64>> {
-    let mut eps: Vec<f64> = plan
-        .runs
-        .iter()
-        .filter_map(|r| RunRecord::load(&sweep::runs_dir(out).join(&r.id).join("record.json")).ok())
-        .map(|r| r.result.examples_per_second)
-        .filter(|e| *e > 0.0)
-        .collect();
-    if !eps.is_empty() {
-        eps.sort_by(|a, b| a.total_cmp(b));
-        return Ok(Some(eps[eps.len() / 2]));
+/// Throughput behind the plan's cost estimate, per (task, full fine-tuning or not): the median
+/// examples/s of finished runs of that kind in `out`, else a short `bench` on the task's mean
+/// training length (full fine-tuning runs several times slower than a PET: it is measured apart).
+fn measured_throughput(plan: &sweep::Plan, cfg: &sweep::SweepConfig, out: &Path, device: &candle_core::Device) -> Result<sweep::Throughput> {
+    let mut seen: BTreeMap<(String, bool), Vec<f64>> = BTreeMap::new();
+    for r in &plan.runs {
+        if let Ok(rec) = RunRecord::load(&sweep::runs_dir(out).join(&r.id).join("record.json")) {
+            if rec.result.examples_per_second > 0.0 {
+                seen.entry((r.task.clone(), sweep::is_full(&r.spec))).or_default().push(rec.result.examples_per_second);
+            }
+        }
     }
-    let task: Task = cfg.tasks[0].parse().map_err(|e| anyhow::anyhow!("{e}"))?;
-    let limits = DataLimits { max_train: Some(256), max_dev: Some(1) };
-    let inp = RunInputs::load(&cfg.model, &plan.data, task, cfg.recipe.max_len.unwrap_or(128), limits, device)?;
-    let mean_len = inp.train.encoded.iter().map(|e| e.ids.len()).sum::<usize>() / inp.train.encoded.len().max(1);
-    let bc = petnas_train::bench::BenchConfig {
-        model: cfg.model.clone(),
-        batch: cfg.recipe.batch_size.unwrap_or(16),
-        seq: mean_len.max(8),
-        space: "mam".into(),
-        steps: 2,
-        warmup: 1,
-        criterion: true,
-    };
-    Ok(Some(petnas_train::bench::bench(&bc, device)?.examples_per_s))
+    let mut eps = sweep::Throughput::new();
+    let mut mean_len: BTreeMap<String, usize> = BTreeMap::new();
+    for r in &plan.runs {
+        let key = (r.task.clone(), sweep::is_full(&r.spec));
+        if eps.contains_key(&key) {
+            continue;
+        }
+        if let Some(v) = seen.get_mut(&key) {
+            v.sort_by(|a, b| a.total_cmp(b));
+            eps.insert(key, v[v.len() / 2]);
+            continue;
+        }
+        let len = match mean_len.get(&r.task) {
+            Some(l) => *l,
+            None => {
+                let task: Task = r.task.parse().map_err(|e| anyhow::anyhow!("{e}"))?;
+                let limits = DataLimits { max_train: Some(256), max_dev: Some(1) };
+                let inp = RunInputs::load(&cfg.model, &plan.data, task, cfg.recipe.max_len.unwrap_or(128), limits, device)?;
+                let l = inp.train.encoded.iter().map(|e| e.ids.len()).sum::<usize>() / inp.train.encoded.len().max(1);
+                mean_len.insert(r.task.clone(), l);
+                l
+            }
+        };
+        let bc = petnas_train::bench::BenchConfig {
+            model: cfg.model.clone(),
+            batch: cfg.recipe.batch_size.unwrap_or(16),
+            seq: len.max(8),
+            space: if key.1 { "full".into() } else { "mam".into() },
+            steps: 2,
+            warmup: 1,
+            criterion: !key.1,
+        };
+        eps.insert(key, petnas_train::bench::bench(&bc, device)?.examples_per_s);
+    }
+    Ok(eps)
 }
 
 fn cmd_sweep(a: SweepArgs) -> Result<()> {
@@ -411,8 +432,8 @@ fn cmd_sweep(a: SweepArgs) -> Result<()> {
     }
     let device = parse_device(&cfg.device)?;
     let batch = cfg.recipe.batch_size.unwrap_or(16);
-    let eps = if a.no_estimate { None } else { measured_throughput(&plan, &cfg, &out, &device)? };
-    println!("{}", sweep::describe(&plan, &out, a.shard, eps, batch).trim_end());
+    let eps = if a.no_estimate { None } else { Some(measured_throughput(&plan, &cfg, &out, &device)?) };
+    println!("{}", sweep::describe(&plan, &out, a.shard, eps.as_ref(), batch).trim_end());
     if a.dry_run {
         for r in plan.runs.iter().filter(|r| a.shard.is_none_or(|s| s.owns(r.job))) {
             println!("  {} ({} steps) [{:?}]", r.id, r.steps, sweep::run_state(&out, &r.id, &r.hash));

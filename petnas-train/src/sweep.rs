@@ -667,8 +667,16 @@ pub fn execute(cfg: &SweepConfig, config_text: &str, plan: &Plan, opts: &SweepOp
     Ok(summary)
 }
 
+/// Measured examples/s per (task, full fine-tuning) for the cost estimate.
+pub type Throughput = BTreeMap<(String, bool), f64>;
+
+/// Whether a planned run fine-tunes every weight (several times slower per example than a PET).
+pub fn is_full(spec: &RunSpec) -> bool {
+    spec.method == "full"
+}
+
 /// Human summary of a plan: counts, trainings, steps and an estimated cost.
-pub fn describe(plan: &Plan, out: &Path, shard: Option<Shard>, examples_per_s: Option<f64>, batch: usize) -> String {
+pub fn describe(plan: &Plan, out: &Path, shard: Option<Shard>, examples_per_s: Option<&Throughput>, batch: usize) -> String {
     let mine: Vec<&PlannedRun> = plan.runs.iter().filter(|r| shard.is_none_or(|s| s.owns(r.job))).collect();
     let done = mine.iter().filter(|r| run_state(out, &r.id, &r.hash) == RunState::Done).count();
     let changed = mine.iter().filter(|r| run_state(out, &r.id, &r.hash) == RunState::Changed).count();
@@ -693,9 +701,21 @@ pub fn describe(plan: &Plan, out: &Path, shard: Option<Shard>, examples_per_s: O
     }
     s.push_str(&format!("  optimizer steps to do: {steps} (batch {batch})\n"));
     if let Some(eps) = examples_per_s {
-        let secs = steps as f64 * batch as f64 / eps.max(1e-9);
+        let mut secs = 0.0;
+        let mut unknown = 0usize;
+        for r in &todo {
+            match eps.get(&(r.task.clone(), is_full(&r.spec))) {
+                Some(e) => secs += r.steps as f64 * batch as f64 / e.max(1e-9),
+                None => unknown += 1,
+            }
+        }
         let t = if secs < 3600.0 { format!("{:.1} min", secs / 60.0) } else { format!("{:.1} h", secs / 3600.0) };
-        s.push_str(&format!("  estimated training time: {t} at {eps:.1} examples/s (measured), plus evaluation\n"));
+        let rates: Vec<String> =
+            eps.iter().map(|((task, full), e)| format!("{task}{} {e:.0}", if *full { " full" } else { "" })).collect();
+        s.push_str(&format!("  estimated training time: {t}, plus evaluation (measured examples/s: {})\n", rates.join(", ")));
+        if unknown > 0 {
+            s.push_str(&format!("  ({unknown} runs without a throughput figure are not counted)\n"));
+        }
     }
     s
 }

@@ -1,0 +1,171 @@
+"""PyTorch + PEFT side of the real-data speed comparison: train one GLUE pair task with the
+petnas recipe and report wall time and dev score, so `scripts/epoch-vs-torch` can put it next to
+`petnas-train train` on the same data.
+
+Recipe (the same as petnas-train's): batch 16, max length 128 (longest-first truncation),
+dynamic padding to the longest sequence of each batch, Adam (betas 0.9/0.999, eps 1e-8, no
+weight decay), transformers' linear schedule with 6% warm-up (rounded), dropout on, the pooler
+and classifier trained. Methods:
+
+- bitfit: every bias of the encoder (embeddings LayerNorm included) + pooler + classifier;
+- mam: bitfit + rank-8 LoRA (alpha 8: scale 1) on attention query, key and both FFN dense
+  modules of every layer, the four modules petnas's `mam` space adapts (a regex, so
+  attention.output.dense is not matched).
+
+`--group-by-length N` sorts each window of N batches by length before batching (petnas's
+`--bucket N`; transformers' `group_by_length` does the same with 50). 0 = plain shuffle.
+
+    python scripts/torch_glue_epoch.py --model DIR --data GLUE_DIR [--task mrpc] [--method mam]
+        [--lr 1e-3] [--epochs 1] [--threads 2] [--group-by-length 0] [--seed 0]
+
+Prints one JSON line: train seconds (excluding tokenisation and model load), examples/s, padded
+fraction, final loss, dev accuracy/F1, and the trainable parameter count.
+"""
+import argparse, csv, json, math, random, sys, time
+
+import torch
+from peft import LoraConfig, get_peft_model
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+# (text_a column, text_b column, label column) of train/dev TSVs with a header row.
+TASKS = {"mrpc": (3, 4, 0), "rte": (1, 2, 3), "qnli": (1, 2, 3), "sst2": (0, None, 1)}
+LABELS = {"rte": {"entailment": 0, "not_entailment": 1}, "qnli": {"entailment": 0, "not_entailment": 1}}
+
+
+def read_tsv(path, task):
+    a, b, lab = TASKS[task]
+    rows = []
+    with open(path, encoding="utf-8-sig", newline="") as f:
+        for i, row in enumerate(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)):
+            if i == 0:
+                continue
+            if len(row) <= max(c for c in (a, b, lab) if c is not None):
+                sys.exit(f"{path}:{i + 1}: expected more columns, got {len(row)}")
+            y = row[lab]
+            y = LABELS[task][y] if task in LABELS else int(y)
+            rows.append((row[a], row[b] if b is not None else None, y))
+    return rows
+
+
+def encode(tok, rows, max_len):
+    a = [r[0] for r in rows]
+    b = [r[1] for r in rows] if rows[0][1] is not None else None
+    enc = tok(a, b, truncation=True, max_length=max_len)
+    return [(ids, tt, r[2]) for ids, tt, r in zip(enc["input_ids"], enc["token_type_ids"], rows)]
+
+
+def batches(data, batch, shuffle_rng, window):
+    order = list(range(len(data)))
+    shuffle_rng.shuffle(order)
+    if window > 1:
+        span = window * batch
+        order = [i for s in range(0, len(order), span)
+                 for i in sorted(order[s:s + span], key=lambda j: -len(data[j][0]))]
+    chunks = [order[s:s + batch] for s in range(0, len(order), batch)]
+    if window > 1:
+        shuffle_rng.shuffle(chunks)
+    return chunks
+
+
+def collate(data, idx, pad_id):
+    n = max(len(data[i][0]) for i in idx)
+    ids = torch.full((len(idx), n), pad_id, dtype=torch.long)
+    tt = torch.zeros((len(idx), n), dtype=torch.long)
+    mask = torch.zeros((len(idx), n), dtype=torch.long)
+    for r, i in enumerate(idx):
+        x, t, _ = data[i]
+        ids[r, :len(x)] = torch.tensor(x)
+        tt[r, :len(t)] = torch.tensor(t)
+        mask[r, :len(x)] = 1
+    y = torch.tensor([data[i][2] for i in idx])
+    return ids, tt, mask, y, n * len(idx), sum(len(data[i][0]) for i in idx)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", required=True)
+    ap.add_argument("--data", required=True)
+    ap.add_argument("--task", default="mrpc", choices=sorted(TASKS))
+    ap.add_argument("--method", default="mam", choices=["bitfit", "mam"])
+    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--epochs", type=float, default=1.0)
+    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--max-len", type=int, default=128)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--group-by-length", type=int, default=0)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--max-steps", type=int, default=None, help="stop early (for a smoke run)")
+    a = ap.parse_args()
+    torch.set_num_threads(a.threads)
+    torch.manual_seed(a.seed)
+    folder = {"mrpc": "MRPC", "rte": "RTE", "qnli": "QNLI", "sst2": "SST-2"}[a.task]
+    tok = AutoTokenizer.from_pretrained(a.model)
+    train = encode(tok, read_tsv(f"{a.data}/{folder}/train.tsv", a.task), a.max_len)
+    dev = encode(tok, read_tsv(f"{a.data}/{folder}/dev.tsv", a.task), a.max_len)
+
+    model = AutoModelForSequenceClassification.from_pretrained(a.model, num_labels=2)
+    if a.method == "mam":
+        cfg = LoraConfig(r=8, lora_alpha=8, lora_dropout=0.0, bias="all",
+                         target_modules=r".*layer\.\d+\.(attention\.self\.(query|key)|intermediate\.dense|output\.dense)",
+                         modules_to_save=["classifier", "pooler"])
+        model = get_peft_model(model, cfg)
+    else:
+        for name, p in model.named_parameters():
+            p.requires_grad = name.endswith(".bias") or "pooler" in name or "classifier" in name
+    params = [p for p in model.parameters() if p.requires_grad]
+    trainable = sum(p.numel() for p in params)
+    opt = torch.optim.Adam(params, lr=a.lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0)
+    per_epoch = math.ceil(len(train) / a.batch)
+    total = math.ceil(a.epochs * per_epoch)
+    stop = total if a.max_steps is None else min(total, a.max_steps)
+    warmup = round(0.06 * total)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: s / max(1, warmup) if s < warmup
+                                              else max(0.0, (total - s) / max(1, total - warmup)))
+    rng = random.Random(a.seed)
+    model.train()
+    step, seen, losses, padded, real = 0, 0, [], 0, 0
+    t0 = time.perf_counter()
+    while step < stop:
+        for idx in batches(train, a.batch, rng, a.group_by_length):
+            if step >= stop:
+                break
+            ids, tt, mask, y, cells, toks = collate(train, idx, tok.pad_token_id)
+            padded += cells - toks
+            real += toks
+            out = model(input_ids=ids, token_type_ids=tt, attention_mask=mask, labels=y)
+            out.loss.backward()
+            opt.step()
+            sched.step()
+            opt.zero_grad(set_to_none=True)
+            losses.append(out.loss.item())
+            step += 1
+            seen += len(idx)
+    train_s = time.perf_counter() - t0
+
+    model.eval()
+    t1 = time.perf_counter()
+    correct = tp = fp = fn = 0
+    with torch.no_grad():
+        for s in range(0, len(dev), 64):
+            idx = list(range(s, min(s + 64, len(dev))))
+            ids, tt, mask, y, _, _ = collate(dev, idx, tok.pad_token_id)
+            pred = model(input_ids=ids, token_type_ids=tt, attention_mask=mask).logits.argmax(-1)
+            correct += int((pred == y).sum())
+            tp += int(((pred == 1) & (y == 1)).sum())
+            fp += int(((pred == 1) & (y == 0)).sum())
+            fn += int(((pred == 0) & (y == 1)).sum())
+    eval_s = time.perf_counter() - t1
+    tail = losses[-max(1, len(losses) // 10):]
+    print(json.dumps({
+        "impl": "torch+peft", "torch": torch.__version__, "task": a.task, "method": a.method,
+        "lr": a.lr, "epochs": a.epochs, "threads": a.threads, "group_by_length": a.group_by_length,
+        "trainable_params": trainable, "steps": step, "train_seconds": round(train_s, 2),
+        "examples_per_s": round(seen / train_s, 2) if step else None,
+        "padded_fraction": round(padded / max(1, padded + real), 4),
+        "final_train_loss": round(sum(tail) / len(tail), 5), "eval_seconds": round(eval_s, 2),
+        "dev_accuracy": round(correct / len(dev), 4),
+        "dev_f1": round(2 * tp / max(1, 2 * tp + fp + fn), 4)}))
+
+
+if __name__ == "__main__":
+    main()

@@ -122,6 +122,44 @@ pub fn load_sweep(dir: &Path) -> Result<Sweep> {
     build_frames(dir, &records)
 }
 
+/// A label suffix per record naming the recipe fields (peak LR, epochs, batch size, max length)
+/// that differ between runs of the same method label on the same task, e.g. `" [lr=3e-3]"` in
+/// an LR search: such runs are different methods, not seeds of one, and must not share a
+/// median. Recipes that differ only between tasks (epochs per task) add nothing.
+pub fn recipe_suffixes(records: &[(PathBuf, RunRecord)]) -> Vec<String> {
+    use std::collections::{BTreeMap, BTreeSet};
+    let keys: Vec<(String, String)> = records
+        .iter()
+        .map(|(_, r)| {
+            let lora = space_has_lora(r.spec.space.as_deref().unwrap_or(""), &r.result.modules);
+            (method_label(&r.spec, lora).label, r.spec.task.clone())
+        })
+        .collect();
+    let fields = |r: &RunRecord| -> [String; 4] {
+        let c = &r.spec.recipe;
+        [format!("lr={:e}", c.lr), format!("epochs={}", c.epochs), format!("batch={}", c.batch_size), format!("max_len={}", c.max_len)]
+    };
+    let mut seen: BTreeMap<&(String, String), [BTreeSet<String>; 4]> = BTreeMap::new();
+    for (k, (_, r)) in keys.iter().zip(records) {
+        let e = seen.entry(k).or_default();
+        for (set, f) in e.iter_mut().zip(fields(r)) {
+            set.insert(f);
+        }
+    }
+    keys.iter()
+        .zip(records)
+        .map(|(k, (_, r))| {
+            let parts: Vec<String> =
+                fields(r).into_iter().zip(seen[k].iter()).filter(|(_, set)| set.len() > 1).map(|(f, _)| f).collect();
+            if parts.is_empty() {
+                String::new()
+            } else {
+                format!(" [{}]", parts.join(", "))
+            }
+        })
+        .collect()
+}
+
 /// Flattens records into the runs and modules frames.
 ///
 /// Runs frame columns: `id, path, task, label, base, group, random, ablation, method, space,
@@ -189,11 +227,13 @@ pub fn build_frames(dir: &Path, records: &[(PathBuf, RunRecord)]) -> Result<Swee
     let mut m_max_rank: Vec<Option<i64>> = Vec::with_capacity(m_cap);
 
     let mut failed = Vec::new();
-    for (p, r) in records {
+    let suffixes = recipe_suffixes(records);
+    for ((p, r), suffix) in records.iter().zip(&suffixes) {
         let s = &r.spec;
         let res = &r.result;
         let lora = space_has_lora(s.space.as_deref().unwrap_or(""), &res.modules);
-        let ml = method_label(s, lora);
+        let mut ml = method_label(s, lora);
+        ml.label.push_str(suffix);
         let ok = matches!(res.status, RunStatus::Completed);
         if let RunStatus::Failed { reason: why } = &res.status {
             failed.push(FailedRun {

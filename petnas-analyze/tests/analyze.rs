@@ -413,3 +413,31 @@ fn binary_tables_and_report() {
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("/nonexistent/runs"));
 }
+
+/// Runs of one method at several LRs (an LR search) are separate rows, not seeds of one median;
+/// a recipe that differs only between tasks (epochs per task) splits nothing.
+#[test]
+fn lr_search_runs_are_separate_methods() {
+    let dir = tempfile::tempdir().unwrap();
+    for (task, epochs) in [("rte", 3.0), ("mrpc", 1.0)] {
+        for (lr, score) in [(1e-3, 0.60), (3e-3, 0.70), (1e-2, 0.50)] {
+            let mut r = SynthRun::baseline(task, "bitfit", 0, score, 25_728).record();
+            r.id = format!("{task}-bitfit-lr{lr:e}-s0");
+            r.spec.recipe.lr = lr;
+            r.spec.recipe.epochs = epochs;
+            save(dir.path(), &r);
+        }
+        let mut full = SynthRun::baseline(task, "full", 0, 0.8, 22_700_000).record();
+        full.spec.recipe.epochs = epochs;
+        save(dir.path(), &full);
+    }
+    let sw = load_sweep(dir.path()).unwrap();
+    let t = build_tables(&sw, &Metric::Primary).unwrap();
+    let md = t.table1.markdown();
+    for (label, score) in [("BitFit [lr=1e-3]", "60.0"), ("BitFit [lr=3e-3]", "70.0"), ("BitFit [lr=1e-2]", "50.0")] {
+        let row = md.lines().find(|l| l.starts_with(&format!("| {label} |"))).unwrap_or_else(|| panic!("no row {label}:\n{md}"));
+        assert!(row.contains(&format!("| {score} | {score} |")), "{row}");
+    }
+    assert!(md.lines().any(|l| l.starts_with("| Full FT |")), "epochs differing by task must not split Full FT:\n{md}");
+    assert!(!md.contains("| BitFit |"), "{md}");
+}

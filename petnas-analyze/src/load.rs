@@ -12,7 +12,7 @@ use polars::prelude::*;
 use rayon::prelude::*;
 
 use crate::error::{AnalyzeError, Result};
-use crate::label::{method_label, space_has_lora, Group};
+use crate::label::{method_label, space_has_lora, Group, MethodLabel};
 
 /// The file name of a run record inside a run directory.
 pub const RECORD_FILE: &str = "record.json";
@@ -122,42 +122,30 @@ pub fn load_sweep(dir: &Path) -> Result<Sweep> {
     build_frames(dir, &records)
 }
 
-/// A label suffix per record naming the recipe fields (peak LR, epochs, batch size, max length)
+/// Appends to each record's label the recipe fields (peak LR, epochs, batch size, max length)
 /// that differ between runs of the same method label on the same task, e.g. `" [lr=3e-3]"` in
 /// an LR search: such runs are different methods, not seeds of one, and must not share a
 /// median. Recipes that differ only between tasks (epochs per task) add nothing.
-pub fn recipe_suffixes(records: &[(PathBuf, RunRecord)]) -> Vec<String> {
+fn add_recipe_suffixes(records: &[(PathBuf, RunRecord)], labels: &mut [MethodLabel]) {
     use std::collections::{BTreeMap, BTreeSet};
-    let keys: Vec<(String, String)> = records
-        .iter()
-        .map(|(_, r)| {
-            let lora = space_has_lora(r.spec.space.as_deref().unwrap_or(""), &r.result.modules);
-            (method_label(&r.spec, lora).label, r.spec.task.clone())
-        })
-        .collect();
     let fields = |r: &RunRecord| -> [String; 4] {
         let c = &r.spec.recipe;
         [format!("lr={:e}", c.lr), format!("epochs={}", c.epochs), format!("batch={}", c.batch_size), format!("max_len={}", c.max_len)]
     };
-    let mut seen: BTreeMap<&(String, String), [BTreeSet<String>; 4]> = BTreeMap::new();
-    for (k, (_, r)) in keys.iter().zip(records) {
-        let e = seen.entry(k).or_default();
+    let mut seen: BTreeMap<(String, &str), [BTreeSet<String>; 4]> = BTreeMap::new();
+    for (ml, (_, r)) in labels.iter().zip(records) {
+        let e = seen.entry((ml.label.clone(), r.spec.task.as_str())).or_default();
         for (set, f) in e.iter_mut().zip(fields(r)) {
             set.insert(f);
         }
     }
-    keys.iter()
-        .zip(records)
-        .map(|(k, (_, r))| {
-            let parts: Vec<String> =
-                fields(r).into_iter().zip(seen[k].iter()).filter(|(_, set)| set.len() > 1).map(|(f, _)| f).collect();
-            if parts.is_empty() {
-                String::new()
-            } else {
-                format!(" [{}]", parts.join(", "))
-            }
-        })
-        .collect()
+    for (ml, (_, r)) in labels.iter_mut().zip(records) {
+        let varying = &seen[&(ml.label.clone(), r.spec.task.as_str())];
+        let parts: Vec<String> = fields(r).into_iter().zip(varying).filter(|(_, set)| set.len() > 1).map(|(f, _)| f).collect();
+        if !parts.is_empty() {
+            ml.label.push_str(&format!(" [{}]", parts.join(", ")));
+        }
+    }
 }
 
 /// Flattens records into the runs and modules frames.
@@ -227,13 +215,14 @@ pub fn build_frames(dir: &Path, records: &[(PathBuf, RunRecord)]) -> Result<Swee
     let mut m_max_rank: Vec<Option<i64>> = Vec::with_capacity(m_cap);
 
     let mut failed = Vec::new();
-    let suffixes = recipe_suffixes(records);
-    for ((p, r), suffix) in records.iter().zip(&suffixes) {
+    let mut labels: Vec<MethodLabel> = records
+        .iter()
+        .map(|(_, r)| method_label(&r.spec, space_has_lora(r.spec.space.as_deref().unwrap_or(""), &r.result.modules)))
+        .collect();
+    add_recipe_suffixes(records, &mut labels);
+    for ((p, r), ml) in records.iter().zip(&labels) {
         let s = &r.spec;
         let res = &r.result;
-        let lora = space_has_lora(s.space.as_deref().unwrap_or(""), &res.modules);
-        let mut ml = method_label(s, lora);
-        ml.label.push_str(suffix);
         let ok = matches!(res.status, RunStatus::Completed);
         if let RunStatus::Failed { reason: why } = &res.status {
             failed.push(FailedRun {

@@ -207,21 +207,14 @@ mod tests {
             mode: None,
             budget: None,
             seed: 0,
-            recipe: Recipe {
-                epochs: 1.0,
-                lr: 1e-3,
-                batch_size: 32,
-                max_len: 128,
-                warmup_frac: 0.06,
-                weight_decay: 0.0,
-                max_steps: None,
-                max_train: None,
-                max_dev: None,
-            },
+            recipe: Recipe { batch_size: 32, ..Recipe::new(1.0, 1e-3) },
             criterion: None,
             reinit: None,
             lora_init: LoraInit::Paper,
             device: "cpu".into(),
+            rank_group: None,
+            maximal_hash: None,
+            precision: Default::default(),
         }
     }
 

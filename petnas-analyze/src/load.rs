@@ -122,17 +122,47 @@ pub fn load_sweep(dir: &Path) -> Result<Sweep> {
     build_frames(dir, &records)
 }
 
+/// A search's maximal training on a preset space is that preset trained (the maximal run of a
+/// `bitfit` search is BitFit) and stands in for the baseline, unless the sweep also trained the
+/// baseline itself for that task and seed: then the maximal run is a search start, so that no
+/// seed counts twice in one median.
+fn demote_shadowed_search_starts(records: &[(PathBuf, RunRecord)], labels: &mut [MethodLabel]) {
+    use std::collections::BTreeSet;
+    let real: BTreeSet<(String, &str, u64)> = labels
+        .iter()
+        .zip(records)
+        .filter(|(ml, (_, r))| ml.group == Group::Baseline && r.spec.method != "search")
+        .map(|(ml, (_, r))| (ml.label.clone(), r.spec.task.as_str(), r.spec.seed))
+        .collect();
+    for (ml, (_, r)) in labels.iter_mut().zip(records) {
+        if ml.group == Group::Baseline && r.spec.method == "search" && real.contains(&(ml.label.clone(), r.spec.task.as_str(), r.spec.seed)) {
+            ml.label = format!("{} (search start)", r.spec.space.as_deref().unwrap_or("?"));
+            ml.base = ml.label.clone();
+            ml.group = Group::SearchStart;
+        }
+    }
+}
+
 /// Appends to each record's label the recipe fields (peak LR, epochs, batch size, max length)
 /// that differ between runs of the same method label on the same task, e.g. `" [lr=3e-3]"` in
 /// an LR search: such runs are different methods, not seeds of one, and must not share a
 /// median. Recipes that differ only between tasks (epochs per task) add nothing.
 fn add_recipe_suffixes(records: &[(PathBuf, RunRecord)], labels: &mut [MethodLabel]) {
     use std::collections::{BTreeMap, BTreeSet};
-    let fields = |r: &RunRecord| -> [String; 4] {
+    let fields = |r: &RunRecord| -> [String; 8] {
         let c = &r.spec.recipe;
-        [format!("lr={:e}", c.lr), format!("epochs={}", c.epochs), format!("batch={}", c.batch_size), format!("max_len={}", c.max_len)]
+        [
+            format!("lr={:e}", c.lr),
+            format!("epochs={}", c.epochs),
+            format!("batch={}", c.batch_size),
+            format!("max_len={}", c.max_len),
+            format!("bucket={}", c.bucket),
+            format!("clip={}", c.max_grad_norm.map_or("none".to_string(), |g| g.to_string())),
+            format!("precision={}", r.spec.precision.as_str()),
+            format!("lora_init={}", r.spec.lora_init.as_str()),
+        ]
     };
-    let mut seen: BTreeMap<(String, &str), [BTreeSet<String>; 4]> = BTreeMap::new();
+    let mut seen: BTreeMap<(String, &str), [BTreeSet<String>; 8]> = BTreeMap::new();
     for (ml, (_, r)) in labels.iter().zip(records) {
         let e = seen.entry((ml.label.clone(), r.spec.task.as_str())).or_default();
         for (set, f) in e.iter_mut().zip(fields(r)) {
@@ -219,6 +249,7 @@ pub fn build_frames(dir: &Path, records: &[(PathBuf, RunRecord)]) -> Result<Swee
         .iter()
         .map(|(_, r)| method_label(&r.spec, space_has_lora(r.spec.space.as_deref().unwrap_or(""), &r.result.modules)))
         .collect();
+    demote_shadowed_search_starts(records, &mut labels);
     add_recipe_suffixes(records, &mut labels);
     for ((p, r), ml) in records.iter().zip(&labels) {
         let s = &r.spec;
@@ -259,7 +290,7 @@ pub fn build_frames(dir: &Path, records: &[(PathBuf, RunRecord)]) -> Result<Swee
             petnas_core::Reinit::Fresh => "fresh",
             petnas_core::Reinit::Keep => "keep",
         }));
-        lora_init.push(format!("{:?}", s.lora_init).to_lowercase());
+        lora_init.push(s.lora_init.as_str().to_string());
         status.push(if ok { "completed" } else { "failed" });
         primary_metric.push(res.primary_metric.clone());
         score.push(if ok {

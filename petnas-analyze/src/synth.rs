@@ -175,20 +175,16 @@ impl SynthRun {
             budget: self.budget,
             seed: self.seed,
             recipe: Recipe {
-                epochs: if self.method == "full" { 3.0 } else { 10.0 },
-                lr: if self.method == "full" { 2e-5 } else { 1e-3 },
                 batch_size: 32,
-                max_len: 128,
-                warmup_frac: 0.06,
-                weight_decay: 0.0,
-                max_steps: None,
-                max_train: None,
-                max_dev: None,
+                ..Recipe::new(if self.method == "full" { 3.0 } else { 10.0 }, if self.method == "full" { 2e-5 } else { 1e-3 })
             },
             criterion: self.criterion,
             reinit: (self.method == "search").then_some(Reinit::Same),
             lora_init: LoraInit::Paper,
             device: "cpu".into(),
+            rank_group: None,
+            maximal_hash: None,
+            precision: Default::default(),
         };
         let (status, metrics) = match self.score {
             Some(v) => {

@@ -441,3 +441,30 @@ fn lr_search_runs_are_separate_methods() {
     assert!(md.lines().any(|l| l.starts_with("| Full FT |")), "epochs differing by task must not split Full FT:\n{md}");
     assert!(!md.contains("| BitFit |"), "{md}");
 }
+
+#[test]
+fn a_search_start_beside_its_baseline_is_not_a_second_seed() {
+    // A BitFit baseline and a bitfit search's maximal training of the same task and seed are
+    // both BitFit trainings: the median of one seed must not count it twice.
+    let dir = tempfile::tempdir().unwrap();
+    let base = SynthRun::baseline("rte", "bitfit", 0, 0.70, 25_728).record();
+    save(dir.path(), &base);
+    let mut start = SynthRun::baseline("rte", "bitfit", 0, 0.50, 25_728).record();
+    start.id = "rte-bitfit-maximal-s0".into();
+    start.spec.method = "search".into();
+    start.spec.space = Some("bitfit".into());
+    save(dir.path(), &start);
+    // Another task with only the search's maximal run: there it stands in for BitFit.
+    let mut alone = SynthRun::baseline("mrpc", "bitfit", 0, 0.80, 25_728).record();
+    alone.id = "mrpc-bitfit-maximal-s0".into();
+    alone.spec.method = "search".into();
+    alone.spec.space = Some("bitfit".into());
+    save(dir.path(), &alone);
+    let sw = load_sweep(dir.path()).unwrap();
+    let t = build_tables(&sw, &Metric::Primary).unwrap();
+    let md = t.table1.markdown();
+    let row = md.lines().find(|l| l.starts_with("| BitFit |")).unwrap_or_else(|| panic!("no BitFit row:\n{md}"));
+    assert!(row.contains("| 70.0 |"), "RTE BitFit must be the baseline's 70.0 alone, not a median with 50.0: {row}");
+    assert!(!row.contains("60.0"), "{row}");
+    assert!(row.contains("| 80.0 |"), "MRPC's lone search start stands in for BitFit: {row}");
+}

@@ -55,6 +55,12 @@ pub enum CoreError {
         /// The version this build reads.
         supported: u32,
     },
+    /// `config.json` names a `hidden_act` the encoder does not implement.
+    #[error("hidden_act {name:?} is not supported (gelu, gelu_new, gelu_pytorch_tanh, gelu_fast, relu, silu, swish)")]
+    UnknownActivation {
+        /// The name found.
+        name: String,
+    },
     /// `config.json` names a `model_type` this crate does not know.
     #[error("unsupported model_type {model_type:?}: expected one of bert, roberta, xlm-roberta, camembert")]
     UnknownFamily {

@@ -87,7 +87,43 @@ impl Family {
     }
 }
 
+/// The feed-forward activation of a BERT/RoBERTa-family config (`hidden_act`), as transformers'
+/// `ACT2FN` defines each name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Activation {
+    /// `gelu`: x·Φ(x) with the exact (erf) Φ.
+    GeluErf,
+    /// `gelu_new`, `gelu_pytorch_tanh`, `gelu_fast`: the tanh approximation
+    /// 0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³))).
+    GeluTanh,
+    /// `relu`.
+    Relu,
+    /// `silu`, `swish`: x·σ(x).
+    Silu,
+}
+
 impl EncoderConfig {
+    /// The activation `hidden_act` names; an unknown name is an error naming the field, never a
+    /// silent GELU.
+    pub fn activation(&self) -> Result<Activation, CoreError> {
+        match self.hidden_act.as_str() {
+            "gelu" => Ok(Activation::GeluErf),
+            "gelu_new" | "gelu_pytorch_tanh" | "gelu_fast" => Ok(Activation::GeluTanh),
+            "relu" => Ok(Activation::Relu),
+            "silu" | "swish" => Ok(Activation::Silu),
+            other => Err(CoreError::UnknownActivation { name: other.to_string() }),
+        }
+    }
+
+    /// The longest sequence the position embeddings can encode: `max_position_embeddings`, less
+    /// RoBERTa's offset (its positions start at `pad_token_id + 1`).
+    pub fn max_len_limit(&self) -> Result<usize, CoreError> {
+        Ok(match self.family()? {
+            Family::Bert => self.max_position_embeddings,
+            Family::Roberta => self.max_position_embeddings.saturating_sub(self.pad_token_id + 1),
+        })
+    }
+
     /// Reads a HF `config.json`; the error names the file and the serde position.
     pub fn from_file(path: &Path) -> Result<Self, CoreError> {
         crate::io::read_json(path)

@@ -185,9 +185,48 @@ pub fn prune(
     });
 
     let mut count = maximal.pet_params();
+    // Unstructured LoRA: an entry of U's column k acts only through V's column k (ΔW = U·Vᵀ), so
+    // once either column is empty the other's entries do nothing while still counting toward the
+    // budget. They are removed for free as soon as that happens (and up front, for an already
+    // pruned architecture), before any entry that does something.
+    let mut alive: Vec<Option<(Vec<usize>, Vec<usize>)>> = Vec::new();
+    if mode == PruneMode::Unstructured {
+        for (mi, m) in maximal.modules.iter().enumerate() {
+            let a: Option<(Vec<usize>, Vec<usize>)> = work[mi].lora.as_ref().map(|(u, v, r)| {
+                let col = |mask: &Mask, rows: usize, k: usize| (0..rows).filter(|&i| mask.get(i * r + k)).count();
+                ((0..*r).map(|k| col(u, m.in_dim, k)).collect(), (0..*r).map(|k| col(v, m.out_dim, k)).collect())
+            });
+            let r = a.as_ref().map_or(0, |(u, _)| u.len());
+            alive.push(a);
+            for k in 0..r {
+                let mut cols = alive_at(&mut alive, mi);
+                if cols.0[k] == 0 || cols.1[k] == 0 {
+                    count -= clear_column(&mut work[mi], &mut cols, k);
+                }
+            }
+        }
+    }
     for unit in &units {
         if count <= budget {
             break;
+        }
+        if mode == PruneMode::Unstructured && unit.tensor != T_BIAS {
+            let Some((u, v, r)) = &mut work[unit.module].lora else { continue };
+            let r = *r;
+            let mask = if unit.tensor == T_U { u } else { v };
+            if !mask.get(unit.index) {
+                continue; // removed for free already
+            }
+            mask.set(unit.index, false);
+            count -= 1;
+            let k = unit.index % r;
+            let mut cols = alive_at(&mut alive, unit.module);
+            let left = if unit.tensor == T_U { &mut cols.0[k] } else { &mut cols.1[k] };
+            *left -= 1;
+            if *left == 0 {
+                count -= clear_column(&mut work[unit.module], &mut cols, k);
+            }
+            continue;
         }
         let w = &mut work[unit.module];
         match (mode, unit.tensor) {
@@ -252,6 +291,31 @@ pub fn prune(
     }
     debug_assert_eq!(out.pet_params(), count);
     Ok(out)
+}
+
+/// The per-column counts of kept U and V entries of module `mi`.
+fn alive_at(alive: &mut [Option<(Vec<usize>, Vec<usize>)>], mi: usize) -> (&mut Vec<usize>, &mut Vec<usize>) {
+    let (u, v) = alive[mi].as_mut().expect("LoRA module has counts");
+    (u, v)
+}
+
+/// Removes every kept entry of column `k` of U and of V (a column whose partner is empty does
+/// nothing); returns how many entries that freed.
+fn clear_column(w: &mut Work, alive: &mut (&mut Vec<usize>, &mut Vec<usize>), k: usize) -> usize {
+    let Some((u, v, r)) = &mut w.lora else { return 0 };
+    let r = *r;
+    let mut freed = 0;
+    for mask in [u, v] {
+        for x in (k..mask.len()).step_by(r) {
+            if mask.get(x) {
+                mask.set(x, false);
+                freed += 1;
+            }
+        }
+    }
+    alive.0[k] = 0;
+    alive.1[k] = 0;
+    freed
 }
 
 /// Parses a parameter budget: `"2000"`, `"2k"`, `"3.4M"`, `"10_000"`, `"1,500"`, `"1G"`.
@@ -460,31 +524,35 @@ mod tests {
     fn unstructured_entries_and_counts() {
         let a = toy();
         let s = toy_scores();
-        // Lowest 3: V[0,1] (-10), then b.bias 0..2 (0.1 each) → wait, V zeros (0.0) come before 0.1.
-        // Sorted: -10 (v1), 0.0 (v3), 0.0 (v5), 0.1 b0, 0.1 b1, 0.1 b2, 0.5 a0..a2, 1.0 ...
-        let p = prune(&a, &s, PruneMode::Unstructured, 14, RankGroup::UV).unwrap();
-        assert_eq!(p.pet_params(), 14);
+        // Ascending: -10 (v1), 0.0 (v3), 0.0 (v5), 0.1 b0, 0.1 b1, 0.1 b2, 0.5 a0..a2, 1.0 ...
+        let p = prune(&a, &s, PruneMode::Unstructured, 15, RankGroup::UV).unwrap();
+        assert_eq!(p.pet_params(), 15);
         match &p.modules[0].lora.as_ref().unwrap().keep {
             LoraKeep::Entries { u, v } => {
                 assert!(u.all());
-                assert_eq!(v.ones().collect::<Vec<_>>(), vec![0, 2, 4]);
+                assert_eq!(v.ones().collect::<Vec<_>>(), vec![0, 2, 4, 5]);
             }
             k => panic!("expected entries, got {k:?}"),
         }
-        assert_eq!(p.modules[0].kept_rank(), Some(1));
-        let p = prune(&a, &s, PruneMode::Unstructured, 12, RankGroup::UV).unwrap();
+        // Removing v5 empties V's column 1: U's column 1 (u1, u3) then does nothing and goes
+        // for free, so budget 14 ends at 12 with rank 0 whole.
+        let p = prune(&a, &s, PruneMode::Unstructured, 14, RankGroup::UV).unwrap();
         assert_eq!(p.pet_params(), 12);
+        assert_eq!(p.modules[0].lora.as_ref().unwrap().keep, LoraKeep::Ranks(vec![0]));
+        assert_eq!(p.modules[0].kept_rank(), Some(1));
+        let p = prune(&a, &s, PruneMode::Unstructured, 11, RankGroup::UV).unwrap();
+        assert_eq!(p.pet_params(), 11);
         assert_eq!(
             p.modules[1].bias,
-            Some(BiasArch::Masked(Mask::from_fn(4, |i| i >= 2)))
+            Some(BiasArch::Masked(Mask::from_fn(4, |i| i >= 1)))
         );
-        // Unstructured reaches any budget exactly, structured may undershoot.
+        // Neither mode overshoots a budget.
         for b in 0..=17 {
-            assert_eq!(
+            assert!(
                 prune(&a, &s, PruneMode::Unstructured, b, RankGroup::UV)
                     .unwrap()
-                    .pet_params(),
-                b
+                    .pet_params()
+                    <= b
             );
             assert!(
                 prune(&a, &s, PruneMode::Structured, b, RankGroup::UV)
@@ -492,6 +560,32 @@ mod tests {
                     .pet_params()
                     <= b
             );
+        }
+    }
+
+    #[test]
+    fn unstructured_keeps_no_dead_lora_entry() {
+        // For random scores and every budget: a kept entry of U's column k has a kept partner in
+        // V's column k and vice versa (otherwise it would count without acting).
+        let a = toy();
+        let mut rng = crate::rng::Rng::new(7);
+        for _ in 0..50 {
+            let mut s = toy_scores();
+            for v in s.values_mut() {
+                for x in v.iter_mut() {
+                    *x = rng.normal_f32();
+                }
+            }
+            for b in 0..=17 {
+                let p = prune(&a, &s, PruneMode::Unstructured, b, RankGroup::UV).unwrap();
+                assert!(p.pet_params() <= b);
+                let (u, v) = p.modules[0].lora_masks().unwrap();
+                for k in 0..2 {
+                    let uk = (0..2).any(|i| u.get(i * 2 + k));
+                    let vk = (0..3).any(|j| v.get(j * 2 + k));
+                    assert_eq!(uk, vk, "budget {b}, column {k}: U kept {uk}, V kept {vk}");
+                }
+            }
         }
     }
 

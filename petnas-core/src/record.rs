@@ -42,6 +42,112 @@ pub struct Recipe {
     /// Only the first N dev examples were scored (absent: all).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_dev: Option<usize>,
+    /// Adam's β₁. This and the next fields are omitted from the JSON (and so from the hash) at
+    /// their defaults, the values every earlier record was made with, so those records keep
+    /// their hashes.
+    #[serde(default = "default_beta1", skip_serializing_if = "is_default_beta1")]
+    pub adam_beta1: f64,
+    /// Adam's β₂.
+    #[serde(default = "default_beta2", skip_serializing_if = "is_default_beta2")]
+    pub adam_beta2: f64,
+    /// Adam's ε.
+    #[serde(default = "default_eps", skip_serializing_if = "is_default_eps")]
+    pub adam_eps: f64,
+    /// Clip the global L2 norm of all trained gradients (PET + head) to this value before each
+    /// optimizer step, as transformers' Trainer does (`max_grad_norm`); absent: no clipping.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_grad_norm: Option<f64>,
+    /// Length-bucketing window in batches (1: a plain shuffle). It changes which examples share
+    /// a batch, so it changes results.
+    #[serde(default = "default_bucket", skip_serializing_if = "is_default_bucket")]
+    pub bucket: usize,
+}
+
+fn default_beta1() -> f64 {
+    0.9
+}
+fn default_beta2() -> f64 {
+    0.999
+}
+fn default_eps() -> f64 {
+    1e-8
+}
+fn default_bucket() -> usize {
+    1
+}
+fn is_default_beta1(v: &f64) -> bool {
+    *v == default_beta1()
+}
+fn is_default_beta2(v: &f64) -> bool {
+    *v == default_beta2()
+}
+fn is_default_eps(v: &f64) -> bool {
+    *v == default_eps()
+}
+fn is_default_bucket(v: &usize) -> bool {
+    *v == default_bucket()
+}
+
+impl Recipe {
+    /// The paper's recipe (batch 16, max length 128, 6% linear warm-up, Adam with transformers'
+    /// defaults, no weight decay) at `epochs` and peak `lr`: the one place these defaults live;
+    /// the CLI and sweep configs override fields of it.
+    pub fn new(epochs: f64, lr: f64) -> Self {
+        Self {
+            epochs,
+            lr,
+            batch_size: 16,
+            max_len: 128,
+            warmup_frac: 0.06,
+            weight_decay: 0.0,
+            max_steps: None,
+            max_train: None,
+            max_dev: None,
+            adam_beta1: default_beta1(),
+            adam_beta2: default_beta2(),
+            adam_eps: default_eps(),
+            max_grad_norm: None,
+            bucket: default_bucket(),
+        }
+    }
+
+    /// Checks every field's range; the message names the field (as the CLI and TOML spell it).
+    pub fn validate(&self) -> Result<(), String> {
+        fn pos(name: &str, v: f64) -> Result<(), String> {
+            if v.is_finite() && v > 0.0 {
+                Ok(())
+            } else {
+                Err(format!("{name} = {v}: must be a finite number above 0"))
+            }
+        }
+        pos("epochs", self.epochs)?;
+        pos("lr", self.lr)?;
+        pos("adam_eps", self.adam_eps)?;
+        if let Some(g) = self.max_grad_norm {
+            pos("max_grad_norm", g)?;
+        }
+        if !(self.warmup_frac.is_finite() && (0.0..1.0).contains(&self.warmup_frac)) {
+            return Err(format!("warmup_frac = {}: must be in [0, 1)", self.warmup_frac));
+        }
+        if !(self.weight_decay.is_finite() && self.weight_decay >= 0.0) {
+            return Err(format!("weight_decay = {}: must be a finite number, 0 or above", self.weight_decay));
+        }
+        for (name, b) in [("adam_beta1", self.adam_beta1), ("adam_beta2", self.adam_beta2)] {
+            if !(b.is_finite() && (0.0..1.0).contains(&b)) {
+                return Err(format!("{name} = {b}: must be in [0, 1)"));
+            }
+        }
+        for (name, v) in [("batch_size", Some(self.batch_size)), ("bucket", Some(self.bucket)), ("max_steps", self.max_steps), ("max_train", self.max_train), ("max_dev", self.max_dev)] {
+            if v == Some(0) {
+                return Err(format!("{name} = 0: must be at least 1"));
+            }
+        }
+        // An epoch count so large that the step count overflows is a typo, not a plan.
+        if self.epochs > 1e6 {
+            return Err(format!("epochs = {}: more than a million epochs", self.epochs));
+        }
+        Ok(())
+    }
 }
 
 /// How a pruned architecture's PET tensors are initialised before retraining.
@@ -56,18 +162,90 @@ pub enum Reinit {
     Keep,
 }
 
-/// LoRA initialisation.
+/// LoRA initialisation of ΔW = U·Vᵀ (U: [in, r], V: [out, r]).
 #[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum LoraInit {
-    /// The paper's initialisation (Section 3.3): U and V both random, so that both factors
-    /// receive gradient and are pruned evenly.
+    /// The paper's eq. 1 (§3.3): U ~ N(0, σ = in^-½) and V ~ N(0, σ = out^-½), both random, so
+    /// that both factors receive gradient from the first step and the criterion can score them.
     #[default]
     Paper,
-    /// The original LoRA initialisation: one factor random, the other zero.
-    Lora,
-    /// The paper's initialisation with the initial product subtracted, so ΔW starts at zero.
+    /// Hu et al. (2021) as PEFT implements it: V (PEFT's `lora_B`) = 0 and U (`lora_A`ᵀ)
+    /// Kaiming-uniform, U(−in^-½, in^-½) (`kaiming_uniform_(a=√5)` on `lora_A` [r, in]), so
+    /// ΔW starts at 0. ("We use a random Gaussian initialization for A and zero for B, so
+    /// ΔW = BA is zero at the beginning of training", Hu et al. §4.1.)
+    Hu,
+    /// U = 0 and V random (eq. 1's σ): the input-side factor zero. What this project called
+    /// `lora` before version 0.2 (old records still read as this); not Hu et al.'s choice.
+    #[serde(alias = "lora")]
+    UZero,
+    /// The paper's initialisation with the initial product subtracted (a frozen −U₀·V₀ᵀ), so
+    /// the model starts at the pre-trained function while both factors are random.
     PaperZeroOffset,
+}
+
+impl LoraInit {
+    /// Every value, in the order the CLI lists them.
+    pub const ALL: [LoraInit; 4] = [LoraInit::Paper, LoraInit::Hu, LoraInit::UZero, LoraInit::PaperZeroOffset];
+
+    /// The name used in the CLI, configs and records.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LoraInit::Paper => "paper",
+            LoraInit::Hu => "hu",
+            LoraInit::UZero => "u_zero",
+            LoraInit::PaperZeroOffset => "paper_zero_offset",
+        }
+    }
+}
+
+impl std::str::FromStr for LoraInit {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        if s == "lora" {
+            return Err("`lora` is ambiguous: `hu` is Hu et al.'s and PEFT's (V = lora_B = 0), `u_zero` zeroes U instead".into());
+        }
+        LoraInit::ALL.into_iter().find(|i| i.as_str() == s).ok_or_else(|| {
+            format!("`{s}`: expected one of {}", LoraInit::ALL.map(|i| i.as_str()).join(", "))
+        })
+    }
+}
+
+/// Arithmetic of the frozen base matmuls (everything trained stays fp32 in both).
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Precision {
+    /// fp32 throughout.
+    #[default]
+    Fp32,
+    /// Mixed precision: the frozen weights in bf16 and their matmuls (forward x·Wᵀ, input
+    /// gradient dY·W) as bf16 × bf16 with fp32 accumulation; PET parameters, gradients, Adam
+    /// state, the criterion, the head, LayerNorm, softmax and the loss in fp32.
+    Bf16,
+}
+
+impl Precision {
+    /// The name used in the CLI, configs and records.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Precision::Fp32 => "fp32",
+            Precision::Bf16 => "bf16",
+        }
+    }
+    fn is_fp32(&self) -> bool {
+        *self == Precision::Fp32
+    }
+}
+
+impl std::str::FromStr for Precision {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "fp32" => Ok(Precision::Fp32),
+            "bf16" => Ok(Precision::Bf16),
+            _ => Err(format!("`{s}`: expected fp32 or bf16")),
+        }
+    }
 }
 
 /// Everything that defines a run (its hash decides whether a finished run can be reused).
@@ -105,6 +283,18 @@ pub struct RunSpec {
     pub lora_init: LoraInit,
     /// Device the run used, e.g. `"cpu"`, `"cuda:0"`.
     pub device: String,
+    /// How structured pruning scored a rank component (structured pruned runs only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rank_group: Option<crate::prune::RankGroup>,
+    /// For a pruned run: the [`RunSpec::hash`] of the maximal training its criterion (and, with
+    /// `reinit = keep`, its start) came from. Everything that shaped the scores (the search's
+    /// recipe and LR, space, seed, init) is in that hash, so a changed maximal run changes every
+    /// pruned run's hash too.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub maximal_hash: Option<String>,
+    /// Arithmetic of the frozen matmuls (omitted at fp32, which every earlier record used).
+    #[serde(default, skip_serializing_if = "Precision::is_fp32")]
+    pub precision: Precision,
 }
 
 impl RunSpec {
@@ -280,21 +470,14 @@ mod tests {
             mode: Some(PruneMode::Structured),
             budget: Some(50_000),
             seed: 3,
-            recipe: Recipe {
-                epochs: 10.0,
-                lr: 1e-3,
-                batch_size: 32,
-                max_len: 128,
-                warmup_frac: 0.06,
-                weight_decay: 0.0,
-                max_steps: None,
-                max_train: None,
-                max_dev: None,
-            },
+            recipe: Recipe { batch_size: 32, ..Recipe::new(10.0, 1e-3) },
             criterion: Some(CriterionKind::Mean),
             reinit: Some(Reinit::Same),
             lora_init: LoraInit::PaperZeroOffset,
             device: "cpu".into(),
+            rank_group: Some(crate::prune::RankGroup::UV),
+            maximal_hash: Some("ab".repeat(32)),
+            precision: Precision::Fp32,
         }
     }
 
@@ -398,6 +581,137 @@ mod tests {
         let text = serde_json::to_string(&a).unwrap();
         let back: RunSpec = serde_json::from_str(&text).unwrap();
         assert_eq!(back.hash(), h);
+    }
+
+    /// Every field of a spec, as its JSON path, with every optional one present. A field added
+    /// to `RunSpec` or `Recipe` fails this test until it is listed here, that is, until someone
+    /// decided it belongs in the hash (every field does: the hash is of the whole spec; a field
+    /// that must not change the hash does not belong in the spec).
+    const SPEC_FIELDS: &[&str] = &[
+        "budget", "criterion", "device", "lora_init", "maximal_hash", "method", "mode", "model",
+        "model_fingerprint.family", "model_fingerprint.hidden_size", "model_fingerprint.intermediate_size",
+        "model_fingerprint.num_layers", "precision", "rank_group", "recipe.adam_beta1", "recipe.adam_beta2",
+        "recipe.adam_eps", "recipe.batch_size", "recipe.bucket", "recipe.epochs", "recipe.lr", "recipe.max_dev",
+        "recipe.max_grad_norm", "recipe.max_len", "recipe.max_steps", "recipe.max_train", "recipe.warmup_frac",
+        "recipe.weight_decay", "reinit", "seed", "space", "task",
+    ];
+
+    fn full_spec() -> RunSpec {
+        let mut s = spec();
+        s.recipe = Recipe {
+            max_steps: Some(7),
+            max_train: Some(100),
+            max_dev: Some(50),
+            adam_beta1: 0.8,
+            adam_beta2: 0.99,
+            adam_eps: 1e-6,
+            max_grad_norm: Some(1.0),
+            bucket: 50,
+            ..s.recipe
+        };
+        s.precision = Precision::Bf16;
+        s
+    }
+
+    fn leaves(v: &serde_json::Value, prefix: &str, out: &mut Vec<String>) {
+        match v {
+            serde_json::Value::Object(m) => {
+                for (k, x) in m {
+                    let p = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+                    leaves(x, &p, out);
+                }
+            }
+            _ => out.push(prefix.to_string()),
+        }
+    }
+
+    #[test]
+    fn every_spec_field_is_listed_and_changes_the_hash() {
+        let full = serde_json::to_value(full_spec()).unwrap();
+        let mut got = Vec::new();
+        leaves(&full, "", &mut got);
+        got.sort();
+        assert_eq!(got, SPEC_FIELDS, "RunSpec's fields changed: decide each new one's place in the hash and list it");
+        let h = full_spec().hash();
+        for path in SPEC_FIELDS {
+            let mut v = full.clone();
+            let mut slot = &mut v;
+            for k in path.split('.') {
+                slot = slot.get_mut(k).unwrap();
+            }
+            // A different valid value of the same type.
+            *slot = match slot.clone() {
+                serde_json::Value::Number(n) if n.is_u64() => (n.as_u64().unwrap() + 1).into(),
+                serde_json::Value::Number(n) => ((n.as_f64().unwrap() + 0.1) * 0.5).into(),
+                serde_json::Value::String(t) => match *path {
+                    "criterion" => "last".into(),
+                    "lora_init" => "hu".into(),
+                    "mode" => "unstructured".into(),
+                    "model_fingerprint.family" => "Roberta".into(),
+                    "precision" => "fp32".into(),
+                    "rank_group" => "u_only".into(),
+                    "reinit" => "fresh".into(),
+                    _ => format!("{t}x").into(),
+                },
+                other => panic!("{path}: unexpected {other}"),
+            };
+            let changed: RunSpec = serde_json::from_value(v).unwrap_or_else(|e| panic!("{path}: {e}"));
+            assert_ne!(changed.hash(), h, "{path} does not change the hash");
+        }
+    }
+
+    #[test]
+    fn defaults_of_new_fields_keep_old_hashes() {
+        // A spec as version-0.1 records wrote it (no Adam, clipping, bucket, rank-group,
+        // maximal-hash or precision keys) reads back to the defaults and hashes the same, so
+        // finished runs of earlier sweeps stay done.
+        let mut s = spec();
+        s.rank_group = None;
+        s.maximal_hash = None;
+        let v = serde_json::to_value(&s).unwrap();
+        for k in ["adam_beta1", "adam_beta2", "adam_eps", "max_grad_norm", "bucket"] {
+            assert!(v["recipe"].get(k).is_none(), "{k} written at its default");
+        }
+        for k in ["rank_group", "maximal_hash", "precision"] {
+            assert!(v.get(k).is_none(), "{k} written at its default");
+        }
+        let back: RunSpec = serde_json::from_value(v).unwrap();
+        assert_eq!(back, s);
+        assert_eq!(back.hash(), s.hash());
+        // A record of `--lora-init lora` (U = 0) made before the rename reads as u_zero.
+        let mut v = serde_json::to_value(&s).unwrap();
+        v["lora_init"] = "lora".into();
+        assert_eq!(serde_json::from_value::<RunSpec>(v).unwrap().lora_init, LoraInit::UZero);
+        assert!("lora".parse::<LoraInit>().unwrap_err().contains("ambiguous"));
+    }
+
+    #[test]
+    fn recipe_validation_names_the_field() {
+        let ok = Recipe::new(3.0, 1e-3);
+        assert!(ok.validate().is_ok());
+        let cases: Vec<(Recipe, &str)> = vec![
+            (Recipe { lr: f64::NAN, ..ok.clone() }, "lr"),
+            (Recipe { lr: -1e-3, ..ok.clone() }, "lr"),
+            (Recipe { lr: 0.0, ..ok.clone() }, "lr"),
+            (Recipe { epochs: 0.0, ..ok.clone() }, "epochs"),
+            (Recipe { epochs: f64::INFINITY, ..ok.clone() }, "epochs"),
+            (Recipe { epochs: 1e9, ..ok.clone() }, "epochs"),
+            (Recipe { warmup_frac: 1.0, ..ok.clone() }, "warmup_frac"),
+            (Recipe { warmup_frac: -0.1, ..ok.clone() }, "warmup_frac"),
+            (Recipe { weight_decay: f64::NAN, ..ok.clone() }, "weight_decay"),
+            (Recipe { batch_size: 0, ..ok.clone() }, "batch_size"),
+            (Recipe { max_steps: Some(0), ..ok.clone() }, "max_steps"),
+            (Recipe { max_dev: Some(0), ..ok.clone() }, "max_dev"),
+            (Recipe { max_train: Some(0), ..ok.clone() }, "max_train"),
+            (Recipe { bucket: 0, ..ok.clone() }, "bucket"),
+            (Recipe { adam_beta2: 1.0, ..ok.clone() }, "adam_beta2"),
+            (Recipe { adam_eps: 0.0, ..ok.clone() }, "adam_eps"),
+            (Recipe { max_grad_norm: Some(-1.0), ..ok.clone() }, "max_grad_norm"),
+        ];
+        for (r, field) in cases {
+            let e = r.validate().unwrap_err();
+            assert!(e.starts_with(field), "{field}: {e}");
+        }
     }
 
     #[test]

@@ -39,6 +39,19 @@ pub struct BenchConfig {
     pub warmup: usize,
     /// Accumulate the criterion each step (as a search's maximal training does).
     pub criterion: bool,
+    /// Real batches instead of random full-length tokens: the task's training examples in the
+    /// order a plain-shuffle epoch (seed 0) visits them, each batch padded to its longest
+    /// example, as `train` feeds them. `seq` is then the truncation length.
+    pub padded: Option<PaddedData>,
+}
+
+/// The real data behind `bench --padded`.
+#[derive(Debug, Clone)]
+pub struct PaddedData {
+    /// GLUE folder.
+    pub data: std::path::PathBuf,
+    /// The task whose training split is used.
+    pub task: crate::glue::Task,
 }
 
 /// One JSON line of results.
@@ -54,6 +67,14 @@ pub struct BenchReport {
     pub seq: usize,
     /// Space measured.
     pub space: String,
+    /// `random` (full-length random tokens) or `<task> padded` (real batches).
+    pub data: String,
+    /// Mean padded batch length of the timed steps (= `seq` on random tokens).
+    pub mean_batch_len: f64,
+    /// Share of the timed steps' token positions that are padding.
+    pub padded_fraction: f64,
+    /// Whether the main thread and every rayon worker flush denormals (FTZ and DAZ).
+    pub flush_denormals: bool,
     /// Trainable parameters (PET + head).
     pub trainable_params: usize,
     /// Median step time.
@@ -109,30 +130,27 @@ pub fn bench(cfg: &BenchConfig, device: &Device) -> Result<BenchReport> {
     let model = EncoderModel::build(mc, &weights, if space.full_finetune { None } else { Some(&arch) }, &start, &opts, device)?;
     let trainable = model.param_count(Role::Pet)? + model.param_count(Role::Head)? + model.param_count(Role::Base)?;
     let mut rng = Rng::new(0);
-    let n = cfg.batch * cfg.seq;
-    let ids: Vec<u32> = (0..n).map(|_| 1000 + rng.below(mc.vocab_size - 1000) as u32).collect();
-    let pos: Vec<u32> = (0..n)
-        .map(|i| match family {
-            petnas_core::inventory::Family::Bert => (i % cfg.seq) as u32,
-            petnas_core::inventory::Family::Roberta => (mc.pad_token_id + 1 + i % cfg.seq) as u32,
-        })
-        .collect();
-    let batch = Batch {
-        input_ids: Tensor::from_vec(ids, (cfg.batch, cfg.seq), device)?,
-        type_ids: Tensor::zeros((cfg.batch, cfg.seq), DType::U32, device)?,
-        position_ids: Tensor::from_vec(pos, (cfg.batch, cfg.seq), device)?,
-        attention_mask: Tensor::ones((cfg.batch, cfg.seq), DType::F32, device)?,
+    let steps = cfg.warmup + cfg.steps;
+    let batches: Vec<(Batch, Tensor)> = match &cfg.padded {
+        None => vec![random_batch(cfg, mc, family, &mut rng, device)?],
+        Some(p) => real_batches(cfg, p, &md, family, steps, device)?,
     };
-    let labels = Tensor::from_vec((0..cfg.batch).map(|_| rng.below(2) as u32).collect::<Vec<_>>(), cfg.batch, device)?;
+    let (mut positions, mut real) = (0usize, 0usize);
+    for i in cfg.warmup..steps {
+        let m: Vec<f32> = batches[i % batches.len()].0.attention_mask.flatten_all()?.to_vec1()?;
+        positions += m.len();
+        real += m.iter().filter(|&&v| v > 0.0).count();
+    }
     let vars: Vec<candle_core::Var> = model.trainables().iter().map(|t| t.var.clone()).collect();
     let mut opt = AdamW::new(vars, ParamsAdamW { lr: 3e-4, weight_decay: 0.0, ..Default::default() })?;
     let mut drop = DropoutRng::new(1);
     let mut crit = CriterionAccumulator::new();
     let (mut tot, mut fw, mut bw, mut cr, mut op) = (vec![], vec![], vec![], vec![], vec![]);
-    for i in 0..cfg.warmup + cfg.steps {
+    for i in 0..steps {
+        let (batch, labels) = &batches[i % batches.len()];
         let t0 = Instant::now();
-        let (_, logits) = model.forward(&batch, Some(&mut drop))?;
-        let loss = crate::train::task_loss(crate::glue::Task::Rte, &logits, &labels)?;
+        let (_, logits) = model.forward(batch, Some(&mut drop))?;
+        let loss = crate::train::task_loss(crate::glue::Task::Rte, &logits, labels)?;
         let _ = loss.to_scalar::<f32>()?; // syncs the device
         let t1 = Instant::now();
         let grads = loss.backward()?;
@@ -160,12 +178,20 @@ pub fn bench(cfg: &BenchConfig, device: &Device) -> Result<BenchReport> {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
+    let n_timed = cfg.steps.max(1) as f64;
     Ok(BenchReport {
         r#impl: "petnas",
         threads,
         batch: cfg.batch,
         seq: cfg.seq,
         space: cfg.space.clone(),
+        data: match &cfg.padded {
+            None => "random".into(),
+            Some(p) => format!("{} padded", p.task.name()),
+        },
+        mean_batch_len: positions as f64 / cfg.batch as f64 / n_timed,
+        padded_fraction: if positions == 0 { 0.0 } else { (positions - real) as f64 / positions as f64 },
+        flush_denormals: crate::model::cpu::flush_denormals_on() && rayon::broadcast(|_| crate::model::cpu::flush_denormals_on()).iter().all(|&b| b),
         trainable_params: trainable,
         ms_per_step: ms,
         ms_per_step_min: if ms_min.is_finite() { ms_min } else { 0.0 },
@@ -175,7 +201,50 @@ pub fn bench(cfg: &BenchConfig, device: &Device) -> Result<BenchReport> {
         ms_optimizer: median(&mut op),
         criterion_fraction: ms_c / ms.max(1e-9),
         examples_per_s: cfg.batch as f64 * 1e3 / ms.max(1e-9),
-        tokens_per_s: (cfg.batch * cfg.seq) as f64 * 1e3 / ms.max(1e-9),
+        tokens_per_s: positions as f64 / n_timed * 1e3 / ms.max(1e-9),
         peak_rss_mib: peak_rss_mib(),
     })
+}
+
+/// One batch of random full-length tokens with random binary labels (the PyTorch reference's).
+fn random_batch(cfg: &BenchConfig, mc: &petnas_core::inventory::EncoderConfig, family: petnas_core::inventory::Family, rng: &mut Rng, device: &Device) -> Result<(Batch, Tensor)> {
+    let n = cfg.batch * cfg.seq;
+    let ids: Vec<u32> = (0..n).map(|_| 1000 + rng.below(mc.vocab_size - 1000) as u32).collect();
+    let pos: Vec<u32> = (0..n)
+        .map(|i| match family {
+            petnas_core::inventory::Family::Bert => (i % cfg.seq) as u32,
+            petnas_core::inventory::Family::Roberta => (mc.pad_token_id + 1 + i % cfg.seq) as u32,
+        })
+        .collect();
+    let batch = Batch {
+        input_ids: Tensor::from_vec(ids, (cfg.batch, cfg.seq), device)?,
+        type_ids: Tensor::zeros((cfg.batch, cfg.seq), DType::U32, device)?,
+        position_ids: Tensor::from_vec(pos, (cfg.batch, cfg.seq), device)?,
+        attention_mask: Tensor::ones((cfg.batch, cfg.seq), DType::F32, device)?,
+    };
+    let labels = Tensor::from_vec((0..cfg.batch).map(|_| rng.below(2) as u32).collect::<Vec<_>>(), cfg.batch, device)?;
+    Ok((batch, labels))
+}
+
+/// The first `steps` batches of a plain-shuffle epoch (seed 0) of the task's training split,
+/// tokenised with truncation at `cfg.seq` and dynamically padded, with binary labels (the bench
+/// always trains a 2-label head: the labels' values do not change the step's cost).
+fn real_batches(cfg: &BenchConfig, p: &PaddedData, md: &ModelDir, family: petnas_core::inventory::Family, steps: usize, device: &Device) -> Result<Vec<(Batch, Tensor)>> {
+    let tok = crate::tokenize::TextTokenizer::from_file(&md.tokenizer_path()?, family, cfg.seq)?;
+    let examples = crate::glue::load(&p.data, p.task, crate::glue::Split::Train)?;
+    let encoded = tok.encode_all(&examples)?;
+    let lengths: Vec<usize> = encoded.iter().map(|e| e.ids.len()).collect();
+    let mut order_rng = Rng::new(0).fork(0x5348_5546);
+    let pad = md.config.pad_token_id as u32;
+    crate::batch::epoch_batches(&lengths, cfg.batch, &mut order_rng, 1)
+        .into_iter()
+        .filter(|b| b.len() == cfg.batch)
+        .take(steps.max(1))
+        .map(|idx| {
+            let items: Vec<&crate::tokenize::Encoded> = idx.iter().map(|&i| &encoded[i]).collect();
+            let batch = crate::batch::make_batch(&items, family, pad, device)?;
+            let labels = Tensor::from_vec(idx.iter().map(|&i| (i % 2) as u32).collect::<Vec<_>>(), cfg.batch, device)?;
+            Ok((batch, labels))
+        })
+        .collect()
 }

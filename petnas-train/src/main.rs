@@ -9,7 +9,7 @@ use petnas_core::arch::{Architecture, PruneMode};
 use petnas_core::criterion::CriterionKind;
 use petnas_core::inventory::inventory;
 use petnas_core::prune::{parse_budget, RankGroup};
-use petnas_core::record::{LoraInit, Recipe, Reinit, RunRecord, RunSpec};
+use petnas_core::record::{LoraInit, Precision, Recipe, Reinit, RunRecord, RunSpec};
 use petnas_core::space::SearchSpace;
 use petnas_train::device::parse_device;
 use petnas_train::glue::Task;
@@ -100,9 +100,17 @@ enum Cmd {
         /// Batch size.
         #[arg(long, default_value_t = 16)]
         batch: usize,
-        /// Sequence length (all tokens real, as the PyTorch reference).
+        /// Sequence length (all tokens real, as the PyTorch reference); with --padded, the
+        /// truncation length.
         #[arg(long, default_value_t = 128)]
         seq: usize,
+        /// Real batches of this task's training split at their real, padded lengths (as `train`
+        /// feeds them without --bucket) instead of random full-length tokens.
+        #[arg(long)]
+        padded: Option<String>,
+        /// GLUE folder for --padded (default: as `train`).
+        #[arg(long)]
+        data: Option<PathBuf>,
         /// Space: mam (the reference workload), bitfit, mam16, full, or a spec.
         #[arg(long, default_value = "mam")]
         space: String,
@@ -138,24 +146,60 @@ struct Common {
     /// Output folder: one sub-folder per run.
     #[arg(long, default_value = "runs")]
     out: PathBuf,
+    #[command(flatten)]
+    recipe: RecipeArgs,
+    /// LoRA initialisation: paper (eq. 1: U, V both Gaussian), hu (Hu et al./PEFT: V = 0),
+    /// u_zero (U = 0), paper_zero_offset (eq. 1 minus the initial product).
+    #[arg(long, default_value = "paper")]
+    lora_init: LoraInit,
+    /// Arithmetic of the frozen matmuls: fp32, or bf16 (mixed precision; trained tensors stay fp32).
+    #[arg(long, default_value = "fp32")]
+    precision: Precision,
+    /// cpu or cuda:N.
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    /// Replace an existing run folder made with another config (default: refuse).
+    #[arg(long)]
+    overwrite: bool,
+    /// No progress bars.
+    #[arg(long)]
+    quiet: bool,
+}
+
+/// The recipe's options. Each one left out takes the value of [`Recipe::new`] (the paper's recipe),
+/// which is where the defaults live; every one of them is part of the run's spec and its hash.
+#[derive(Args, Clone)]
+struct RecipeArgs {
     /// Epochs (default: the paper's per-task count).
     #[arg(long)]
     epochs: Option<f64>,
     /// Peak learning rate (default: 2e-5 for full fine-tuning, 1e-3 for PET methods).
     #[arg(long)]
     lr: Option<f64>,
-    /// Batch size.
-    #[arg(long, default_value_t = 16)]
-    batch_size: usize,
-    /// Max sequence length (tokens).
-    #[arg(long, default_value_t = 128)]
-    max_len: usize,
-    /// Warm-up fraction of the linear schedule.
-    #[arg(long, default_value_t = 0.06)]
-    warmup: f64,
-    /// Adam weight decay (0: plain Adam).
-    #[arg(long, default_value_t = 0.0)]
-    weight_decay: f64,
+    /// Batch size [default: 16].
+    #[arg(long)]
+    batch_size: Option<usize>,
+    /// Max sequence length in tokens [default: 128].
+    #[arg(long)]
+    max_len: Option<usize>,
+    /// Warm-up fraction of the linear schedule [default: 0.06].
+    #[arg(long)]
+    warmup: Option<f64>,
+    /// Adam weight decay [default: 0, plain Adam].
+    #[arg(long)]
+    weight_decay: Option<f64>,
+    /// Adam β₁ [default: 0.9].
+    #[arg(long)]
+    adam_beta1: Option<f64>,
+    /// Adam β₂ [default: 0.999].
+    #[arg(long)]
+    adam_beta2: Option<f64>,
+    /// Adam ε [default: 1e-8].
+    #[arg(long)]
+    adam_eps: Option<f64>,
+    /// Clip the global gradient norm to this value (`none`: no clipping) [default: none].
+    #[arg(long, value_parser = parse_grad_norm)]
+    max_grad_norm: Option<Option<f64>>,
     /// Stop after this many optimizer steps.
     #[arg(long)]
     max_steps: Option<usize>,
@@ -165,18 +209,45 @@ struct Common {
     /// Use only the first N dev examples.
     #[arg(long)]
     max_dev: Option<usize>,
-    /// LoRA initialisation: paper (eq. 1), lora (U = 0), paper_zero_offset.
-    #[arg(long, default_value = "paper")]
-    lora_init: String,
-    /// cpu or cuda:N.
-    #[arg(long, default_value = "cpu")]
-    device: String,
-    /// Length-bucketing window in batches (1 = plain shuffle).
-    #[arg(long, default_value_t = 1)]
-    bucket: usize,
-    /// No progress bars.
+    /// Length-bucketing window in batches (1 = plain shuffle) [default: 1].
     #[arg(long)]
-    quiet: bool,
+    bucket: Option<usize>,
+}
+
+fn parse_grad_norm(s: &str) -> std::result::Result<Option<f64>, String> {
+    if s == "none" {
+        return Ok(None);
+    }
+    s.parse::<f64>().map(Some).map_err(|_| format!("`{s}`: a number or `none`"))
+}
+
+impl RecipeArgs {
+    /// The recipe: `base` with every given option applied, checked.
+    fn apply(&self, base: Recipe) -> Result<Recipe> {
+        let r = Recipe {
+            epochs: self.epochs.unwrap_or(base.epochs),
+            lr: self.lr.unwrap_or(base.lr),
+            batch_size: self.batch_size.unwrap_or(base.batch_size),
+            max_len: self.max_len.unwrap_or(base.max_len),
+            warmup_frac: self.warmup.unwrap_or(base.warmup_frac),
+            weight_decay: self.weight_decay.unwrap_or(base.weight_decay),
+            max_steps: self.max_steps.or(base.max_steps),
+            max_train: self.max_train.or(base.max_train),
+            max_dev: self.max_dev.or(base.max_dev),
+            adam_beta1: self.adam_beta1.unwrap_or(base.adam_beta1),
+            adam_beta2: self.adam_beta2.unwrap_or(base.adam_beta2),
+            adam_eps: self.adam_eps.unwrap_or(base.adam_eps),
+            max_grad_norm: self.max_grad_norm.unwrap_or(base.max_grad_norm),
+            bucket: self.bucket.unwrap_or(base.bucket),
+        };
+        r.validate().map_err(|e| {
+            // "warmup_frac = 1: ..." → "--warmup 1: ...", as the option is spelled.
+            let (field, rest) = e.split_once(" = ").unwrap_or((e.as_str(), ""));
+            let flag = if field == "warmup_frac" { "warmup".to_string() } else { field.replace('_', "-") };
+            anyhow::anyhow!("--{flag} {rest}")
+        })?;
+        Ok(r)
+    }
 }
 
 #[derive(Args)]
@@ -220,32 +291,65 @@ fn parse_enum<T: serde::de::DeserializeOwned>(what: &str, s: &str, valid: &str) 
         .map_err(|_| anyhow::anyhow!("--{what} `{s}`: expected one of {valid}"))
 }
 
-fn recipe(c: &Common, task: Task, default_lr: f64) -> Recipe {
-    Recipe {
-        epochs: c.epochs.unwrap_or_else(|| task.default_epochs()),
-        lr: c.lr.unwrap_or(default_lr),
-        batch_size: c.batch_size,
-        max_len: c.max_len,
-        warmup_frac: c.warmup,
-        weight_decay: c.weight_decay,
-        max_steps: c.max_steps,
-        max_train: c.max_train,
-        max_dev: c.max_dev,
+fn recipe(c: &Common, task: Task, default_lr: f64) -> Result<Recipe> {
+    c.recipe.apply(Recipe::new(task.default_epochs(), default_lr))
+}
+
+fn load_inputs(c: &Common, task: Task, r: &Recipe) -> Result<RunInputs> {
+    let data = sweep::find_data(c.data.as_deref())?;
+    let device = parse_device(&c.device)?;
+    let limits = DataLimits { max_train: r.max_train, max_dev: r.max_dev };
+    Ok(RunInputs::load(&c.model, &data, task, r.max_len, limits, &device)?)
+}
+
+/// Refuses to replace a finished run made with another config (unless `--overwrite`); says
+/// whether the run is already done with this very config.
+fn check_existing(out: &Path, id: &str, spec: &RunSpec, overwrite: bool) -> Result<bool> {
+    let dir = out.join(id);
+    match sweep::run_state_in(out, id, &spec.hash()) {
+        sweep::RunState::Done => Ok(true),
+        sweep::RunState::Changed if !overwrite => {
+            let old = RunRecord::load(&dir.join("record.json"))?;
+            bail!(
+                "{} holds a run made with another config ({}); pass another --out, or --overwrite to replace it",
+                dir.display(),
+                spec_difference(&old.spec, spec)
+            )
+        }
+        _ => Ok(false),
     }
 }
 
-fn load_inputs(c: &Common, task: Task) -> Result<RunInputs> {
-    let data = sweep::find_data(c.data.as_deref())?;
-    let device = parse_device(&c.device)?;
-    let limits = DataLimits { max_train: c.max_train, max_dev: c.max_dev };
-    Ok(RunInputs::load(&c.model, &data, task, c.max_len, limits, &device)?)
+/// The fields in which two specs differ, as `recipe.lr: 0.003 → 0.001`.
+fn spec_difference(old: &RunSpec, new: &RunSpec) -> String {
+    fn walk(a: &serde_json::Value, b: &serde_json::Value, path: &str, out: &mut Vec<String>) {
+        match (a, b) {
+            (serde_json::Value::Object(x), serde_json::Value::Object(y)) => {
+                let keys: std::collections::BTreeSet<&String> = x.keys().chain(y.keys()).collect();
+                for k in keys {
+                    let p = if path.is_empty() { k.clone() } else { format!("{path}.{k}") };
+                    walk(x.get(k).unwrap_or(&serde_json::Value::Null), y.get(k).unwrap_or(&serde_json::Value::Null), &p, out);
+                }
+            }
+            _ if a != b => out.push(format!("{path}: {a} → {b}")),
+            _ => {}
+        }
+    }
+    let mut out = Vec::new();
+    walk(&serde_json::to_value(old).unwrap_or_default(), &serde_json::to_value(new).unwrap_or_default(), "", &mut out);
+    if out.is_empty() {
+        "same settings, another version of the spec".into()
+    } else {
+        out.join(", ")
+    }
 }
 
 fn cmd_train(a: TrainArgs) -> Result<()> {
     let c = &a.common;
     let task: Task = c.task.parse().map_err(|e| anyhow::anyhow!("--task: {e}"))?;
-    let lora_init: LoraInit = parse_enum("lora-init", &c.lora_init, "paper, lora, paper_zero_offset")?;
-    let inp = load_inputs(c, task)?;
+    let default_lr = if a.method == "full" { 2e-5 } else { 1e-3 };
+    let recipe = recipe(c, task, default_lr)?;
+    let inp = load_inputs(c, task, &recipe)?;
     let cfg = &inp.model.config;
     let (arch, method, space_name) = if a.method == "full" {
         (None, "full".to_string(), None)
@@ -259,7 +363,6 @@ fn cmd_train(a: TrainArgs) -> Result<()> {
         let name = space.name.clone();
         (Some(Architecture::maximal(&space, cfg)?), a.method.clone(), Some(name))
     };
-    let default_lr = if method == "full" { 2e-5 } else { 1e-3 };
     let spec = RunSpec {
         task: task.name().to_string(),
         model: c.model.clone(),
@@ -269,18 +372,24 @@ fn cmd_train(a: TrainArgs) -> Result<()> {
         mode: arch.as_ref().and_then(|a| a.mode),
         budget: arch.as_ref().and_then(|a| a.budget),
         seed: c.seed,
-        recipe: recipe(c, task, default_lr),
+        recipe,
         criterion: None,
         reinit: None,
-        lora_init,
+        lora_init: c.lora_init,
         device: c.device.clone(),
+        rank_group: None,
+        maximal_hash: None,
+        precision: c.precision,
     };
-    let start = arch.as_ref().map(|a| init_map(a, c.seed, lora_init)).unwrap_or_default();
-    let safe_method = method.replace(['/', ':', '.'], "_");
-    let id = format!("{}-{}-s{}", task.name(), safe_method, c.seed);
+    let start = arch.as_ref().map(|a| init_map(a, c.seed, c.lora_init)).unwrap_or_default();
+    let id = sweep::baseline_id(task, &method, None, c.seed);
+    if check_existing(&c.out, &id, &spec, c.overwrite)? {
+        println!("{} is already done with this config (a run folder with the same spec hash)", c.out.join(&id).display());
+        return Ok(());
+    }
     let o = run::execute(
         &inp,
-        RunPlan { spec, arch: arch.as_ref(), start: &start, criterion: None, bucket: c.bucket, progress: progress(c.quiet) },
+        RunPlan { spec, arch: arch.as_ref(), start: &start, criterion: None, progress: progress(c.quiet) },
         &id,
         &c.out,
     )?;
@@ -303,14 +412,16 @@ fn cmd_search(a: SearchArgs) -> Result<()> {
     let criterion: CriterionKind = parse_enum("criterion", &a.criterion, "mean, last, abs, magnitude, random")?;
     let reinit: Reinit = parse_enum("reinit", &a.reinit, "same, fresh, keep")?;
     let rank_group: RankGroup = parse_enum("rank-group", &a.rank_group, "uv, u_only")?;
-    let lora_init: LoraInit = parse_enum("lora-init", &c.lora_init, "paper, lora, paper_zero_offset")?;
-    let inp = load_inputs(c, task)?;
+    let r = recipe(c, task, 1e-3)?;
+    let search_recipe = match a.search_lr {
+        Some(lr) => Some(RecipeArgs { lr: Some(lr), ..c.recipe.clone() }.apply(r.clone()).context("--search-lr")?),
+        None => None,
+    };
+    let inp = load_inputs(c, task, &r)?;
     let space = SearchSpace::from_spec(&a.space, &inventory(&inp.model.config)).with_context(|| format!("--space {}", a.space))?;
     if space.full_finetune {
         bail!("--space {}: full fine-tuning has no PET parameters to search over", a.space);
     }
-    let r = recipe(c, task, 1e-3);
-    let search_recipe = a.search_lr.map(|lr| Recipe { lr, ..r.clone() });
     let cfg = SearchConfig {
         task: task.name().to_string(),
         model: c.model.clone(),
@@ -323,13 +434,25 @@ fn cmd_search(a: SearchArgs) -> Result<()> {
         search_recipe,
         criteria: vec![criterion],
         reinits: vec![reinit],
-        lora_init,
+        lora_init: c.lora_init,
         rank_group,
         device: c.device.clone(),
+        precision: c.precision,
     };
-    let never = |_: &str, _: &RunSpec| false;
+    let maximal = Architecture::maximal(&cfg.space, &inp.model.config)?;
+    cfg.validate(&maximal)?;
+    // Refuse before training anything if a run folder of this search holds another config.
+    check_existing(&c.out, &cfg.maximal_id(), &cfg.maximal_spec(&maximal), c.overwrite)?;
+    for p in cfg.pruned_runs(&maximal) {
+        check_existing(&c.out, &p.id, &p.spec, c.overwrite)?;
+    }
+    let out = c.out.clone();
+    let done = move |id: &str, spec: &RunSpec| sweep::run_state_in(&out, id, &spec.hash()) == sweep::RunState::Done;
     let mut print = |r: &RunRecord| println!("{}", run::summary_line(r));
-    search::search(&inp, &cfg, &c.out, SearchHooks { is_done: &never, on_record: &mut print, progress: progress(c.quiet), bucket: c.bucket })?;
+    let made = search::search(&inp, &cfg, &c.out, SearchHooks { is_done: &done, on_record: &mut print, progress: progress(c.quiet) })?;
+    if made.is_empty() {
+        println!("every run of this search is already done with this config in {}", c.out.display());
+    }
     println!("wrote {}", c.out.display());
     Ok(())
 }
@@ -398,7 +521,7 @@ fn measured_throughput(plan: &sweep::Plan, cfg: &sweep::SweepConfig, out: &Path,
             None => {
                 let task: Task = r.task.parse().map_err(|e| anyhow::anyhow!("{e}"))?;
                 let limits = DataLimits { max_train: Some(256), max_dev: Some(1) };
-                let inp = RunInputs::load(&cfg.model, &plan.data, task, cfg.recipe.max_len.unwrap_or(128), limits, device)?;
+                let inp = RunInputs::load(&cfg.model, &plan.data, task, cfg.max_len(), limits, device)?;
                 let l = inp.train.encoded.iter().map(|e| e.ids.len()).sum::<usize>() / inp.train.encoded.len().max(1);
                 mean_len.insert(r.task.clone(), l);
                 l
@@ -406,12 +529,13 @@ fn measured_throughput(plan: &sweep::Plan, cfg: &sweep::SweepConfig, out: &Path,
         };
         let bc = petnas_train::bench::BenchConfig {
             model: cfg.model.clone(),
-            batch: cfg.recipe.batch_size.unwrap_or(16),
+            batch: cfg.batch_size(),
             seq: len.max(8),
             space: if key.1 { "full".into() } else { "mam".into() },
             steps: 2,
             warmup: 1,
             criterion: !key.1,
+            padded: None,
         };
         eps.insert(key, petnas_train::bench::bench(&bc, device)?.examples_per_s);
     }
@@ -424,14 +548,14 @@ fn cmd_sweep(a: SweepArgs) -> Result<()> {
     let out = a.out.clone().unwrap_or_else(|| {
         PathBuf::from("runs").join(a.config.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "sweep".into()))
     });
-    let plan = sweep::plan(&cfg, a.data.as_deref())?;
+    let plan = sweep::plan(&cfg, a.data.as_deref()).with_context(|| format!("{}", a.config.display()))?;
     if a.reindex {
         let n = sweep::write_index(&out, None, None)?;
         println!("wrote {} ({n} runs)", out.join("index.jsonl").display());
         return Ok(());
     }
     let device = parse_device(&cfg.device)?;
-    let batch = cfg.recipe.batch_size.unwrap_or(16);
+    let batch = cfg.batch_size();
     let eps = if a.no_estimate { None } else { Some(measured_throughput(&plan, &cfg, &out, &device)?) };
     println!("{}", sweep::describe(&plan, &out, a.shard, eps.as_ref(), batch).trim_end());
     if a.dry_run {
@@ -465,13 +589,9 @@ fn cmd_sweep(a: SweepArgs) -> Result<()> {
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
-    if let Some(n) = cli.threads {
-        // Read by gemm and rayon when their pools start, so before any tensor work.
-        std::env::set_var("RAYON_NUM_THREADS", n.to_string());
-    }
-    // Before any tensor work: malloc thresholds, and candle's elementwise pool off (it spins
-    // against rayon for the same cores; see model/cpu.rs).
-    petnas_train::model::cpu::tune_for_training();
+    // Before any other thread or tensor work: thread pools that flush denormals, candle's
+    // elementwise pool off, malloc thresholds (see model/cpu.rs).
+    petnas_train::model::cpu::init_process(cli.threads).map_err(anyhow::Error::msg)?;
     match cli.cmd {
         Cmd::Verify { model, fixture, device } => {
             let dev = parse_device(&device)?;
@@ -520,9 +640,16 @@ fn main() -> Result<()> {
             println!("wrote {}", out.display());
             Ok(())
         }
-        Cmd::Bench { model, batch, seq, space, steps, warmup, no_criterion, device } => {
+        Cmd::Bench { model, batch, seq, padded, data, space, steps, warmup, no_criterion, device } => {
             let dev = parse_device(&device)?;
-            let cfg = petnas_train::bench::BenchConfig { model, batch, seq, space, steps, warmup, criterion: !no_criterion };
+            let padded = match padded {
+                Some(t) => Some(petnas_train::bench::PaddedData {
+                    task: t.parse().map_err(|e| anyhow::anyhow!("--padded: {e}"))?,
+                    data: sweep::find_data(data.as_deref())?,
+                }),
+                None => None,
+            };
+            let cfg = petnas_train::bench::BenchConfig { model, batch, seq, space, steps, warmup, criterion: !no_criterion, padded };
             let rep = petnas_train::bench::bench(&cfg, &dev)?;
             println!("{}", serde_json::to_string(&rep)?);
             Ok(())

@@ -62,6 +62,13 @@ impl RunInputs {
     pub fn load(model: &str, data_dir: &Path, task: Task, max_len: usize, limits: DataLimits, device: &Device) -> Result<Self> {
         let md = ModelDir::open(model)?;
         let family = md.config.family()?;
+        let positions = md.config.max_len_limit()?;
+        if max_len > positions {
+            return Err(TrainError::Invalid(format!(
+                "max length {max_len} is above what {} can encode ({positions} positions)",
+                md.dir.display()
+            )));
+        }
         let tok = TextTokenizer::from_file(&md.tokenizer_path()?, family, max_len)?;
         let weights = md.weights()?;
         let train = dataset(&tok, glue::load(data_dir, task, Split::Train)?, limits.max_train)?;
@@ -81,8 +88,6 @@ pub struct RunPlan<'a> {
     pub start: &'a HashMap<String, Vec<f32>>,
     /// Accumulate the criterion during training (the search's maximal run).
     pub criterion: Option<&'a mut CriterionAccumulator>,
-    /// Length-bucket window (batches).
-    pub bucket: usize,
     /// Progress bars (drawn into this group), or none.
     pub progress: Option<indicatif::MultiProgress>,
 }
@@ -114,7 +119,6 @@ pub fn execute(inp: &RunInputs, plan: RunPlan, id: &str, out_dir: &Path) -> Resu
         family: cfg.family()?,
         pad_id: inp.pad_id,
         device: &inp.device,
-        bucket: plan.bucket,
         progress: plan.progress.clone(),
         label: id.to_string(),
     };

@@ -12,7 +12,7 @@ use std::path::Path;
 use petnas_core::arch::{Architecture, PruneMode};
 use petnas_core::criterion::{CriterionAccumulator, CriterionKind};
 use petnas_core::prune::{prune, RankGroup};
-use petnas_core::record::{LoraInit, Recipe, Reinit, RunRecord, RunSpec, RunStatus};
+use petnas_core::record::{LoraInit, Precision, Recipe, Reinit, RunRecord, RunSpec, RunStatus};
 use petnas_core::space::SearchSpace;
 
 use crate::error::{Result, TrainError};
@@ -56,6 +56,8 @@ pub struct SearchConfig {
     pub rank_group: RankGroup,
     /// Device name for records.
     pub device: String,
+    /// Arithmetic of the frozen matmuls.
+    pub precision: Precision,
 }
 
 /// One planned pruned retraining.
@@ -94,6 +96,35 @@ fn enum_str<T: serde::Serialize>(v: &T) -> String {
 }
 
 impl SearchConfig {
+    /// Refuses, before any training, a search that cannot mean what it says: a recipe out of
+    /// range, a budget of 0, above the maximal space's size or given twice, and the zero-offset
+    /// LoRA init with `reinit = keep` (the offset would be taken from the trained factors, so
+    /// the retraining would restart from the pre-trained function).
+    pub fn validate(&self, maximal: &Architecture) -> Result<()> {
+        let what = |e: String| TrainError::Invalid(format!("search {} on {}: {e}", self.space.name, self.task));
+        self.recipe.validate().map_err(what)?;
+        if let Some(r) = &self.search_recipe {
+            r.validate().map_err(|e| what(format!("search_lr recipe: {e}")))?;
+        }
+        let size = maximal.pet_params();
+        let mut seen = std::collections::BTreeSet::new();
+        for &b in &self.budgets {
+            if b == 0 {
+                return Err(what("budget 0 keeps no parameter".into()));
+            }
+            if b > size {
+                return Err(what(format!("budget {b} is above the space's {size} parameters: nothing to prune")));
+            }
+            if !seen.insert(b) {
+                return Err(what(format!("budget {b} is given twice")));
+            }
+        }
+        if self.lora_init == LoraInit::PaperZeroOffset && self.reinits.contains(&Reinit::Keep) && maximal.modules.iter().any(|m| m.lora.is_some()) {
+            return Err(what("lora_init paper_zero_offset with reinit keep is not supported: the frozen offset is the initial product, which keep discards".into()));
+        }
+        Ok(())
+    }
+
     fn base(&self) -> String {
         format!("{}-{}{}", self.task, slug(&self.space.name), self.tag)
     }
@@ -119,12 +150,17 @@ impl SearchConfig {
             reinit: None,
             lora_init: self.lora_init,
             device: self.device.clone(),
+            rank_group: None,
+            maximal_hash: None,
+            precision: self.precision,
         }
     }
 
     /// Every pruned retraining, in a fixed order.
     pub fn pruned_runs(&self, maximal: &Architecture) -> Vec<PrunedRun> {
         let mut out = Vec::new();
+        let maximal_spec = self.maximal_spec(maximal);
+        let maximal_hash = maximal_spec.hash();
         for &criterion in &self.criteria {
             for &reinit in &self.reinits {
                 for &mode in &self.modes {
@@ -140,7 +176,9 @@ impl SearchConfig {
                             recipe: self.recipe.clone(),
                             criterion: Some(criterion),
                             reinit: Some(reinit),
-                            ..self.maximal_spec(maximal)
+                            rank_group: (mode == PruneMode::Structured).then_some(self.rank_group),
+                            maximal_hash: Some(maximal_hash.clone()),
+                            ..maximal_spec.clone()
                         };
                         out.push(PrunedRun { id, spec, criterion, reinit, mode, budget });
                     }
@@ -159,14 +197,12 @@ pub struct SearchHooks<'a> {
     pub on_record: &'a mut dyn FnMut(&RunRecord),
     /// Progress bars.
     pub progress: Option<indicatif::MultiProgress>,
-    /// Length-bucket window.
-    pub bucket: usize,
 }
 
 /// Runs the search: the maximal training (unless done), then every pruned retraining not done yet.
 /// Returns the records made by this call.
 pub fn search(inp: &RunInputs, cfg: &SearchConfig, out_dir: &Path, hooks: SearchHooks) -> Result<Vec<RunRecord>> {
-    let SearchHooks { is_done, on_record, progress, bucket } = hooks;
+    let SearchHooks { is_done, on_record, progress } = hooks;
     let model_cfg = &inp.model.config;
     let maximal = Architecture::maximal(&cfg.space, model_cfg)?;
     let init = init_map(&maximal, cfg.seed, cfg.lora_init);
@@ -194,7 +230,7 @@ pub fn search(inp: &RunInputs, cfg: &SearchConfig, out_dir: &Path, hooks: Search
             let mut crit = CriterionAccumulator::new();
             let outcome = run::execute(
                 inp,
-                RunPlan { spec: max_spec, arch: Some(&maximal), start: &init, criterion: Some(&mut crit), bucket, progress: progress.clone() },
+                RunPlan { spec: max_spec, arch: Some(&maximal), start: &init, criterion: Some(&mut crit), progress: progress.clone() },
                 &max_id,
                 out_dir,
             )?;
@@ -226,7 +262,7 @@ pub fn search(inp: &RunInputs, cfg: &SearchConfig, out_dir: &Path, hooks: Search
         };
         let o = run::execute(
             inp,
-            RunPlan { spec: p.spec.clone(), arch: Some(&arch), start, criterion: None, bucket, progress: progress.clone() },
+            RunPlan { spec: p.spec.clone(), arch: Some(&arch), start, criterion: None, progress: progress.clone() },
             &p.id,
             out_dir,
         )?;

@@ -21,7 +21,7 @@ use petnas_core::arch::{Architecture, ModelFingerprint, PruneMode};
 use petnas_core::criterion::CriterionKind;
 use petnas_core::inventory::inventory;
 use petnas_core::prune::{parse_budget, RankGroup};
-use petnas_core::record::{LoraInit, Recipe, Reinit, RunRecord, RunSpec};
+use petnas_core::record::{LoraInit, Precision, Recipe, Reinit, RunRecord, RunSpec};
 use petnas_core::space::SearchSpace;
 use serde::{Deserialize, Serialize};
 
@@ -62,6 +62,9 @@ pub struct SweepConfig {
     /// Length-bucketing window in batches (1 = plain shuffle).
     #[serde(default = "one")]
     pub bucket: usize,
+    /// Arithmetic of the frozen matmuls: `fp32` (default) or `bf16`.
+    #[serde(default)]
+    pub precision: Precision,
 }
 
 fn default_device() -> String {
@@ -97,6 +100,14 @@ pub struct RecipeConfig {
     pub max_train: Option<usize>,
     /// Use the first N dev examples only.
     pub max_dev: Option<usize>,
+    /// Adam β₁ (0.9).
+    pub adam_beta1: Option<f64>,
+    /// Adam β₂ (0.999).
+    pub adam_beta2: Option<f64>,
+    /// Adam ε (1e-8).
+    pub adam_eps: Option<f64>,
+    /// Clip the global gradient norm to this value (default: no clipping).
+    pub max_grad_norm: Option<f64>,
 }
 
 /// One baseline method.
@@ -108,7 +119,7 @@ pub struct BaselineConfig {
     /// Peak learning rate.
     pub lr: f64,
     /// LoRA init (paper).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "lora_init_from_str")]
     pub lora_init: LoraInit,
     /// Keeps ids apart when a method appears twice (e.g. two LRs).
     #[serde(default)]
@@ -183,7 +194,7 @@ pub struct SearchEntry {
     #[serde(default)]
     pub search_lr: Option<f64>,
     /// LoRA init.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "lora_init_from_str")]
     pub lora_init: LoraInit,
     /// Rank grouping.
     #[serde(default)]
@@ -191,6 +202,14 @@ pub struct SearchEntry {
     /// Keeps ids apart when a space is searched twice.
     #[serde(default)]
     pub tag: Option<String>,
+}
+
+/// A config's `lora_init` by its CLI name: the records' alias `lora` (the old name of `u_zero`)
+/// is refused here as on the command line, since a new config saying `lora` most likely means
+/// Hu et al.'s init.
+fn lora_init_from_str<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<LoraInit, D::Error> {
+    let s = String::deserialize(d)?;
+    s.parse().map_err(serde::de::Error::custom)
 }
 
 fn both_modes() -> Vec<PruneMode> {
@@ -242,17 +261,32 @@ impl SweepConfig {
             .map(|(_, v)| *v)
             .or(r.epochs)
             .unwrap_or_else(|| task.default_epochs());
+        let d = Recipe::new(epochs, lr);
         Recipe {
-            epochs,
-            lr,
-            batch_size: r.batch_size.unwrap_or(16),
-            max_len: r.max_len.unwrap_or(128),
-            warmup_frac: r.warmup_frac.unwrap_or(0.06),
-            weight_decay: r.weight_decay.unwrap_or(0.0),
+            batch_size: r.batch_size.unwrap_or(d.batch_size),
+            max_len: r.max_len.unwrap_or(d.max_len),
+            warmup_frac: r.warmup_frac.unwrap_or(d.warmup_frac),
+            weight_decay: r.weight_decay.unwrap_or(d.weight_decay),
             max_steps: r.max_steps,
             max_train: self.max_train_for(task),
             max_dev: r.max_dev,
+            adam_beta1: r.adam_beta1.unwrap_or(d.adam_beta1),
+            adam_beta2: r.adam_beta2.unwrap_or(d.adam_beta2),
+            adam_eps: r.adam_eps.unwrap_or(d.adam_eps),
+            max_grad_norm: r.max_grad_norm.or(d.max_grad_norm),
+            bucket: self.bucket,
+            ..d
         }
+    }
+
+    /// The max sequence length every run of this sweep uses.
+    pub fn max_len(&self) -> usize {
+        self.recipe.max_len.unwrap_or(Recipe::new(1.0, 1.0).max_len)
+    }
+
+    /// The batch size every run of this sweep uses.
+    pub fn batch_size(&self) -> usize {
+        self.recipe.batch_size.unwrap_or(Recipe::new(1.0, 1.0).batch_size)
     }
 
     /// The cap on training examples for `task` (per-task value, else the global one).
@@ -381,9 +415,12 @@ pub fn plan(cfg: &SweepConfig, data_override: Option<&Path>) -> Result<Plan> {
                     reinit: None,
                     lora_init: b.lora_init,
                     device: cfg.device.clone(),
+                    rank_group: None,
+                    maximal_hash: None,
+                    precision: cfg.precision,
                 };
-                let tag = b.tag.as_deref().map(|t| format!("-{}", slug(t))).unwrap_or_default();
-                let id = format!("{}-{}{tag}-s{seed}", task.name(), slug(&b.method));
+                spec.recipe.validate().map_err(|e| TrainError::Invalid(format!("baseline `{}` on {}: {e}", b.method, task.name())))?;
+                let id = baseline_id(task, &b.method, b.tag.as_deref(), seed);
                 runs.push(PlannedRun { id: id.clone(), task: task.name().into(), job: jobs.len(), hash: spec.hash(), steps: crate::train::total_steps(&spec.recipe, n), spec: spec.clone() });
                 jobs.push(Job::Baseline { task, id, spec, arch });
             }
@@ -416,8 +453,10 @@ pub fn plan(cfg: &SweepConfig, data_override: Option<&Path>) -> Result<Plan> {
                     lora_init: s.lora_init,
                     rank_group: s.rank_group,
                     device: cfg.device.clone(),
+                    precision: cfg.precision,
                 };
                 let maximal = Architecture::maximal(&sc.space, mc)?;
+                sc.validate(&maximal)?;
                 let ms = sc.maximal_spec(&maximal);
                 runs.push(PlannedRun { id: sc.maximal_id(), task: task.name().into(), job: jobs.len(), hash: ms.hash(), steps: crate::train::total_steps(&ms.recipe, n), spec: ms });
                 for p in sc.pruned_runs(&maximal) {
@@ -481,9 +520,21 @@ pub fn runs_dir(out: &Path) -> PathBuf {
     out.join("runs")
 }
 
-/// The state of run `id` in `out`.
+/// The run id of a fixed method's training: the same rule for `train` and for a sweep's
+/// baselines, so one run lands in one folder name either way.
+pub fn baseline_id(task: Task, method: &str, tag: Option<&str>, seed: u64) -> String {
+    let tag = tag.map(|t| format!("-{}", slug(t))).unwrap_or_default();
+    format!("{}-{}{tag}-s{seed}", task.name(), slug(method))
+}
+
+/// The state of run `id` in a sweep folder `out` (its runs live in `out/runs/`).
 pub fn run_state(out: &Path, id: &str, hash: &str) -> RunState {
-    let p = runs_dir(out).join(id).join("record.json");
+    run_state_in(&runs_dir(out), id, hash)
+}
+
+/// The state of run `id` directly under `dir` (`dir/<id>/record.json`).
+pub fn run_state_in(dir: &Path, id: &str, hash: &str) -> RunState {
+    let p = dir.join(id).join("record.json");
     match RunRecord::load(&p) {
         Ok(r) if r.config_hash == hash => RunState::Done,
         Ok(_) => RunState::Changed,
@@ -520,17 +571,80 @@ pub fn write_index(out: &Path, shard: Option<Shard>, ids: Option<&BTreeSet<Strin
     Ok(n)
 }
 
-/// Removes `.partial-*` folders left by an interrupted run.
-pub fn clean_partials(out: &Path) -> usize {
+/// Removes the temporary files an interrupted atomic write of this invocation's own files
+/// (`index*.jsonl`, `plan*.json`, `sweep.toml`) left in `out`: `.<name>.tmp.<pid>.<n>`. Another
+/// shard's files are left alone: it may be writing them right now.
+pub fn clean_temp_files(out: &Path, shard: Option<Shard>) -> usize {
+    let own = match shard {
+        Some(s) => vec![format!("index.{}-of-{}.jsonl", s.k, s.n), format!("plan.{}-of-{}.json", s.k, s.n)],
+        None => vec!["index.jsonl".to_string(), "plan.json".to_string(), "sweep.toml".to_string()],
+    };
     let mut n = 0;
-    if let Ok(rd) = std::fs::read_dir(runs_dir(out)) {
+    if let Ok(rd) = std::fs::read_dir(out) {
         for e in rd.flatten() {
-            if e.file_name().to_string_lossy().starts_with(".partial-") && std::fs::remove_dir_all(e.path()).is_ok() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if own.iter().any(|f| name.starts_with(&format!(".{f}.tmp."))) && std::fs::remove_file(e.path()).is_ok() {
                 n += 1;
             }
         }
     }
     n
+}
+
+/// Removes the `.partial-<id>-<pid>` folders that interrupted runs left, for the runs in `ids`
+/// (all when `None`): another shard's partial folder may be a run in progress.
+pub fn clean_partials(out: &Path, ids: Option<&BTreeSet<String>>) -> usize {
+    let mut n = 0;
+    if let Ok(rd) = std::fs::read_dir(runs_dir(out)) {
+        for e in rd.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let Some(rest) = name.strip_prefix(".partial-") else { continue };
+            let id = rest.rsplit_once('-').map_or(rest, |(id, _pid)| id);
+            if ids.is_none_or(|ids| ids.contains(id)) && std::fs::remove_dir_all(e.path()).is_ok() {
+                n += 1;
+            }
+        }
+    }
+    n
+}
+
+/// The sweep folder's lock, held while a sweep writes there. Two sweeps writing one folder at
+/// once would each check the folder before the other wrote and leave a mix of configs. An
+/// unsharded sweep holds `.sweep.lock` exclusively; shard K of N holds it shared plus
+/// `.sweep.K-of-N.lock` exclusively, so the shards of a job array run side by side while a
+/// second copy of any of them, or an unsharded sweep, is refused. The OS drops the locks when
+/// the process ends, however it ends.
+pub struct SweepLock {
+    _files: Vec<std::fs::File>,
+}
+
+/// Takes the lock of `out` for this shard, or says who holds it.
+pub fn lock(out: &Path, shard: Option<Shard>) -> Result<SweepLock> {
+    std::fs::create_dir_all(out).map_err(io_err(out))?;
+    let open = |name: &str| {
+        let p = out.join(name);
+        std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&p).map_err(io_err(&p))
+    };
+    let busy = |what: &str| {
+        TrainError::Invalid(format!(
+            "another petnas-train sweep is writing {} ({what}); wait for it to finish, or use another --out",
+            out.display()
+        ))
+    };
+    let main = open(".sweep.lock")?;
+    match shard {
+        None => {
+            main.try_lock().map_err(|_| busy("a sweep or shard holds .sweep.lock"))?;
+            Ok(SweepLock { _files: vec![main] })
+        }
+        Some(s) => {
+            main.try_lock_shared().map_err(|_| busy("an unsharded sweep holds .sweep.lock"))?;
+            let name = format!(".sweep.{}-of-{}.lock", s.k, s.n);
+            let own = open(&name)?;
+            own.try_lock().map_err(|_| busy(&format!("shard {}/{} is already running", s.k, s.n)))?;
+            Ok(SweepLock { _files: vec![main, own] })
+        }
+    }
 }
 
 /// Options of one sweep invocation.
@@ -561,12 +675,14 @@ pub struct SweepSummary {
 /// Runs every missing run of the plan (this shard's part), writing as it goes.
 pub fn execute(cfg: &SweepConfig, config_text: &str, plan: &Plan, opts: &SweepOptions, device: &Device) -> Result<SweepSummary> {
     let out = &opts.out;
+    let _lock = lock(out, opts.shard)?;
     std::fs::create_dir_all(runs_dir(out)).map_err(io_err(out))?;
-    let cleaned = clean_partials(out);
-    if cleaned > 0 {
-        tracing::info!(cleaned, "removed interrupted run folders");
-    }
     let mine: Vec<&PlannedRun> = plan.runs.iter().filter(|r| opts.shard.is_none_or(|s| s.owns(r.job))).collect();
+    let my_ids: BTreeSet<String> = mine.iter().map(|r| r.id.clone()).collect();
+    let cleaned = clean_partials(out, Some(&my_ids)) + clean_temp_files(out, opts.shard);
+    if cleaned > 0 {
+        tracing::info!(cleaned, "removed what interrupted runs and writes left");
+    }
     let changed: Vec<&str> = mine.iter().filter(|r| run_state(out, &r.id, &r.hash) == RunState::Changed).map(|r| r.id.as_str()).collect();
     if !changed.is_empty() && !opts.rerun_changed {
         return Err(TrainError::Invalid(format!(
@@ -612,7 +728,7 @@ pub fn execute(cfg: &SweepConfig, config_text: &str, plan: &Plan, opts: &SweepOp
             None => println!("{line}"),
         }
     };
-    let max_len = cfg.recipe.max_len.unwrap_or(128);
+    let max_len = cfg.max_len();
     let mut inputs: Option<(Task, RunInputs)> = None;
     let is_done = |id: &str, _spec: &RunSpec| -> bool {
         let h = hashes.get(id).cloned().unwrap_or_default();
@@ -651,14 +767,14 @@ pub fn execute(cfg: &SweepConfig, config_text: &str, plan: &Plan, opts: &SweepOp
                 let start = arch.as_ref().map(|a| init_map(a, spec.seed, spec.lora_init)).unwrap_or_default();
                 let o = run::execute(
                     inp,
-                    RunPlan { spec: spec.clone(), arch: arch.as_ref(), start: &start, criterion: None, bucket: cfg.bucket, progress: multi.clone() },
+                    RunPlan { spec: spec.clone(), arch: arch.as_ref(), start: &start, criterion: None, progress: multi.clone() },
                     id,
                     &runs_dir(out),
                 )?;
                 on_record(&o.record);
             }
             Job::Search { cfg: sc, .. } => {
-                search::search(inp, sc, &runs_dir(out), SearchHooks { is_done: &is_done, on_record: &mut on_record, progress: multi.clone(), bucket: cfg.bucket })?;
+                search::search(inp, sc, &runs_dir(out), SearchHooks { is_done: &is_done, on_record: &mut on_record, progress: multi.clone() })?;
             }
         }
     }

@@ -30,6 +30,23 @@ impl TextTokenizer {
     pub fn from_file(path: &Path, family: Family, max_len: usize) -> Result<Self> {
         let err = |m: String| TrainError::Tokenizer { path: path.to_path_buf(), message: m };
         let mut tok = Tokenizer::from_file(path).map_err(|e| err(e.to_string()))?;
+        // The family decides position ids and segment ids: a tokenizer of the other family means
+        // a config.json that does not describe these files.
+        let (cls, other, want) = match family {
+            Family::Bert => ("[CLS]", "<s>", "bert"),
+            Family::Roberta => ("<s>", "[CLS]", "roberta"),
+        };
+        if tok.token_to_id(cls).is_none() && tok.token_to_id(other).is_some() {
+            return Err(err(format!(
+                "this tokenizer has {other}, not {cls}: it belongs to another model family than config.json's model_type ({want}-style)"
+            )));
+        }
+        // Truncation needs room for the special tokens of a pair and one token of each text;
+        // below that the tokenizers crate silently stops truncating.
+        let specials = tok.get_post_processor().map_or(0, |p| tokenizers::PostProcessor::added_tokens(p, true));
+        if max_len < specials + 2 {
+            return Err(err(format!("max length {max_len} leaves no room for text: a pair takes {specials} special tokens (use at least {})", specials + 2)));
+        }
         tok.with_truncation(Some(TruncationParams {
             max_length: max_len,
             strategy: TruncationStrategy::LongestFirst,

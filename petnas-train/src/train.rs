@@ -72,8 +72,6 @@ pub struct TrainContext<'a> {
     pub pad_id: u32,
     /// Where to compute.
     pub device: &'a Device,
-    /// Length-bucket window in batches (1 = plain shuffle).
-    pub bucket: usize,
     /// Draw a progress bar into this group (None: no bar).
     pub progress: Option<indicatif::MultiProgress>,
     /// A label for the progress bar.
@@ -135,8 +133,8 @@ pub fn train(
     mut crit: Option<&mut CriterionAccumulator>,
 ) -> Result<TrainStats> {
     let vars: Vec<candle_core::Var> = model.trainables().iter().map(|t| t.var.clone()).collect();
-    let params = ParamsAdamW { lr: recipe.lr, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: recipe.weight_decay };
-    let mut opt = AdamW::new(vars, params)?;
+    let params = ParamsAdamW { lr: recipe.lr, beta1: recipe.adam_beta1, beta2: recipe.adam_beta2, eps: recipe.adam_eps, weight_decay: recipe.weight_decay };
+    let mut opt = AdamW::new(vars.clone(), params)?;
     let n = data.encoded.len();
     if n == 0 {
         return Err(TrainError::Invalid("no training examples".into()));
@@ -152,7 +150,7 @@ pub fn train(
     let mut losses: Vec<f64> = Vec::with_capacity(total);
     let (mut examples, mut positions, mut real) = (0usize, 0usize, 0usize);
     'outer: loop {
-        for idx in epoch_batches(&lengths, recipe.batch_size, &mut shuffle_rng, ctx.bucket) {
+        for idx in epoch_batches(&lengths, recipe.batch_size, &mut shuffle_rng, recipe.bucket) {
             if step >= total {
                 break 'outer;
             }
@@ -171,9 +169,15 @@ pub fn train(
                 return Err(TrainError::Diverged { step, loss: lv });
             }
             opt.set_learning_rate(lr_at(recipe.lr, step, total, warmup));
-            let grads = loss.backward()?;
+            // The order the paper's criterion needs: the loss gradient as backward made it is
+            // observed first (−θ·∂L/∂θ, before clipping or the update changes θ), then clipped,
+            // then applied.
+            let mut grads = loss.backward()?;
             if let Some(c) = crit.as_deref_mut() {
                 observe_criterion(model, &grads, c)?;
+            }
+            if let Some(max_norm) = recipe.max_grad_norm {
+                clip_grad_norm(&vars, &mut grads, max_norm)?;
             }
             opt.step(&grads)?;
             losses.push(lv as f64);
@@ -190,6 +194,27 @@ pub fn train(
     let final_loss = losses[losses.len() - tail..].iter().sum::<f64>() / tail as f64;
     let padded_fraction = if positions == 0 { 0.0 } else { (positions - real) as f64 / positions as f64 };
     Ok(TrainStats { steps: step, final_loss, seconds: start.elapsed().as_secs_f64(), examples, padded_fraction })
+}
+
+/// Scales all gradients by `max_norm / (‖g‖ + 1e-6)` when their global L2 norm ‖g‖ exceeds
+/// `max_norm`: `torch.nn.utils.clip_grad_norm_` as transformers' Trainer calls it. Returns ‖g‖.
+pub fn clip_grad_norm(vars: &[candle_core::Var], grads: &mut candle_core::backprop::GradStore, max_norm: f64) -> Result<f64> {
+    let mut sq = 0f64;
+    for v in vars {
+        if let Some(g) = grads.get(v.as_tensor()) {
+            sq += g.sqr()?.sum_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+        }
+    }
+    let norm = sq.sqrt();
+    let coef = max_norm / (norm + 1e-6);
+    if coef < 1.0 {
+        for v in vars {
+            if let Some(g) = grads.remove(v.as_tensor()) {
+                grads.insert(v.as_tensor(), (g * coef)?);
+            }
+        }
+    }
+    Ok(norm)
 }
 
 fn progress_bar(ctx: &TrainContext, total: u64) -> indicatif::ProgressBar {
@@ -257,7 +282,7 @@ mod tests {
 
     #[test]
     fn total_steps_rounds_up_and_caps() {
-        let mut r = Recipe { epochs: 3.0, lr: 1e-3, batch_size: 16, max_len: 128, warmup_frac: 0.06, weight_decay: 0.0, max_steps: None, max_train: None, max_dev: None };
+        let mut r = Recipe::new(3.0, 1e-3);
         assert_eq!(total_steps(&r, 3668), 3 * 230);
         r.epochs = 0.5;
         assert_eq!(total_steps(&r, 100), 4);

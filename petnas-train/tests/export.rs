@@ -48,15 +48,18 @@ fn merged_export_predicts_like_the_pet_model() {
             mode: None,
             budget: None,
             seed: 1,
-            recipe: Recipe { epochs: 1.0, lr: 5e-2, batch_size: 8, max_len: 32, warmup_frac: 0.0, weight_decay: 0.0, max_steps: Some(3), max_train: None, max_dev: None },
+            recipe: Recipe { batch_size: 8, max_len: 32, warmup_frac: 0.0, max_steps: Some(3), ..Recipe::new(1.0, 5e-2) },
             criterion: None,
             reinit: None,
             lora_init: init,
             device: "cpu".into(),
+            rank_group: None,
+            maximal_hash: None,
+            precision: Default::default(),
         };
         let start = init_map(&arch, 1, init);
         let runs = tmp.path().join("runs");
-        execute(&inp, RunPlan { spec, arch: Some(&arch), start: &start, criterion: None, bucket: 1, progress: None }, "r", &runs).unwrap();
+        execute(&inp, RunPlan { spec, arch: Some(&arch), start: &start, criterion: None, progress: None }, "r", &runs).unwrap();
         let run = load_run(&runs.join("r"), None, &dev).unwrap();
         let ours = predict_dev(&run, &glue_dir(), Some(24)).unwrap();
         let merged = tmp.path().join("merged");

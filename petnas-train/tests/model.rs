@@ -73,7 +73,7 @@ fn zero_deltas_equal_the_base_model() {
         let base = EncoderModel::build(&cfg, &w, None, &HashMap::new(), &opts(LoraInit::Paper), &Device::Cpu).unwrap();
         let b = batch(&cfg, family);
         let (h0, l0) = base.forward(&b, None).unwrap();
-        for init in [LoraInit::Lora, LoraInit::PaperZeroOffset] {
+        for init in [LoraInit::Hu, LoraInit::UZero, LoraInit::PaperZeroOffset] {
             let (_, m, _) = model(family, "mam", init);
             let (h1, l1) = m.forward(&b, None).unwrap();
             assert!(max_abs_diff(&h0, &h1) < 1e-5, "{family:?} {init:?}: hidden differs");
@@ -179,8 +179,8 @@ fn search_criterion_prunes_to_budget_and_training_is_deterministic() {
         data.labels.push(Label::Class((ids[1] % 2) as usize));
         data.encoded.push(Encoded { type_ids: vec![0; ids.len()], ids });
     }
-    let recipe = petnas_core::record::Recipe { epochs: 2.0, lr: 1e-2, batch_size: 8, max_len: 16, warmup_frac: 0.06, weight_decay: 0.0, max_steps: None, max_train: None, max_dev: None };
-    let ctx = TrainContext { task: Task::Rte, family, pad_id: 0, device: &Device::Cpu, bucket: 1, progress: None, label: String::new() };
+    let recipe = petnas_core::record::Recipe { batch_size: 8, max_len: 16, ..petnas_core::record::Recipe::new(2.0, 1e-2) };
+    let ctx = TrainContext { task: Task::Rte, family, pad_id: 0, device: &Device::Cpu, progress: None, label: String::new() };
     let run = || {
         let start = init_map(&arch, 9, LoraInit::Paper);
         let m = EncoderModel::build(&cfg, &w, Some(&arch), &start, &opts(LoraInit::Paper), &Device::Cpu).unwrap();

@@ -151,6 +151,16 @@ fn drop_tensor(model: &Path, name: &str) {
     std::fs::write(&p, out).unwrap();
 }
 
+fn drop_tensors(model: &Path, prefix: &str) {
+    let p = model.join("model.safetensors");
+    let bytes = std::fs::read(&p).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let kept: Vec<(String, safetensors::tensor::TensorView)> = st.tensors().into_iter().filter(|(n, _)| !n.starts_with(prefix)).collect();
+    assert!(kept.len() < st.len(), "no tensor under {prefix} to drop");
+    let out = safetensors::serialize(kept, None).unwrap();
+    std::fs::write(&p, out).unwrap();
+}
+
 fn edit_config(model: &Path, from: &str, to: &str) {
     let p = model.join("config.json");
     let t = std::fs::read_to_string(&p).unwrap();
@@ -166,7 +176,12 @@ fn broken_model_folders_are_named() {
     type Break = fn(&Path);
     let cases: Vec<(&str, Break, Vec<&str>)> = vec![
         ("hidden size", |m| edit_config(m, "\"hidden_size\": 32", "\"hidden_size\": 48"), vec!["model.safetensors", "has shape [30522, 32] but config.json implies [30522, 48]"]),
-        ("layer count", |m| edit_config(m, "\"num_hidden_layers\": 2", "\"num_hidden_layers\": 3"), vec!["model.safetensors", "missing tensor `encoder.layer.2.", "3 layers"]),
+        ("layer count", |m| edit_config(m, "\"num_hidden_layers\": 2", "\"num_hidden_layers\": 3"), vec!["model.safetensors", "the checkpoint has 2 encoder layers, config.json's num_hidden_layers is 3"]),
+        // Fewer layers in the config than in the checkpoint used to drop layers silently.
+        ("fewer layers", |m| edit_config(m, "\"num_hidden_layers\": 2", "\"num_hidden_layers\": 1"), vec!["model.safetensors", "the checkpoint has 2 encoder layers, config.json's num_hidden_layers is 1"]),
+        // A RoBERTa config over BERT files (weights and a [CLS] tokenizer) used to train silently.
+        ("family", |m| edit_config(m, "\"model_type\": \"bert\"", "\"model_type\": \"roberta\""), vec!["tokenizer.json", "has [CLS], not <s>"]),
+        ("activation", |m| edit_config(m, "\"hidden_act\": \"gelu\"", "\"hidden_act\": \"bogus_act\""), vec!["hidden_act \"bogus_act\" is not supported"]),
         ("dropped tensor", |m| drop_tensor(m, "encoder.layer.1.output.dense.weight"), vec!["model.safetensors", "missing tensor `encoder.layer.1.output.dense.weight`"]),
         ("no tokenizer", |m| std::fs::remove_file(m.join("tokenizer.json")).unwrap(), vec!["missing tokenizer.json"]),
         ("no weights", |m| std::fs::remove_file(m.join("model.safetensors")).unwrap(), vec!["model.safetensors"]),
@@ -196,11 +211,11 @@ fn search(model: &Path, space: &str, budget: &str, out: &Path) -> Run {
     train(&args)
 }
 
-/// What a user may type as a budget. Invalid text is refused; 0 and huge budgets are valid and
-/// mean what they say: 0 keeps no PET parameter (only the classification head trains), a budget
-/// above the maximal space keeps all of it. A budget below the smallest structured unit (a whole
-/// bias vector: hidden 32 here) leaves structured pruning with nothing, while unstructured
-/// pruning keeps exactly that many entries.
+/// What a user may type as a budget. Invalid text is refused, and so, before any training, are
+/// budgets that cannot mean what they say: 0 (nothing to search for), one above the maximal
+/// space's size (nothing to prune) and one given twice (it would train twice). A budget below
+/// the smallest structured unit (a whole bias vector: hidden 32 here) leaves structured pruning
+/// with nothing, while unstructured pruning keeps exactly that many entries.
 #[test]
 fn budgets_bad_zero_huge_and_tiny() {
     let tmp = tempfile::tempdir().unwrap();
@@ -220,39 +235,28 @@ fn budgets_bad_zero_huge_and_tiny() {
     let get = |dir: &Path, id: &str| json(&dir.join(id).join("record.json"));
     let maximal_params = |dir: &Path| num(&get(dir, "rte-bitfit-maximal-s0"), "/result/pet_params");
 
-    let zero = tmp.path().join("zero");
-    search(&model, "bitfit", "0", &zero).ok();
-    for id in ["rte-bitfit-s0-mean-same-s0", "rte-bitfit-u0-mean-same-s0"] {
-        let r = get(&zero, id);
-        assert_eq!(text(&r, "/result/status"), "completed", "{id}");
-        assert_eq!(num(&r, "/result/pet_params"), 0.0, "{id}");
-        assert!(num(&r, "/result/head_params") > 0.0, "{id}: the head still trains");
-        let arch = json(&zero.join(id).join("architecture.json"));
-        for m in arch["modules"].as_array().unwrap() {
-            let hex = m.pointer("/bias/masked/hex").and_then(|h| h.as_str()).unwrap_or_else(|| panic!("{id}: {} keeps its bias: {m}", m["path"]));
-            assert!(hex.chars().all(|c| c == '0'), "{id}: {} keeps bias entries", m["path"]);
-        }
-    }
-
-    let huge = tmp.path().join("huge");
-    search(&model, "bitfit", "1G", &huge).ok();
-    let full = maximal_params(&huge);
-    for id in ["rte-bitfit-s1000000000-mean-same-s0", "rte-bitfit-u1000000000-mean-same-s0"] {
-        assert_eq!(num(&get(&huge, id), "/result/pet_params"), full, "{id} keeps the whole space");
+    for (budget, needles) in [
+        ("0", vec!["budget 0 keeps no parameter"]),
+        ("1G", vec!["budget 1000000000 is above the space's", "nothing to prune"]),
+        ("100,100", vec!["budget 100 is given twice"]),
+    ] {
+        search(&model, "bitfit", budget, &out).fails_with(&needles);
+        assert_nothing_written(&out);
     }
 
     let below = tmp.path().join("below");
     search(&model, "bitfit", "31", &below).ok();
     assert_eq!(num(&get(&below, "rte-bitfit-s31-mean-same-s0"), "/result/pet_params"), 0.0);
     assert_eq!(num(&get(&below, "rte-bitfit-u31-mean-same-s0"), "/result/pet_params"), 31.0);
+    assert!(maximal_params(&below) > 31.0);
 
-    // The same rules in a sweep's TOML (tested for wording in the sweep tests): 0 is accepted.
+    // The same rules in a sweep's TOML, refused at planning (so also by --dry-run).
     let cfg = tmp.path().join("zero.toml");
     let toml = sweep_toml(&model, "tasks = [\"rte\"]\nseeds = [0]\n[[searches]]\nspace = \"bitfit\"\nbudgets = [0]\nmodes = [\"structured\"]\nlr = 1e-3\n");
     std::fs::write(&cfg, toml).unwrap();
     let sw = tmp.path().join("sweep-zero");
-    train(&["sweep", "--config", s(&cfg), "--out", s(&sw), "--quiet", "--no-estimate"]).ok();
-    assert_eq!(num(&get(&sw.join("runs"), "rte-bitfit-s0-mean-same-s0"), "/result/pet_params"), 0.0);
+    train(&["sweep", "--config", s(&cfg), "--out", s(&sw), "--quiet", "--no-estimate"]).fails_with(&["budget 0 keeps no parameter"]);
+    assert_nothing_written(&sw);
 }
 
 /// `--method arch:FILE` with an architecture saved for another model is refused with what differs.
@@ -260,10 +264,11 @@ fn budgets_bad_zero_huge_and_tiny() {
 fn architecture_of_another_model_is_refused() {
     let tmp = tempfile::tempdir().unwrap();
     let model = tiny(tmp.path(), "bert");
-    // A one-layer model: the same weights file, the config says one layer.
+    // A one-layer model: layer 1's tensors dropped, the config says one layer.
     let one = tmp.path().join("one-layer");
     copy_dir(&model, &one);
     edit_config(&one, "\"num_hidden_layers\": 2", "\"num_hidden_layers\": 1");
+    drop_tensors(&one, "encoder.layer.1.");
     let roberta = tiny(tmp.path(), "roberta");
     let out = tmp.path().join("out");
     for (other, needle) in [(&one, "num_layers is 1 in the architecture but 2 in the model config"), (&roberta, "family is Roberta in the architecture but Bert")] {

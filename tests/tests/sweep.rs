@@ -215,15 +215,21 @@ fn unknown_and_bad_config_keys_are_named() {
         ("bad criterion", good.replace("modes = [\"unstructured\"]", "modes = [\"unstructured\"]\ncriteria = [\"vibes\"]"), vec!["vibes"]),
         ("zero lr", good.replace("lr = 1e-3\n\n[[searches]]", "lr = 0.0\n\n[[searches]]"), vec!["lr must be positive"]),
         ("unknown space", good.replace("space = \"bitfit\"", "space = \"nonsense\""), vec!["nonsense"]),
-        ("duplicate ids", good.replace("budgets = [100]", "budgets = [1000, \"1k\"]"), vec!["share the id", "tag"]),
+        ("duplicate ids", format!("{good}\n[[searches]]\nspace = \"bitfit\"\nmodes = [\"unstructured\"]\nbudgets = [100]\nlr = 3e-3\n"), vec!["share the id", "tag"]),
+        ("duplicate budgets", good.replace("budgets = [100]", "budgets = [100, \"0.1k\"]"), vec!["budget 100 is given twice"]),
+        ("budget above the space", good.replace("budgets = [100]", "budgets = [1000]"), vec!["budget 1000 is above the space's 608 parameters"]),
+        ("zero budget", good.replace("budgets = [100]", "budgets = [0]"), vec!["budget 0 keeps no parameter"]),
+        ("nan lr", good.replace("lr = 1e-3\n\n[[searches]]", "lr = nan\n\n[[searches]]"), vec!["lr must be positive"]),
+        ("infinite epochs", good.replace("epochs = 1\n", "epochs = inf\n"), vec!["epochs = inf", "finite"]),
+        ("warm-up of 1", good.replace("max_dev = 32", "max_dev = 32\nwarmup_frac = 1.0"), vec!["warmup_frac = 1", "[0, 1)"]),
+        ("zero batch", good.replace("batch_size = 8", "batch_size = 0"), vec!["batch_size = 0"]),
+        ("ambiguous lora init", good.replace("lr = 1e-3\n\n[[searches]]", "lr = 1e-3\nlora_init = \"lora\"\n\n[[searches]]"), vec!["`lora` is ambiguous", "hu"]),
     ];
     for (what, toml, needles) in cases {
         let cfg = tmp.path().join("bad.toml");
         std::fs::write(&cfg, &toml).unwrap();
         let err = train(&["sweep", "--config", s(&cfg), "--out", s(&out), "--quiet", "--no-estimate"]).fails_with(&needles);
-        if what != "duplicate ids" && what != "unknown space" {
-            assert!(err.contains("bad.toml"), "{what}: the message does not name the file:\n{err}");
-        }
+        assert!(err.contains("bad.toml"), "{what}: the message does not name the file:\n{err}");
         assert!(!out.exists(), "{what}: a refused config created {}", out.display());
     }
 }

@@ -34,6 +34,33 @@ impl Weights {
         let raw = candle_core::safetensors::load(file, &Device::Cpu)
             .map_err(|e| TrainError::Invalid(format!("{}: not a readable safetensors file: {e}", file.display())))?;
         let mut tensors = HashMap::with_capacity(raw.len());
+        // The checkpoint must be the model config.json describes: its family prefix (when it has
+        // one) and its layer count, or the run would silently train something else.
+        let family = cfg.family().map_err(|e| TrainError::Invalid(e.to_string()))?;
+        let foreign = match family {
+            petnas_core::inventory::Family::Bert => "roberta.",
+            petnas_core::inventory::Family::Roberta => "bert.",
+        };
+        if let Some(n) = raw.keys().find(|n| n.starts_with(foreign)) {
+            return Err(TrainError::Invalid(format!(
+                "{}: tensor `{n}` belongs to a {} checkpoint, but config.json says model_type `{}`",
+                file.display(),
+                foreign.trim_end_matches('.'),
+                cfg.model_type
+            )));
+        }
+        let layers = raw
+            .keys()
+            .filter_map(|n| n.split("encoder.layer.").nth(1)?.split('.').next()?.parse::<usize>().ok())
+            .max()
+            .map_or(0, |m| m + 1);
+        if layers != cfg.num_hidden_layers {
+            return Err(TrainError::Invalid(format!(
+                "{}: the checkpoint has {layers} encoder layers, config.json's num_hidden_layers is {}",
+                file.display(),
+                cfg.num_hidden_layers
+            )));
+        }
         for (name, t) in raw {
             let name = name
                 .strip_prefix("bert.")
@@ -118,10 +145,22 @@ impl Weights {
 
 /// Writes a tiny random model folder (config.json, model.safetensors, tokenizer.json) whose
 /// vocabulary matches `tokenizer`: a real HF folder layout for end-to-end tests without downloads.
+/// For `roberta`, a BERT (WordPiece, `[CLS]`) tokenizer is turned into a RoBERTa-style one: its
+/// special tokens renamed `<s> </s> <pad> <unk> <mask>` and RoBERTa's post-processor
+/// (`<s> A </s></s> B </s>`), with `pad_token_id` set to `<pad>`'s id.
 pub fn write_tiny_model(family: petnas_core::inventory::Family, tokenizer: &Path, out: &Path, seed: u64) -> Result<()> {
-    let tok = tokenizers::Tokenizer::from_file(tokenizer)
-        .map_err(|e| TrainError::Tokenizer { path: tokenizer.to_path_buf(), message: e.to_string() })?;
+    let tok_err = |m: String| TrainError::Tokenizer { path: tokenizer.to_path_buf(), message: m };
+    let text = std::fs::read_to_string(tokenizer).map_err(crate::error::io_err(tokenizer))?;
     let mut cfg = EncoderConfig::tiny(family);
+    let text = if family == petnas_core::inventory::Family::Roberta {
+        let mut v: serde_json::Value = serde_json::from_str(&text).map_err(|e| tok_err(e.to_string()))?;
+        let pad = roberta_style(&mut v).map_err(tok_err)?;
+        cfg.pad_token_id = pad as usize;
+        serde_json::to_string(&v).map_err(|e| tok_err(e.to_string()))?
+    } else {
+        text
+    };
+    let tok = tokenizers::Tokenizer::from_bytes(text.as_bytes()).map_err(|e| tok_err(e.to_string()))?;
     cfg.vocab_size = tok.get_vocab_size(true);
     if family == petnas_core::inventory::Family::Roberta {
         cfg.max_position_embeddings = 130 + cfg.pad_token_id;
@@ -133,8 +172,43 @@ pub fn write_tiny_model(family: petnas_core::inventory::Family, tokenizer: &Path
     petnas_core::io::write_atomic(&out.join("config.json"), json.as_bytes())?;
     let w = Weights::random(&cfg, seed)?;
     candle_core::safetensors::save(&w.tensors, out.join("model.safetensors"))?;
-    std::fs::copy(tokenizer, out.join("tokenizer.json")).map_err(crate::error::io_err(tokenizer))?;
+    petnas_core::io::write_atomic(&out.join("tokenizer.json"), text.as_bytes())?;
     Ok(())
+}
+
+/// Renames a BERT tokenizer's special tokens to RoBERTa's and installs RoBERTa's post-processor;
+/// returns the id of `<pad>`.
+fn roberta_style(v: &mut serde_json::Value) -> std::result::Result<u32, String> {
+    const RENAME: [(&str, &str); 5] = [("[CLS]", "<s>"), ("[SEP]", "</s>"), ("[PAD]", "<pad>"), ("[UNK]", "<unk>"), ("[MASK]", "<mask>")];
+    let vocab = v.pointer_mut("/model/vocab").and_then(|x| x.as_object_mut()).ok_or("no model.vocab object (not a WordPiece tokenizer)")?;
+    let mut ids = std::collections::HashMap::new();
+    for (from, to) in RENAME {
+        let id = vocab.remove(from).ok_or_else(|| format!("no {from} in the vocabulary"))?;
+        ids.insert(to, id.as_u64().ok_or("a non-integer vocabulary id")? as u32);
+        vocab.insert(to.to_string(), id);
+    }
+    if let Some(unk) = v.pointer_mut("/model/unk_token") {
+        *unk = "<unk>".into();
+    }
+    if let Some(added) = v.get_mut("added_tokens").and_then(|a| a.as_array_mut()) {
+        for t in added {
+            if let Some(c) = t.get_mut("content") {
+                if let Some((_, to)) = RENAME.iter().find(|(f, _)| c.as_str() == Some(*f)) {
+                    *c = (*to).into();
+                }
+            }
+        }
+    }
+    v["post_processor"] = serde_json::json!({
+        "type": "RobertaProcessing",
+        "sep": ["</s>", ids["</s>"]],
+        "cls": ["<s>", ids["<s>"]],
+        "trim_offsets": true,
+        "add_prefix_space": false
+    });
+    v["padding"] = serde_json::Value::Null;
+    v["truncation"] = serde_json::Value::Null;
+    Ok(ids["<pad>"])
 }
 
 /// A model folder resolved on disk.
@@ -161,6 +235,7 @@ impl ModelDir {
         }
         let config = EncoderConfig::from_file(&cfg_path)?;
         config.family()?;
+        config.activation().map_err(|e| TrainError::Invalid(format!("{}: {e}", cfg_path.display())))?;
         Ok(Self { dir, config })
     }
 

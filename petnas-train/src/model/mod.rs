@@ -16,7 +16,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use candle_core::{DType, Device, IndexOp, Result, Tensor, Var};
 use petnas_core::arch::{Architecture, ModuleArch};
-use petnas_core::inventory::{EncoderConfig, Family};
+use petnas_core::inventory::{Activation, EncoderConfig, Family};
 use petnas_core::record::LoraInit;
 
 use ops::DropoutRng;
@@ -79,6 +79,7 @@ pub struct EncoderModel {
     head: Head,
     trainables: Vec<Trainable>,
     num_heads: usize,
+    act: Activation,
     device: Device,
     dtype: DType,
 }
@@ -110,9 +111,11 @@ impl EncoderModel {
         device: &Device,
     ) -> crate::error::Result<Self> {
         let family = cfg.family()?;
+        let act = cfg.activation()?;
         if device.is_cpu() {
-            // Allocator and thread-pool settings for CPU training (see `cpu`).
-            cpu::tune_for_training();
+            // No denormal stalls on this thread and the compute pool, also for library callers
+            // that did not run `cpu::init_process` (see `cpu`).
+            cpu::ensure_compute_threads(None);
         }
         if let Some(a) = arch {
             a.check_model(cfg)?;
@@ -217,6 +220,7 @@ impl EncoderModel {
             head,
             trainables: reg,
             num_heads: cfg.num_attention_heads,
+            act,
             device: device.clone(),
             dtype: dt,
         })
@@ -308,7 +312,7 @@ impl EncoderModel {
             let a = layer.attn_out.forward(&ctx)?;
             let a = ops::dropout(&a, p_hidden, drop.as_deref_mut())?;
             let a = layer.attn_ln.forward(&(a + &x)?)?;
-            let i = layer.inter.forward_gelu(&a)?;
+            let i = layer.inter.forward_activated(&a, self.act)?;
             let o = layer.out.forward(&i)?;
             let o = ops::dropout(&o, p_hidden, drop.as_deref_mut())?;
             x = layer.out_ln.forward(&(o + &a)?)?;

@@ -8,7 +8,7 @@ use std::collections::HashMap;
 
 use candle_core::{DType, Device, Result, Tensor, Var};
 use petnas_core::arch::{BiasArch, LoraKeep, ModuleArch};
-use petnas_core::inventory::{bias_delta_name, lora_u_name, lora_v_name};
+use petnas_core::inventory::{bias_delta_name, lora_u_name, lora_v_name, Activation};
 use petnas_core::record::LoraInit;
 use petnas_core::rng::Rng;
 
@@ -95,9 +95,14 @@ impl PetLinear {
         self.forward_act(x, false)
     }
 
-    /// `gelu(forward(x))`, fused into one op on CPU.
-    pub fn forward_gelu(&self, x: &Tensor) -> Result<Tensor> {
-        self.forward_act(x, true)
+    /// `act(forward(x))`; the erf GELU (BERT's and RoBERTa's) is fused into the op on CPU.
+    pub fn forward_activated(&self, x: &Tensor, act: Activation) -> Result<Tensor> {
+        match act {
+            Activation::GeluErf => self.forward_act(x, true),
+            Activation::GeluTanh => self.forward_act(x, false)?.gelu(),
+            Activation::Relu => self.forward_act(x, false)?.relu(),
+            Activation::Silu => self.forward_act(x, false)?.silu(),
+        }
     }
 
     fn forward_act(&self, x: &Tensor, gelu: bool) -> Result<Tensor> {
@@ -239,12 +244,22 @@ pub fn normal_values(seed: u64, name: &str, n: usize, std: f32) -> Vec<f32> {
 /// init), so that re-initialisation after pruning restores them exactly (paper §3.2).
 /// Returns (U [in, r] row-major, V [out, r] row-major).
 pub fn lora_init_values(seed: u64, path: &str, in_dim: usize, out_dim: usize, r: usize, init: LoraInit) -> (Vec<f32>, Vec<f32>) {
-    let u = normal_values(seed, &lora_u_name(path), in_dim * r, (in_dim as f32).powf(-0.5));
-    let v = normal_values(seed, &lora_v_name(path), out_dim * r, (out_dim as f32).powf(-0.5));
+    let bound = (in_dim as f32).powf(-0.5);
+    let gauss_u = || normal_values(seed, &lora_u_name(path), in_dim * r, bound);
+    let gauss_v = || normal_values(seed, &lora_v_name(path), out_dim * r, (out_dim as f32).powf(-0.5));
     match init {
-        LoraInit::Paper | LoraInit::PaperZeroOffset => (u, v),
-        // The original LoRA keeps one factor at zero so ΔW starts at 0 (the brief: U = 0).
-        LoraInit::Lora => (vec![0.0; in_dim * r], v),
+        // Eq. 1 of the paper: both factors Gaussian.
+        LoraInit::Paper | LoraInit::PaperZeroOffset => (gauss_u(), gauss_v()),
+        // Hu et al. / PEFT: lora_B (= V) zero, lora_A (= Uᵀ) kaiming_uniform_(a=√5), whose bound
+        // over fan-in `in` is gain·√(3/in) with gain √(2/(1+5)): exactly in^-½.
+        LoraInit::Hu => {
+            let mut rng = Rng::new(seed).fork(name_stream(&lora_u_name(path)));
+            let u = (0..in_dim * r).map(|_| (2.0 * rng.uniform_f32() - 1.0) * bound).collect();
+            (u, vec![0.0; out_dim * r])
+        }
+        // The input-side factor zero instead (the reading of "one factor zero" this project
+        // first implemented under the name `lora`).
+        LoraInit::UZero => (vec![0.0; in_dim * r], gauss_v()),
     }
 }
 

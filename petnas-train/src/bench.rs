@@ -43,6 +43,8 @@ pub struct BenchConfig {
     /// order a plain-shuffle epoch (seed 0) visits them, each batch padded to its longest
     /// example, as `train` feeds them. `seq` is then the truncation length.
     pub padded: Option<PaddedData>,
+    /// Arithmetic of the frozen matmuls.
+    pub precision: petnas_core::record::Precision,
 }
 
 /// The real data behind `bench --padded`.
@@ -75,6 +77,10 @@ pub struct BenchReport {
     pub padded_fraction: f64,
     /// Whether the main thread and every rayon worker flush denormals (FTZ and DAZ).
     pub flush_denormals: bool,
+    /// `fp32` or `bf16`.
+    pub precision: petnas_core::record::Precision,
+    /// The GEMM of the frozen matmuls: `gemm-f32`, or in bf16 `amx`, `avx512bf16`, `fp32`.
+    pub backend: String,
     /// Trainable parameters (PET + head).
     pub trainable_params: usize,
     /// Median step time.
@@ -126,7 +132,7 @@ pub fn bench(cfg: &BenchConfig, device: &Device) -> Result<BenchReport> {
     let space = SearchSpace::from_spec(&cfg.space, &inventory(mc))?;
     let arch = Architecture::maximal(&space, mc)?;
     let start = init_map(&arch, 0, LoraInit::Paper);
-    let opts = BuildOptions { num_labels: 2, seed: 0, lora_init: LoraInit::Paper, full_finetune: space.full_finetune, dtype: DType::F32 };
+    let opts = BuildOptions { num_labels: 2, seed: 0, lora_init: LoraInit::Paper, full_finetune: space.full_finetune, dtype: DType::F32, precision: cfg.precision };
     let model = EncoderModel::build(mc, &weights, if space.full_finetune { None } else { Some(&arch) }, &start, &opts, device)?;
     let trainable = model.param_count(Role::Pet)? + model.param_count(Role::Head)? + model.param_count(Role::Base)?;
     let mut rng = Rng::new(0);
@@ -191,6 +197,11 @@ pub fn bench(cfg: &BenchConfig, device: &Device) -> Result<BenchReport> {
         },
         mean_batch_len: positions as f64 / cfg.batch as f64 / n_timed,
         padded_fraction: if positions == 0 { 0.0 } else { (positions - real) as f64 / positions as f64 },
+        precision: cfg.precision,
+        backend: match cfg.precision {
+            petnas_core::record::Precision::Fp32 => "gemm-f32".into(),
+            petnas_core::record::Precision::Bf16 => petnas_amx::backend().into(),
+        },
         flush_denormals: crate::model::cpu::flush_denormals_on() && rayon::broadcast(|_| crate::model::cpu::flush_denormals_on()).iter().all(|&b| b),
         trainable_params: trainable,
         ms_per_step: ms,

@@ -76,6 +76,7 @@ pub fn load_run(run_dir: &Path, model_override: Option<&str>, device: &Device) -
         lora_init: spec.lora_init,
         full_finetune: spec.method == "full",
         dtype: DType::F32,
+        precision: spec.precision,
     };
     let model = EncoderModel::build(cfg, &weights, arch.as_ref(), &start, &opts, device)?;
     let wp = run_dir.join("weights.safetensors");

@@ -40,6 +40,9 @@ enum Cmd {
         /// cpu or cuda:N.
         #[arg(long, default_value = "cpu")]
         device: String,
+        /// fp32, or bf16 (checked against bf16 tolerances: twice PyTorch autocast's deviation).
+        #[arg(long, default_value = "fp32")]
+        precision: Precision,
     },
     /// Train one method (or a saved architecture) and evaluate it on dev.
     Train(TrainArgs),
@@ -126,6 +129,9 @@ enum Cmd {
         /// cpu or cuda:N.
         #[arg(long, default_value = "cpu")]
         device: String,
+        /// Arithmetic of the frozen matmuls: fp32 or bf16.
+        #[arg(long, default_value = "fp32")]
+        precision: Precision,
     },
 }
 
@@ -344,8 +350,18 @@ fn spec_difference(old: &RunSpec, new: &RunSpec) -> String {
     }
 }
 
+/// The one-line notice of `--precision bf16` on a CPU without AMX tiles.
+fn precision_notice(p: Precision) {
+    if p == Precision::Bf16 {
+        if let Some(n) = petnas_train::model::fused::bf16_notice() {
+            eprintln!("{n}");
+        }
+    }
+}
+
 fn cmd_train(a: TrainArgs) -> Result<()> {
     let c = &a.common;
+    precision_notice(c.precision);
     let task: Task = c.task.parse().map_err(|e| anyhow::anyhow!("--task: {e}"))?;
     let default_lr = if a.method == "full" { 2e-5 } else { 1e-3 };
     let recipe = recipe(c, task, default_lr)?;
@@ -403,6 +419,7 @@ fn cmd_train(a: TrainArgs) -> Result<()> {
 
 fn cmd_search(a: SearchArgs) -> Result<()> {
     let c = &a.common;
+    precision_notice(c.precision);
     let task: Task = c.task.parse().map_err(|e| anyhow::anyhow!("--task: {e}"))?;
     let modes = match a.mode.as_str() {
         "both" => vec![PruneMode::Structured, PruneMode::Unstructured],
@@ -536,6 +553,7 @@ fn measured_throughput(plan: &sweep::Plan, cfg: &sweep::SweepConfig, out: &Path,
             warmup: 1,
             criterion: !key.1,
             padded: None,
+            precision: cfg.precision,
         };
         eps.insert(key, petnas_train::bench::bench(&bc, device)?.examples_per_s);
     }
@@ -549,6 +567,7 @@ fn cmd_sweep(a: SweepArgs) -> Result<()> {
         PathBuf::from("runs").join(a.config.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "sweep".into()))
     });
     let plan = sweep::plan(&cfg, a.data.as_deref()).with_context(|| format!("{}", a.config.display()))?;
+    precision_notice(cfg.precision);
     if a.reindex {
         let n = sweep::write_index(&out, None, None)?;
         println!("wrote {} ({n} runs)", out.join("index.jsonl").display());
@@ -593,13 +612,14 @@ fn main() -> Result<()> {
     // elementwise pool off, malloc thresholds (see model/cpu.rs).
     petnas_train::model::cpu::init_process(cli.threads).map_err(anyhow::Error::msg)?;
     match cli.cmd {
-        Cmd::Verify { model, fixture, device } => {
+        Cmd::Verify { model, fixture, device, precision } => {
             let dev = parse_device(&device)?;
-            let rep = petnas_train::verify::verify(&model, &fixture, &dev)?;
+            let rep = petnas_train::verify::verify(&model, &fixture, &dev, precision)?;
             println!("{}", serde_json::to_string(&rep)?);
             if !rep.pass {
-                bail!("parity check failed (tolerances: hidden {} abs, loss/logits {} rel, gradients/criterion {} rel)",
-                    petnas_train::verify::HIDDEN_ABS, petnas_train::verify::OUTPUT_REL, petnas_train::verify::GRAD_REL);
+                let t = rep.tolerances;
+                bail!("parity check failed (tolerances: hidden {} abs, logits {} rel, loss {} rel, gradients/criterion {} rel)",
+                    t.hidden_abs, t.logits_rel, t.loss_rel, t.grad_rel);
             }
             Ok(())
         }
@@ -640,7 +660,7 @@ fn main() -> Result<()> {
             println!("wrote {}", out.display());
             Ok(())
         }
-        Cmd::Bench { model, batch, seq, padded, data, space, steps, warmup, no_criterion, device } => {
+        Cmd::Bench { model, batch, seq, padded, data, space, steps, warmup, no_criterion, device, precision } => {
             let dev = parse_device(&device)?;
             let padded = match padded {
                 Some(t) => Some(petnas_train::bench::PaddedData {
@@ -649,7 +669,8 @@ fn main() -> Result<()> {
                 }),
                 None => None,
             };
-            let cfg = petnas_train::bench::BenchConfig { model, batch, seq, space, steps, warmup, criterion: !no_criterion, padded };
+            precision_notice(precision);
+            let cfg = petnas_train::bench::BenchConfig { model, batch, seq, space, steps, warmup, criterion: !no_criterion, padded, precision };
             let rep = petnas_train::bench::bench(&cfg, &dev)?;
             println!("{}", serde_json::to_string(&rep)?);
             Ok(())

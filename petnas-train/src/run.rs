@@ -111,6 +111,7 @@ pub fn execute(inp: &RunInputs, plan: RunPlan, id: &str, out_dir: &Path) -> Resu
         lora_init: spec.lora_init,
         full_finetune: full,
         dtype: DType::F32,
+        precision: spec.precision,
     };
     let cfg = &inp.model.config;
     let model = EncoderModel::build(cfg, &inp.weights, plan.arch, plan.start, &opts, &inp.device)?;

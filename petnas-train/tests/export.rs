@@ -69,7 +69,7 @@ fn merged_export_predicts_like_the_pet_model() {
         // Load the merged folder as a plain model (prefixed HF keys, no PET parameters).
         let md = ModelDir::open(merged.to_str().unwrap()).unwrap();
         let w = md.weights().unwrap();
-        let opts = BuildOptions { num_labels: 2, seed: 0, lora_init: LoraInit::Paper, full_finetune: false, dtype: DType::F32 };
+        let opts = BuildOptions { num_labels: 2, seed: 0, lora_init: LoraInit::Paper, full_finetune: false, dtype: DType::F32, precision: Default::default() };
         let plain = EncoderModel::build(&md.config, &w, None, &HashMap::new(), &opts, &dev).unwrap();
         let plain_run = petnas_train::export::LoadedRun { record: run.record.clone(), arch: None, model_dir: md, model: plain, task: Task::Rte };
         let theirs = predict_dev(&plain_run, &glue_dir(), Some(24)).unwrap();

@@ -17,7 +17,7 @@ use petnas_train::search::init_map;
 use petnas_train::tokenize::Encoded;
 
 fn opts(init: LoraInit) -> BuildOptions {
-    BuildOptions { num_labels: 2, seed: 3, lora_init: init, full_finetune: false, dtype: DType::F32 }
+    BuildOptions { num_labels: 2, seed: 3, lora_init: init, full_finetune: false, dtype: DType::F32, precision: Default::default() }
 }
 
 fn batch(cfg: &EncoderConfig, family: Family) -> petnas_train::model::Batch {

@@ -23,7 +23,7 @@
 //! (`petnas_core::rng::counter_uniform`), drawn at the same counters, so fused and composite paths
 //! drop the same elements.
 
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use candle_core::{bail, CpuStorage, DType, Layout, Result, Shape, Storage, Tensor};
 use gemm::Parallelism;
@@ -63,6 +63,11 @@ fn unfused() -> &'static Vec<String> {
             .map(|s| s.split(',').map(|p| p.trim().to_ascii_lowercase()).filter(|p| !p.is_empty()).collect())
             .unwrap_or_default()
     })
+}
+
+/// Whether the fused PET linear is switched on (`PETNAS_UNFUSED` does not name it).
+pub fn linear_enabled() -> bool {
+    !unfused().iter().any(|o| o == "all" || o == Kind::Linear.name())
 }
 
 /// Whether the fused version of `kind` may run on `t` (CPU, f32, not switched off).
@@ -332,8 +337,51 @@ type TransposedKernel = fn(&[f32], usize, usize, usize, &[f32], &mut [f32]);
 ///
 /// Arguments: `x` [n, in], `b` [out], and with LoRA `uv` = [U; V] stacked, [(in + out), r], so
 /// that the op has three tensor inputs (candle's limit) while U and V stay separate `Var`s.
+/// A frozen weight `W` [out, in] in bf16, packed once for the AMX GEMMs of both directions:
+/// `fwd` is `Wᵀ` (for `y = x·Wᵀ`), `bwd` is `W` (for `dx = g·W`, only when a backward follows).
+pub struct PackedWeight {
+    fwd: petnas_amx::PackedB,
+    bwd: Option<petnas_amx::PackedB>,
+}
+
+impl PackedWeight {
+    /// Packs `w` [out, in] row-major (rounded to bf16, nearest even).
+    pub fn new(w: &[f32], out: usize, inp: usize, with_backward: bool) -> Self {
+        let fwd = petnas_amx::PackedB::pack(w, inp, out, 1, inp as isize);
+        let bwd = with_backward.then(|| petnas_amx::PackedB::pack(w, out, inp, inp as isize, 1));
+        Self { fwd, bwd }
+    }
+
+    /// Packs a frozen weight tensor (CPU, f32).
+    pub fn from_tensor(w: &Tensor) -> Result<Self> {
+        let (o, k) = w.dims2()?;
+        with_slice(&w.contiguous()?, "bf16 pack", |s| Ok(Self::new(s, o, k, true)))
+    }
+}
+
+impl std::fmt::Debug for PackedWeight {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "PackedWeight(bf16 [{} × {}])", self.fwd.n(), self.fwd.k())
+    }
+}
+
+/// Whether `--precision bf16` runs on AMX tiles here; otherwise a one-line notice of the path it
+/// takes instead (AVX512-BF16 `vdpbf16ps`, or fp32 arithmetic on bf16-rounded values).
+pub fn bf16_notice() -> Option<String> {
+    match petnas_amx::backend() {
+        "amx" => None,
+        other => Some(format!("--precision bf16: no AMX tiles on this CPU (or the kernel refused them); the frozen matmuls run on the {other} path, slower than AMX")),
+    }
+}
+
 struct PetLinearOp {
     w: Tensor, // [out, in], contiguous, frozen
+    /// bf16 mode: the frozen matmuls run as bf16 × bf16 → fp32 on AMX. `packed` is `W` packed
+    /// once (no LoRA); with LoRA the effective weight is packed each forward pass.
+    bf16: bool,
+    packed: Option<Arc<PackedWeight>>,
+    /// The packed effective weight, kept for backward (bf16 mode).
+    saved_packed: Mutex<Option<Arc<PackedWeight>>>,
     rank: usize,
     /// Frozen initial factors (U₀ [in, r₀], V₀ [out, r₀]) subtracted by `LoraInit::PaperZeroOffset`.
     offset: Option<(Tensor, Tensor)>,
@@ -363,6 +411,18 @@ impl PetLinearOp {
         // while applying them to the activations costs n·(in + out)·r in two skinny, memory-bound
         // GEMMs plus a pass over y; backward reuses W' for dx = g·W'.
         let w_eff = self.effective_weight(k, o, uv)?;
+        if self.bf16 {
+            let packed = match (&w_eff, &self.packed) {
+                (Some(w), _) => Arc::new(PackedWeight::new(w, o, k, self.keep)),
+                (None, Some(p)) => p.clone(),
+                (None, None) => Arc::new(PackedWeight::from_tensor(&self.w)?),
+            };
+            petnas_amx::gemm_bf16(n, o, k, x, k, &packed.fwd, &mut y, o, true);
+            if self.keep {
+                *self.saved_packed.lock().map_err(|_| candle_core::Error::Msg("fused linear: poisoned lock".into()))? = Some(packed);
+            }
+            return self.activate(y);
+        }
         let mut run = |w: &[f32]| unsafe {
             // rhs = W'ᵀ [in, out]: element (i, j) = W'[j, i].
             gemm_f32(n, o, k, y.as_mut_ptr(), os, 1, true, xm, Mat(w.as_ptr(), 1, ks), 1.0, parallelism());
@@ -377,6 +437,11 @@ impl PetLinearOp {
         if self.keep {
             *self.saved_w.lock().map_err(|_| candle_core::Error::Msg("fused linear: poisoned lock".into()))? = w_eff;
         }
+        self.activate(y)
+    }
+
+    /// The output from the pre-activation `y`: GELU (keeping `y` for backward) or `y` itself.
+    fn activate(&self, y: Vec<f32>) -> Result<Vec<f32>> {
         if !self.gelu {
             return Ok(y);
         }
@@ -436,7 +501,13 @@ impl PetLinearOp {
         };
         let db = column_sums(g, n, o);
         let gm = Mat(g.as_ptr(), os, 1);
-        let dx = if want_x {
+        let dx = if want_x && self.bf16 {
+            let saved = self.saved_packed.lock().map_err(|_| candle_core::Error::Msg("fused linear: poisoned lock".into()))?;
+            let Some(bwd) = saved.as_ref().and_then(|p| p.bwd.as_ref()) else { bail!("fused linear: backward without the packed weight") };
+            let mut dx = vec![0f32; n * k];
+            petnas_amx::gemm_bf16(n, k, o, g, o, bwd, &mut dx, k, false);
+            Some(dx)
+        } else if want_x {
             // dx = g·W' (W' = W + V·Uᵀ − V₀·U₀ᵀ from the forward pass, or W).
             let mut dx: Vec<f32> = Vec::with_capacity(n * k);
             let mut run = |w: &[f32]| unsafe {
@@ -704,10 +775,24 @@ pub struct LoraParts<'a> {
 
 /// `act(x·Wᵀ + b + (x·U)·Vᵀ − (x·U₀)·V₀ᵀ)` for `x` [n, in] and a frozen `weight` [out, in];
 /// `bias` [out] and the LoRA factors may carry gradients; `act` is GELU when `gelu`.
-pub fn pet_linear(x: &Tensor, weight: &Tensor, bias: &Tensor, lora: Option<LoraParts<'_>>, gelu: bool) -> Result<Tensor> {
+///
+/// `bf16`: `None` for fp32; `Some(packed)` for bf16 matmuls, with `W` packed once (`Some(Some)`,
+/// no LoRA) or packed with the LoRA product folded in on each call (`Some(None)`).
+pub fn pet_linear(x: &Tensor, weight: &Tensor, bias: &Tensor, lora: Option<LoraParts<'_>>, gelu: bool, bf16: Option<Option<Arc<PackedWeight>>>) -> Result<Tensor> {
     let x = x.contiguous()?;
     let bias = bias.contiguous()?;
-    let mut op = PetLinearOp { w: weight.contiguous()?, rank: 0, offset: None, gelu, saved: Mutex::new(None), saved_w: Mutex::new(None), keep: false };
+    let mut op = PetLinearOp {
+        w: weight.contiguous()?,
+        bf16: bf16.is_some(),
+        packed: bf16.flatten(),
+        saved_packed: Mutex::new(None),
+        rank: 0,
+        offset: None,
+        gelu,
+        saved: Mutex::new(None),
+        saved_w: Mutex::new(None),
+        keep: false,
+    };
     match lora {
         None => {
             op.keep = x.track_op() || bias.track_op();
@@ -729,7 +814,7 @@ pub fn pet_linear(x: &Tensor, weight: &Tensor, bias: &Tensor, lora: Option<LoraP
 
 /// `x·Wᵀ + b` for `x` [n, in] and a frozen `weight` [out, in]; `bias` [out] may carry gradients.
 pub fn frozen_linear(x: &Tensor, weight: &Tensor, bias: &Tensor) -> Result<Tensor> {
-    pet_linear(x, weight, bias, None, false)
+    pet_linear(x, weight, bias, None, false, None)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1257,7 +1342,7 @@ mod tests {
             let u = var(&[k, r], 24, 0.5);
             let v = var(&[o, r], 25, 0.5);
             let lora = LoraParts { u: u.as_tensor(), v: v.as_tensor(), offset: offset.then_some((&u0, &v0)) };
-            let yf = pet_linear(x.as_tensor(), &w, b.as_tensor(), Some(lora), gelu)?;
+            let yf = pet_linear(x.as_tensor(), &w, b.as_tensor(), Some(lora), gelu, None)?;
             let xt = x.as_tensor();
             let mut yc = (xt.matmul(&w.t()?)?.broadcast_add(b.as_tensor())? + xt.matmul(u.as_tensor())?.matmul(&v.as_tensor().t()?)?)?;
             if offset {
@@ -1268,6 +1353,46 @@ mod tests {
             }
             assert!(max_abs_diff(&yf, &yc) < 1e-5, "rank {r} offset {offset} gelu {gelu}: {}", max_abs_diff(&yf, &yc));
             check_grads(&[&x, &b, &u, &v], &yf, &yc, 2e-5);
+        }
+        Ok(())
+    }
+
+    /// ‖a − b‖ / ‖b‖.
+    fn rel(a: &Tensor, b: &Tensor) -> f32 {
+        let d = a.sub(b).unwrap().sqr().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap().sqrt();
+        d / b.sqr().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap().sqrt().max(1e-30)
+    }
+
+    #[test]
+    fn pet_linear_in_bf16_stays_near_fp32_forward_and_backward() -> Result<()> {
+        // bf16 keeps 8 mantissa bits: products of rounded inputs summed in fp32 land within a
+        // few 1e-3 of fp32 by norm; every gradient must arrive, and the bias gradient (a column
+        // sum of the fp32 output gradient) is exact.
+        let dev = Device::Cpu;
+        let (n, k, o) = (70, 48, 75);
+        let x = var(&[n, k], 31, 1.0);
+        let w = Tensor::from_vec(rand(&[o, k], 32, 0.3), (o, k), &dev)?;
+        let b = var(&[o], 33, 1.0);
+        let u = var(&[k, 8], 34, 0.5);
+        let v = var(&[o, 8], 35, 0.5);
+        for (with_lora, gelu) in [(false, false), (false, true), (true, false), (true, true)] {
+            let lora = || with_lora.then(|| LoraParts { u: u.as_tensor(), v: v.as_tensor(), offset: None });
+            let packed = (!with_lora).then(|| Arc::new(PackedWeight::from_tensor(&w).unwrap()));
+            let y16 = pet_linear(x.as_tensor(), &w, b.as_tensor(), lora(), gelu, Some(packed))?;
+            let y32 = pet_linear(x.as_tensor(), &w, b.as_tensor(), lora(), gelu, None)?;
+            let r = rel(&y16, &y32);
+            assert!(r < 1e-2 && r > 0.0, "lora {with_lora} gelu {gelu}: forward differs by {r} (0 would mean no bf16)");
+            let g16 = probe(&y16, 9).backward()?;
+            let g32 = probe(&y32, 9).backward()?;
+            let mut vars = vec![&x, &b];
+            if with_lora {
+                vars.extend([&u, &v]);
+            }
+            for (i, t) in vars.iter().enumerate() {
+                let (a, c) = (g16.get(t.as_tensor()).expect("bf16 gradient"), g32.get(t.as_tensor()).expect("fp32 gradient"));
+                let r = rel(a, c);
+                assert!(r < 2e-2, "lora {with_lora} gelu {gelu}: gradient {i} differs by {r}");
+            }
         }
         Ok(())
     }

@@ -17,7 +17,7 @@ use std::collections::{BTreeMap, HashMap};
 use candle_core::{DType, Device, IndexOp, Result, Tensor, Var};
 use petnas_core::arch::{Architecture, ModuleArch};
 use petnas_core::inventory::{Activation, EncoderConfig, Family};
-use petnas_core::record::LoraInit;
+use petnas_core::record::{LoraInit, Precision};
 
 use ops::DropoutRng;
 use pet::{PetFactory, PetLayerNorm, PetLinear, Role, Trainable};
@@ -35,6 +35,8 @@ pub struct BuildOptions {
     pub full_finetune: bool,
     /// Parameter dtype.
     pub dtype: DType,
+    /// Arithmetic of the frozen matmuls (bf16: on AMX tiles; trained tensors stay `dtype`).
+    pub precision: Precision,
 }
 
 /// A batch as the encoder takes it. All [batch, seq].
@@ -168,6 +170,23 @@ impl EncoderModel {
                 out: lin(&format!("{p}.output.dense"), f, h, &mut reg, &mut base)?,
                 out_ln: ln(&format!("{p}.output.LayerNorm"), &mut reg, &mut base)?,
             });
+        }
+        if opts.precision == Precision::Bf16 {
+            if !device.is_cpu() {
+                return Err(crate::error::TrainError::Invalid(
+                    "--precision bf16 is implemented for the CPU (AMX tiles) only in this version; use fp32 on CUDA".into(),
+                ));
+            }
+            if !fused::linear_enabled() {
+                return Err(crate::error::TrainError::Invalid(
+                    "--precision bf16 runs in the fused CPU linear op, which PETNAS_UNFUSED switches off".into(),
+                ));
+            }
+            for l in &mut layers {
+                for lin in [&mut l.query, &mut l.key, &mut l.value, &mut l.attn_out, &mut l.inter, &mut l.out] {
+                    lin.use_bf16()?;
+                }
+            }
         }
         if let Some(a) = arch {
             // Every module of the architecture must have been placed.

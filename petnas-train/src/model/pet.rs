@@ -73,6 +73,8 @@ pub struct PetLinear {
     bias: Tensor,   // [out]
     delta: Option<Masked>,
     lora: Option<Lora>,
+    /// bf16 matmuls for the frozen weight (see [`fused::pet_linear`]); `None`: fp32.
+    bf16: Option<Option<std::sync::Arc<fused::PackedWeight>>>,
 }
 
 /// A LayerNorm with an optional bias delta.
@@ -87,7 +89,22 @@ pub struct PetLayerNorm {
 impl PetLinear {
     /// A plain linear layer (no PET parameters).
     pub fn new(weight: Tensor, bias: Tensor) -> Self {
-        Self { weight, bias, delta: None, lora: None }
+        Self { weight, bias, delta: None, lora: None, bf16: None }
+    }
+
+    /// Runs this layer's frozen matmuls in bf16 (`Precision::Bf16`): the weight is packed once
+    /// when no LoRA factor changes it, else on each forward pass. A trained weight (full
+    /// fine-tuning, the head) stays fp32.
+    pub fn use_bf16(&mut self) -> Result<()> {
+        if self.weight.track_op() {
+            return Ok(());
+        }
+        let packed = match &self.lora {
+            None => Some(std::sync::Arc::new(fused::PackedWeight::from_tensor(&self.weight)?)),
+            Some(_) => None,
+        };
+        self.bf16 = Some(packed);
+        Ok(())
     }
 
     /// `x·Wᵀ + (b + m⊙Δb) + (x·(m⊙U))·(m⊙V)ᵀ` for `x` [.., in].
@@ -124,7 +141,7 @@ impl PetLinear {
                 (Some(l), Some(u), Some(v)) => Some(fused::LoraParts { u, v, offset: l.offset.as_ref().map(|(a, b)| (a, b)) }),
                 _ => None,
             };
-            let y = fused::pet_linear(&x2, &self.weight, &b, lora, gelu)?;
+            let y = fused::pet_linear(&x2, &self.weight, &b, lora, gelu, self.bf16.clone())?;
             let mut out = dims;
             let last = out.len() - 1;
             out[last] = self.weight.dim(0)?;

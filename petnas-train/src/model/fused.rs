@@ -190,7 +190,11 @@ fn exp_f32(x: f32) -> f32 {
     const LO: f32 = -87.3;
     let underflow = x < LO;
     let x = x.clamp(LO, 88.3);
-    let n = (x * LOG2E + MAGIC) - MAGIC;
+    let nm = x * LOG2E + MAGIC;
+    let n = nm - MAGIC;
+    // n as an integer, read from the mantissa of n + 1.5·2²³ (|n| < 2²²): `n as i32` is a
+    // saturating conversion that LLVM does lane by lane here.
+    let ni = (nm.to_bits() as i32).wrapping_sub(MAGIC.to_bits() as i32);
     let r = x - n * LN2_HI - n * LN2_LO;
     let mut p = 1.987_569_1e-4f32;
     p = p * r + 1.398_2e-3;
@@ -199,7 +203,7 @@ fn exp_f32(x: f32) -> f32 {
     p = p * r + 1.666_666_5e-1;
     p = p * r + 5.000_000_1e-1; // Cephes' constant (rounds to 0.5 in f32)
     let e = p * r * r + r + 1.0;
-    let y = e * f32::from_bits(((n as i32 + 127) as u32) << 23);
+    let y = e * f32::from_bits(((ni + 127) as u32) << 23);
     if underflow {
         0.0
     } else {

@@ -21,6 +21,16 @@ pub enum AnalyzeError {
         #[source]
         source: std::io::Error,
     },
+    /// No record under the folder could be read.
+    #[error("none of the {count} run record(s) could be read; the first: {reason}")]
+    Unreadable {
+        /// The first unreadable file.
+        path: PathBuf,
+        /// Why (names the file).
+        reason: String,
+        /// How many there were.
+        count: usize,
+    },
     /// The runs directory does not exist or is not a directory.
     #[error("runs directory {path} does not exist or is not a directory")]
     NoRunsDir {

@@ -49,6 +49,11 @@ pub struct Sweep {
     pub modules: DataFrame,
     /// Failed runs.
     pub failed: Vec<FailedRun>,
+    /// Record files that could not be read (file, reason): skipped, not fatal, so one damaged
+    /// file does not hide every other run; the binary names each one.
+    pub unreadable: Vec<(PathBuf, String)>,
+    /// Records read.
+    pub records: usize,
 }
 
 /// All `record.json` files under `dir` (and `dir/record.json` itself), at most [`MAX_DEPTH`]
@@ -103,23 +108,40 @@ fn walk(dir: &Path, depth: usize, out: &mut Vec<PathBuf>) -> Result<()> {
     Ok(())
 }
 
-/// Parses every record under `dir` (in parallel). The first malformed or unsupported record is
-/// an error naming its file (and serde's line and column).
-pub fn load_records(dir: &Path) -> Result<Vec<(PathBuf, RunRecord)>> {
+/// Parses every record under `dir` (in parallel): the records read, and the files that could not
+/// be (malformed, truncated, another version), each with the reason naming its file and serde's
+/// line and column.
+pub fn load_records(dir: &Path) -> Result<(Vec<(PathBuf, RunRecord)>, Vec<(PathBuf, String)>)> {
     let paths = find_records(dir)?;
-    paths
-        .into_par_iter()
-        .map(|p| {
-            let r = RunRecord::load(&p)?;
-            Ok((p, r))
-        })
-        .collect()
+    let read: Vec<(PathBuf, std::result::Result<RunRecord, String>)> =
+        paths.into_par_iter().map(|p| {
+            let r = RunRecord::load(&p).map_err(|e| e.to_string());
+            (p, r)
+        }).collect();
+    let mut ok = Vec::with_capacity(read.len());
+    let mut bad = Vec::new();
+    for (p, r) in read {
+        match r {
+            Ok(r) => ok.push((p, r)),
+            Err(e) => bad.push((p, e)),
+        }
+    }
+    Ok((ok, bad))
 }
 
-/// Loads a sweep directory into frames.
+/// Loads a sweep directory into frames; unreadable records are listed in
+/// [`Sweep::unreadable`], and a folder where none is readable is an error.
 pub fn load_sweep(dir: &Path) -> Result<Sweep> {
-    let records = load_records(dir)?;
-    build_frames(dir, &records)
+    let (records, unreadable) = load_records(dir)?;
+    if records.is_empty() {
+        if let Some((p, e)) = unreadable.first() {
+            return Err(AnalyzeError::Unreadable { path: p.clone(), reason: e.clone(), count: unreadable.len() });
+        }
+    }
+    let mut sweep = build_frames(dir, &records)?;
+    sweep.unreadable = unreadable;
+    sweep.records = records.len();
+    Ok(sweep)
 }
 
 /// A search's maximal training on a preset space is that preset trained (the maximal run of a
@@ -412,5 +434,7 @@ pub fn build_frames(dir: &Path, records: &[(PathBuf, RunRecord)]) -> Result<Swee
         runs,
         modules,
         failed,
+        unreadable: Vec::new(),
+        records: n,
     })
 }

@@ -88,6 +88,15 @@ enum Command {
 fn load(runs: &Path) -> anyhow::Result<petnas_analyze::Sweep> {
     let sweep =
         load_sweep(runs).with_context(|| format!("loading runs from {}", runs.display()))?;
+    for (p, e) in &sweep.unreadable {
+        eprintln!("warning: skipped unreadable record {}: {e}", p.display());
+    }
+    eprintln!(
+        "read {} run record(s) from {}{}",
+        sweep.records,
+        runs.display(),
+        if sweep.unreadable.is_empty() { String::new() } else { format!(", skipped {} unreadable", sweep.unreadable.len()) }
+    );
     if !sweep.failed.is_empty() {
         eprintln!(
             "note: {} failed run(s) excluded from scores: {}",

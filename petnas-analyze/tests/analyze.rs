@@ -355,17 +355,24 @@ fn discovery_depth_hidden_dirs_and_errors() {
         "{\n  \"version\": 1,\n  \"id\": }",
     )
     .unwrap();
-    let e = load_sweep(dir.path()).unwrap_err().to_string();
-    assert!(e.contains("bad/record.json") && e.contains("line 3"), "{e}");
+    // One damaged record is skipped and named; the others are still read.
+    let sw = load_sweep(dir.path()).unwrap();
+    assert_eq!((sw.records, sw.unreadable.len()), (2, 1));
+    let (p, e) = &sw.unreadable[0];
+    assert!(p.ends_with("bad/record.json") && e.contains("bad/record.json") && e.contains("line 3"), "{e}");
 
     let mut v = serde_json::to_value(&r).unwrap();
     v["version"] = 99.into();
     std::fs::write(dir.path().join("bad/record.json"), v.to_string()).unwrap();
-    let e = load_sweep(dir.path()).unwrap_err().to_string();
-    assert!(
-        e.contains("bad/record.json") && e.contains("version 99"),
-        "{e}"
-    );
+    let sw = load_sweep(dir.path()).unwrap();
+    assert!(sw.unreadable[0].1.contains("bad/record.json") && sw.unreadable[0].1.contains("version 99"), "{:?}", sw.unreadable);
+
+    // A folder whose only records are damaged is an error naming the first.
+    let only_bad = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(only_bad.path().join("x")).unwrap();
+    std::fs::write(only_bad.path().join("x/record.json"), "{").unwrap();
+    let e = load_sweep(only_bad.path()).unwrap_err().to_string();
+    assert!(e.contains("none of the 1 run record(s) could be read") && e.contains("x/record.json"), "{e}");
 }
 
 #[test]

@@ -283,10 +283,16 @@ pub fn export_peft(run: &LoadedRun, out: &Path) -> Result<PathBuf> {
         "fan_in_fan_out": false,
         "init_lora_weights": true,
         "inference_mode": true,
-        "petnas_run": run.record.id,
-        "petnas_note": "bias deltas are stored as merged biases (bias = all); unstructured masks as zeros in dense factors",
     });
     petnas_core::io::write_atomic(&tmp.join("adapter_config.json"), serde_json::to_string_pretty(&cfg).unwrap_or_default().as_bytes())?;
+    // Our metadata beside PEFT's file, not in it: PEFT warns about keys it does not know.
+    let meta = serde_json::json!({
+        "version": 1,
+        "petnas_run": run.record.id,
+        "config_hash": run.record.config_hash,
+        "note": "bias deltas are stored as merged biases (bias = all); unstructured masks as zeros in dense factors",
+    });
+    petnas_core::io::write_atomic(&tmp.join("petnas_export.json"), serde_json::to_string_pretty(&meta).unwrap_or_default().as_bytes())?;
     save_tensors(tensors, &tmp.join("adapter_model.safetensors"))?;
     copy_tokenizer(&run.model_dir.dir, &tmp)?;
     finish(tmp, out)

@@ -576,13 +576,21 @@ fn cmd_sweep(a: SweepArgs) -> Result<()> {
     let device = parse_device(&cfg.device)?;
     let batch = cfg.batch_size();
     let eps = if a.no_estimate { None } else { Some(measured_throughput(&plan, &cfg, &out, &device)?) };
-    println!("{}", sweep::describe(&plan, &out, a.shard, eps.as_ref(), batch).trim_end());
+    // A reader that stops early (`--dry-run | head`) closes the pipe: stop printing, not panic.
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    if writeln!(stdout, "{}", sweep::describe(&plan, &out, a.shard, eps.as_ref(), batch).trim_end()).is_err() {
+        return Ok(());
+    }
     if a.dry_run {
         for r in plan.runs.iter().filter(|r| a.shard.is_none_or(|s| s.owns(r.job))) {
-            println!("  {} ({} steps) [{:?}]", r.id, r.steps, sweep::run_state(&out, &r.id, &r.hash));
+            if writeln!(stdout, "  {} ({} steps) [{:?}]", r.id, r.steps, sweep::run_state(&out, &r.id, &r.hash)).is_err() {
+                return Ok(());
+            }
         }
         return Ok(());
     }
+    drop(stdout);
     std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
     let log_path = out.join("sweep.log");
     let log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path).with_context(|| format!("opening {}", log_path.display()))?;

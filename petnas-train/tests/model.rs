@@ -202,3 +202,53 @@ fn search_criterion_prunes_to_budget_and_training_is_deterministic() {
         assert_eq!(m.param_count(Role::Pet).unwrap(), p.pet_params());
     }
 }
+
+/// The paper's criterion is −θ·∂L/∂θ at the point where the gradient was taken: the loop must
+/// observe it between `backward()` and the optimizer step. After one step from zero bias deltas
+/// the bias criterion is therefore exactly 0 (observed after the step it would be −θ₁·g₀ ≠ 0),
+/// and the LoRA criterion equals −U₀·g₀ recomputed by hand on the same batch.
+#[test]
+fn the_criterion_is_observed_after_backward_and_before_the_step() {
+    use petnas_core::rng::Rng;
+    use petnas_train::glue::{Label, Task};
+    use petnas_train::train::{train, Dataset, TrainContext};
+    let family = Family::Bert;
+    let mut cfg = EncoderConfig::tiny(family);
+    cfg.hidden_dropout_prob = 0.0;
+    cfg.attention_probs_dropout_prob = 0.0;
+    let w = Weights::random(&cfg, 1).unwrap();
+    let arch = Architecture::maximal(&SearchSpace::preset("mam", &inventory(&cfg)).unwrap(), &cfg).unwrap();
+    let mut data = Dataset { encoded: vec![], labels: vec![] };
+    for i in 0..16u32 {
+        let ids: Vec<u32> = (0..5u32).map(|j| 4 + (i * 7 + j * 3) % 90).collect();
+        data.labels.push(Label::Class((i % 2) as usize));
+        data.encoded.push(Encoded { type_ids: vec![0; ids.len()], ids });
+    }
+    let recipe = petnas_core::record::Recipe { batch_size: 16, max_len: 16, warmup_frac: 0.0, max_steps: Some(1), ..petnas_core::record::Recipe::new(1.0, 1e-2) };
+    let ctx = TrainContext { task: Task::Rte, family, pad_id: 0, device: &Device::Cpu, progress: None, label: String::new() };
+    let start = init_map(&arch, 9, LoraInit::Paper);
+    let m = EncoderModel::build(&cfg, &w, Some(&arch), &start, &opts(LoraInit::Paper), &Device::Cpu).unwrap();
+    let mut crit = CriterionAccumulator::new();
+    train(&m, &data, &recipe, 9, &ctx, Some(&mut crit)).unwrap();
+    let scores = crit.scores(CriterionKind::Mean, 0);
+    let after = m.pet_values().unwrap();
+    let bias = bias_delta_name("encoder.layer.0.attention.self.query");
+    assert!(after[&bias].iter().any(|&v| v != 0.0), "the step moved the bias delta");
+    assert!(scores[&bias].iter().all(|&s| s == 0.0), "bias criterion observed after the step: {:?}", &scores[&bias][..4]);
+    // −U₀·g₀ on the same batch (the loop's first batch order), from a fresh model at θ₀.
+    let m0 = EncoderModel::build(&cfg, &w, Some(&arch), &start, &opts(LoraInit::Paper), &Device::Cpu).unwrap();
+    let lengths: Vec<usize> = data.encoded.iter().map(|e| e.ids.len()).collect();
+    let order = &petnas_train::batch::epoch_batches(&lengths, 16, &mut Rng::new(9).fork(0x5348_5546), 1)[0];
+    let items: Vec<&Encoded> = order.iter().map(|&i| &data.encoded[i]).collect();
+    let b = make_batch(&items, family, 0, &Device::Cpu).unwrap();
+    let y = Tensor::from_vec(order.iter().map(|&i| (i % 2) as u32).collect::<Vec<_>>(), 16, &Device::Cpu).unwrap();
+    let (_, logits) = m0.forward(&b, None).unwrap();
+    let grads = petnas_train::model::ops::cross_entropy(&logits, &y).unwrap().backward().unwrap();
+    let u = lora_u_name("encoder.layer.0.attention.self.query");
+    let t = m0.trainables().iter().find(|t| t.name == u).unwrap();
+    let g: Vec<f32> = grads.get(t.var.as_tensor()).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+    let want: Vec<f32> = start[&u].iter().zip(&g).map(|(th, g)| -th * g).collect();
+    let err = scores[&u].iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+    let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
+    assert!(scale > 0.0 && err <= 1e-4 * scale, "LoRA criterion {err} away from −U₀·g₀ (scale {scale})");
+}

@@ -258,6 +258,24 @@ impl ModelDir {
     }
 }
 
+/// The snapshot of a cached hub repository (`models--org--name`) that `refs/main` names, as
+/// transformers resolves it offline; `None` when the repository is not cached. A `refs/main`
+/// naming a snapshot that is not there is an error, never a silent fallback to another revision.
+pub fn hub_snapshot(repo: &Path) -> Result<Option<PathBuf>> {
+    let refs = repo.join("refs").join("main");
+    let Ok(commit) = std::fs::read_to_string(&refs) else { return Ok(None) };
+    let commit = commit.trim();
+    let snap = repo.join("snapshots").join(commit);
+    if !snap.join("config.json").exists() {
+        return Err(TrainError::Invalid(format!(
+            "{}: refs/main names snapshot {commit}, which has no config.json in {}",
+            repo.display(),
+            snap.display()
+        )));
+    }
+    Ok(Some(snap))
+}
+
 fn resolve(spec: &str) -> Result<PathBuf> {
     let p = PathBuf::from(spec);
     if p.is_dir() {
@@ -269,13 +287,8 @@ fn resolve(spec: &str) -> Result<PathBuf> {
                 .map(|h| PathBuf::from(h).join("hub"))
                 .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/huggingface/hub")));
             if let Some(hub) = hub {
-                let snaps = hub.join(format!("models--{org}--{name}")).join("snapshots");
-                if let Ok(rd) = std::fs::read_dir(&snaps) {
-                    let mut dirs: Vec<PathBuf> = rd.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.join("config.json").exists()).collect();
-                    dirs.sort();
-                    if let Some(d) = dirs.pop() {
-                        return Ok(d);
-                    }
+                if let Some(d) = hub_snapshot(&hub.join(format!("models--{org}--{name}")))? {
+                    return Ok(d);
                 }
             }
             return Err(TrainError::Invalid(format!(
@@ -286,4 +299,27 @@ fn resolve(spec: &str) -> Result<PathBuf> {
         }
     }
     Err(TrainError::Invalid(format!("model folder `{spec}` does not exist (run data/fetch-model for the default model)")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hub_snapshot_follows_refs_main_not_the_last_name() {
+        let tmp = tempfile::tempdir().unwrap();
+        let repo = tmp.path().join("models--org--name");
+        for c in ["aaaa", "ffff"] {
+            let d = repo.join("snapshots").join(c);
+            std::fs::create_dir_all(&d).unwrap();
+            std::fs::write(d.join("config.json"), "{}").unwrap();
+        }
+        assert_eq!(hub_snapshot(&repo).unwrap(), None, "no refs/main: not resolved");
+        std::fs::create_dir_all(repo.join("refs")).unwrap();
+        std::fs::write(repo.join("refs/main"), "aaaa\n").unwrap();
+        assert_eq!(hub_snapshot(&repo).unwrap(), Some(repo.join("snapshots/aaaa")));
+        std::fs::write(repo.join("refs/main"), "bbbb").unwrap();
+        let e = hub_snapshot(&repo).unwrap_err().to_string();
+        assert!(e.contains("refs/main names snapshot bbbb"), "{e}");
+    }
 }

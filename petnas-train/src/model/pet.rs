@@ -378,8 +378,11 @@ impl PetFactory<'_> {
                 )
             }
         };
+        // A copy, not `detach()` alone: a detached tensor shares the Var's storage, which the
+        // optimizer updates in place, so the "frozen" offset would follow U and V and ΔW would
+        // stay 0 for the whole training.
         let offset = if self.lora_init == LoraInit::PaperZeroOffset {
-            Some((u.effective()?.detach(), v.effective()?.detach()))
+            Some((u.effective()?.detach().copy()?, v.effective()?.detach().copy()?))
         } else {
             None
         };

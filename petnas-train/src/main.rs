@@ -584,7 +584,7 @@ fn cmd_sweep(a: SweepArgs) -> Result<()> {
     }
     if a.dry_run {
         for r in plan.runs.iter().filter(|r| a.shard.is_none_or(|s| s.owns(r.job))) {
-            if writeln!(stdout, "  {} ({} steps) [{:?}]", r.id, r.steps, sweep::run_state(&out, &r.id, &r.hash)).is_err() {
+            if writeln!(stdout, "  {} ({} steps) [{:?}]", r.id, r.steps, plan.state(&out, &r.id, &r.hash)).is_err() {
                 return Ok(());
             }
         }

@@ -65,6 +65,12 @@ pub struct SweepConfig {
     /// Arithmetic of the frozen matmuls: `fp32` (default) or `bf16`.
     #[serde(default)]
     pub precision: Precision,
+    /// A folder that keeps each finished run's `record.json` and `architecture.json` (small, no
+    /// weights), e.g. `reports/minilm-study/records` to commit as the study advances. A run whose
+    /// record is there with the planned spec hash is done, weights or not, so a study resumes on
+    /// another machine from the committed records alone. Relative to the current directory.
+    #[serde(default)]
+    pub records: Option<PathBuf>,
 }
 
 fn default_device() -> String {
@@ -348,6 +354,36 @@ pub struct Plan {
     pub model: ModelDir,
     /// The GLUE folder.
     pub data: PathBuf,
+    /// The records folder of the config, if any.
+    pub records: Option<PathBuf>,
+}
+
+impl Plan {
+    /// The state of a planned run: done if its record (with this hash) is in the sweep's runs
+    /// folder or in the records folder; changed if either holds it with another hash.
+    pub fn state(&self, out: &Path, id: &str, hash: &str) -> RunState {
+        let here = run_state(out, id, hash);
+        let kept = self.records.as_deref().map_or(RunState::Missing, |r| run_state_in(r, id, hash));
+        match (here, kept) {
+            (RunState::Done, _) | (_, RunState::Done) => RunState::Done,
+            (RunState::Changed, _) | (_, RunState::Changed) => RunState::Changed,
+            _ => RunState::Missing,
+        }
+    }
+}
+
+/// Copies a finished run's record and architecture (not its weights) into `records/<id>/`.
+pub fn keep_record(records: &Path, run_dir: &Path, id: &str) -> Result<()> {
+    let dst = records.join(id);
+    std::fs::create_dir_all(&dst).map_err(io_err(&dst))?;
+    for f in ["architecture.json", "record.json"] {
+        let src = run_dir.join(f);
+        if src.exists() {
+            let bytes = std::fs::read(&src).map_err(io_err(&src))?;
+            petnas_core::io::write_atomic(&dst.join(f), &bytes)?;
+        }
+    }
+    Ok(())
 }
 
 /// The GLUE folder: the config's, $PETNAS_DATA, data/glue, ../shared/data/glue.
@@ -472,7 +508,7 @@ pub fn plan(cfg: &SweepConfig, data_override: Option<&Path>) -> Result<Plan> {
             return Err(TrainError::Invalid(format!("two planned runs share the id `{}`: give one of the entries a `tag`", r.id)));
         }
     }
-    Ok(Plan { jobs, runs, model: md, data })
+    Ok(Plan { jobs, runs, model: md, data, records: cfg.records.clone() })
 }
 
 /// `K/N`: shard K (0-based) of N.
@@ -683,7 +719,7 @@ pub fn execute(cfg: &SweepConfig, config_text: &str, plan: &Plan, opts: &SweepOp
     if cleaned > 0 {
         tracing::info!(cleaned, "removed what interrupted runs and writes left");
     }
-    let changed: Vec<&str> = mine.iter().filter(|r| run_state(out, &r.id, &r.hash) == RunState::Changed).map(|r| r.id.as_str()).collect();
+    let changed: Vec<&str> = mine.iter().filter(|r| plan.state(out, &r.id, &r.hash) == RunState::Changed).map(|r| r.id.as_str()).collect();
     if !changed.is_empty() && !opts.rerun_changed {
         return Err(TrainError::Invalid(format!(
             "{} finished run(s) in {} were made with a different config (e.g. {}); use another --out, or --rerun-changed to redo them",
@@ -703,7 +739,7 @@ pub fn execute(cfg: &SweepConfig, config_text: &str, plan: &Plan, opts: &SweepOp
     let ids: BTreeSet<String> = mine.iter().map(|r| r.id.clone()).collect();
     let hashes: HashMap<String, String> = mine.iter().map(|r| (r.id.clone(), r.hash.clone())).collect();
     let mut summary = SweepSummary { planned: mine.len(), ..Default::default() };
-    summary.skipped = mine.iter().filter(|r| run_state(out, &r.id, &r.hash) == RunState::Done).count();
+    summary.skipped = mine.iter().filter(|r| plan.state(out, &r.id, &r.hash) == RunState::Done).count();
 
     let multi = if opts.progress { Some(indicatif::MultiProgress::new()) } else { None };
     let overall = match &multi {
@@ -732,7 +768,7 @@ pub fn execute(cfg: &SweepConfig, config_text: &str, plan: &Plan, opts: &SweepOp
     let mut inputs: Option<(Task, RunInputs)> = None;
     let is_done = |id: &str, _spec: &RunSpec| -> bool {
         let h = hashes.get(id).cloned().unwrap_or_default();
-        run_state(out, id, &h) == RunState::Done
+        plan.state(out, id, &h) == RunState::Done
     };
     for (ji, job) in plan.jobs.iter().enumerate() {
         if opts.shard.is_some_and(|s| !s.owns(ji)) {
@@ -758,6 +794,11 @@ pub fn execute(cfg: &SweepConfig, config_text: &str, plan: &Plan, opts: &SweepOp
             }
             say(run::summary_line(r));
             overall.inc(1);
+            if let Some(records) = &plan.records {
+                if let Err(e) = keep_record(records, &runs_dir(out).join(&r.id), &r.id) {
+                    say(format!("warning: record of {} not kept in {}: {e}", r.id, records.display()));
+                }
+            }
             if let Err(e) = write_index(out, opts.shard, Some(&ids)) {
                 tracing::warn!("index not written: {e}");
             }
@@ -794,9 +835,9 @@ pub fn is_full(spec: &RunSpec) -> bool {
 /// Human summary of a plan: counts, trainings, steps and an estimated cost.
 pub fn describe(plan: &Plan, out: &Path, shard: Option<Shard>, examples_per_s: Option<&Throughput>, batch: usize) -> String {
     let mine: Vec<&PlannedRun> = plan.runs.iter().filter(|r| shard.is_none_or(|s| s.owns(r.job))).collect();
-    let done = mine.iter().filter(|r| run_state(out, &r.id, &r.hash) == RunState::Done).count();
-    let changed = mine.iter().filter(|r| run_state(out, &r.id, &r.hash) == RunState::Changed).count();
-    let todo: Vec<&&PlannedRun> = mine.iter().filter(|r| run_state(out, &r.id, &r.hash) != RunState::Done).collect();
+    let done = mine.iter().filter(|r| plan.state(out, &r.id, &r.hash) == RunState::Done).count();
+    let changed = mine.iter().filter(|r| plan.state(out, &r.id, &r.hash) == RunState::Changed).count();
+    let todo: Vec<&&PlannedRun> = mine.iter().filter(|r| plan.state(out, &r.id, &r.hash) != RunState::Done).collect();
     let steps: usize = todo.iter().map(|r| r.steps).sum();
     let searches = plan.jobs.iter().enumerate().filter(|(i, j)| matches!(j, Job::Search { .. }) && shard.is_none_or(|s| s.owns(*i))).count();
     let mut by_task: BTreeMap<&str, usize> = BTreeMap::new();

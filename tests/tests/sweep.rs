@@ -294,3 +294,29 @@ fn dry_run_touches_nothing_and_shards_cover_the_plan() {
     let again = train(&["sweep", "--config", s(&cfg), "--out", s(&merged), "--dry-run", "--no-estimate"]).ok();
     assert!(again.stdout.contains("20 done, 0 to do"), "{}", again.stdout);
 }
+
+/// A study kept as records alone (no weights, no runs folder) resumes: every run whose record is
+/// in `records` with the planned hash is done, on a fresh output folder too.
+#[test]
+fn a_sweep_resumes_from_its_records_folder_alone() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tiny(tmp.path(), "bert");
+    let records = tmp.path().join("committed/records");
+    let toml = small(&model, "1e-3").replace("name = \"e2e\"\n", &format!("name = \"e2e\"\nrecords = {:?}\n", s(&records)));
+    let cfg = tmp.path().join("study.toml");
+    std::fs::write(&cfg, &toml).unwrap();
+    let first = tmp.path().join("machine-a");
+    train(&["sweep", "--config", s(&cfg), "--out", s(&first), "--quiet", "--no-estimate"]).ok();
+    let kept = run_names(&records);
+    assert_eq!(kept.len(), 3, "{kept:?}");
+    for id in &kept {
+        assert!(records.join(id).join("record.json").exists() && !records.join(id).join("weights.safetensors").exists());
+    }
+    // Another machine: no runs folder, only the records.
+    let second = tmp.path().join("machine-b");
+    let out = train(&["sweep", "--config", s(&cfg), "--out", s(&second), "--quiet", "--no-estimate"]).ok().stdout;
+    assert!(out.contains("3 already done, 0 completed now"), "{out}");
+    // A changed recipe makes the kept record of that run a changed one.
+    std::fs::write(&cfg, toml.replace("lr = 1e-3\n\n[[searches]]", "lr = 2e-3\n\n[[searches]]")).unwrap();
+    train(&["sweep", "--config", s(&cfg), "--out", s(&second), "--quiet", "--no-estimate"]).fails_with(&["made with a different config"]);
+}

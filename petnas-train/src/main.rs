@@ -636,7 +636,11 @@ fn main() -> Result<()> {
         Cmd::Predict { run, data, max_dev, model } => {
             let loaded = petnas_train::export::load_run(&run, model.as_deref(), &candle_core::Device::Cpu)
                 .with_context(|| format!("loading run {}", run.display()))?;
-            let data = sweep::find_data(data.as_deref())?;
+            // The data the run was trained on, unless told otherwise.
+            let data = match (data, run::trained_data_dir(&run)) {
+                (None, Some(d)) => d,
+                (given, _) => sweep::find_data(given.as_deref())?,
+            };
             for p in petnas_train::export::predict_dev(&loaded, &data, max_dev)? {
                 println!("{}", serde_json::to_string(&p)?);
             }

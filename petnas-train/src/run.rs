@@ -38,6 +38,19 @@ pub struct RunInputs {
     pub pad_id: u32,
     /// Where to compute.
     pub device: Device,
+    /// The GLUE folder the splits came from (written to the run folder, so `predict` finds it).
+    pub data_dir: PathBuf,
+}
+
+/// File in a run folder naming the data folder it was trained on.
+pub const INPUTS_FILE: &str = "inputs.json";
+
+/// The data folder a run was trained on, from its `inputs.json` (absent in runs of earlier
+/// versions, or when the folder no longer exists).
+pub fn trained_data_dir(run_dir: &Path) -> Option<PathBuf> {
+    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(run_dir.join(INPUTS_FILE)).ok()?).ok()?;
+    let d = PathBuf::from(v.get("data")?.as_str()?);
+    d.is_dir().then_some(d)
 }
 
 /// Limits on data size, for quick runs and tests.
@@ -74,7 +87,8 @@ impl RunInputs {
         let train = dataset(&tok, glue::load(data_dir, task, Split::Train)?, limits.max_train)?;
         let dev = dataset(&tok, glue::load(data_dir, task, Split::Dev)?, limits.max_dev)?;
         let pad_id = md.config.pad_token_id as u32;
-        Ok(Self { model: md, weights, task, train, dev, pad_id, device: device.clone() })
+        let data_dir = std::fs::canonicalize(data_dir).unwrap_or_else(|_| data_dir.to_path_buf());
+        Ok(Self { model: md, weights, task, train, dev, pad_id, device: device.clone(), data_dir })
     }
 }
 
@@ -176,7 +190,7 @@ pub fn execute(inp: &RunInputs, plan: RunPlan, id: &str, out_dir: &Path) -> Resu
     // The criterion sums go into the run folder before it appears: a search resumed after a kill
     // must never find its maximal run done but without the scores to prune from.
     let criterion = criterion.as_deref().filter(|_| model.is_some());
-    write_dir(out_dir, id, &record, plan.arch, model.as_ref(), criterion, &log)?;
+    write_dir(out_dir, id, &record, plan.arch, model.as_ref(), criterion, Some(&inp.data_dir), &log)?;
     Ok(RunOutcome { record, model })
 }
 
@@ -219,7 +233,7 @@ pub fn git_commit() -> Option<String> {
 /// Writes a run's directory under a temporary name, then renames it into place (replacing an
 /// older directory of the same id).
 pub fn write_run_dir(out_dir: &Path, id: &str, record: &RunRecord, arch: Option<&Architecture>, model: Option<&EncoderModel>, log: &str) -> Result<PathBuf> {
-    write_dir(out_dir, id, record, arch, model, None, log)
+    write_dir(out_dir, id, record, arch, model, None, None, log)
 }
 
 /// [`write_run_dir`], plus the criterion sums (`criterion.safetensors`) of a search's maximal run.
@@ -230,6 +244,7 @@ fn write_dir(
     arch: Option<&Architecture>,
     model: Option<&EncoderModel>,
     criterion: Option<&CriterionAccumulator>,
+    data: Option<&Path>,
     log: &str,
 ) -> Result<PathBuf> {
     std::fs::create_dir_all(out_dir).map_err(io_err(out_dir))?;
@@ -250,6 +265,10 @@ fn write_dir(
     }
     if let Some(c) = criterion {
         c.save(&tmp.join(crate::search::CRITERION_FILE))?;
+    }
+    if let Some(d) = data {
+        let v = serde_json::json!({ "version": 1, "data": d.display().to_string() });
+        petnas_core::io::write_atomic(&tmp.join(INPUTS_FILE), v.to_string().as_bytes())?;
     }
     let lp = tmp.join("log.txt");
     std::fs::write(&lp, log).map_err(io_err(&lp))?;

@@ -154,6 +154,10 @@ pub fn method_label(spec: &RunSpec, has_lora: bool) -> MethodLabel {
         label.push_str(&format!(" [reinit={name}]"));
         ablation = true;
     }
+    if let Some(r) = spec.prune_rounds.filter(|&r| r > 1) {
+        label.push_str(&format!(" [iterative x{r}]"));
+        ablation = true;
+    }
     MethodLabel {
         label,
         group: Group::Searched,
@@ -215,6 +219,7 @@ mod tests {
             rank_group: None,
             maximal_hash: None,
             precision: Default::default(),
+            prune_rounds: None,
         }
     }
 
@@ -303,6 +308,11 @@ mod tests {
         assert_eq!(st.group, Group::Baseline);
         let st = method_label(&search("bias=all", None, Mean, Reinit::Same), false);
         assert_eq!(st.group, Group::SearchStart);
+        // Iterative pruning is its own method, never a seed of the one-shot one.
+        let mut it = search("bitfit", u, Mean, Reinit::Same);
+        it.prune_rounds = Some(3);
+        let l = method_label(&it, false);
+        assert_eq!((l.label.as_str(), l.ablation), ("U-BitFit [iterative x3]", true));
     }
 
     #[test]

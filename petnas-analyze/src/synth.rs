@@ -185,6 +185,7 @@ impl SynthRun {
             rank_group: None,
             maximal_hash: None,
             precision: Default::default(),
+            prune_rounds: None,
         };
         let (status, metrics) = match self.score {
             Some(v) => {

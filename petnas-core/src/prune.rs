@@ -293,6 +293,42 @@ pub fn prune(
     Ok(out)
 }
 
+/// Criterion scores of a training of the pruned `arch`, laid out at `arch`'s maximal shapes, as
+/// [`prune`] wants them for the next round of iterative pruning: compacted kept ranks are put back
+/// at their column, and tensors the pruned model does not have (a bias vector or LoRA module
+/// pruned away) score 0. Those units are already off in `arch`'s masks, so the values there never
+/// decide anything.
+pub fn scores_at_maximal_shape(arch: &Architecture, scores: &BTreeMap<String, Vec<f32>>) -> BTreeMap<String, Vec<f32>> {
+    let mut out = BTreeMap::new();
+    for m in &arch.modules {
+        if m.bias.is_some() {
+            let name = bias_delta_name(&m.path);
+            let v = scores.get(&name).filter(|v| v.len() == m.out_dim).cloned().unwrap_or_else(|| vec![0.0; m.out_dim]);
+            out.insert(name, v);
+        }
+        if let Some(l) = &m.lora {
+            let r = l.max_rank;
+            for (name, rows) in [(lora_u_name(&m.path), m.in_dim), (lora_v_name(&m.path), m.out_dim)] {
+                let full = match (scores.get(&name), &l.keep) {
+                    (Some(v), _) if v.len() == rows * r => v.clone(),
+                    (Some(v), LoraKeep::Ranks(kept)) if !kept.is_empty() && v.len() == rows * kept.len() => {
+                        let mut f = vec![0.0; rows * r];
+                        for i in 0..rows {
+                            for (j, &k) in kept.iter().enumerate() {
+                                f[i * r + k] = v[i * kept.len() + j];
+                            }
+                        }
+                        f
+                    }
+                    _ => vec![0.0; rows * r],
+                };
+                out.insert(name, full);
+            }
+        }
+    }
+    out
+}
+
 /// The per-column counts of kept U and V entries of module `mi`.
 fn alive_at(alive: &mut [Option<(Vec<usize>, Vec<usize>)>], mi: usize) -> (&mut Vec<usize>, &mut Vec<usize>) {
     let (u, v) = alive[mi].as_mut().expect("LoRA module has counts");
@@ -587,6 +623,24 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn scores_of_a_pruned_training_come_back_at_maximal_shape() {
+        // After structured pruning to rank 1 (rank 0 kept), the model trains U [2, 1], V [3, 1];
+        // its scores go back to column 0 of the [2, 2] / [3, 2] layout, the pruned column and
+        // the pruned-away bias of `b` score 0, and the next round can prune from them.
+        let a = toy();
+        let p = prune(&a, &toy_scores(), PruneMode::Structured, 12, RankGroup::UV).unwrap();
+        assert_eq!(p.modules[0].lora.as_ref().unwrap().keep, LoraKeep::Ranks(vec![0]));
+        let trained = scores(&[("a.bias_delta", &[1.0, 2.0, 3.0]), ("a.lora_u", &[5.0, 6.0]), ("a.lora_v", &[7.0, 8.0, 9.0])]);
+        let full = scores_at_maximal_shape(&p, &trained);
+        assert_eq!(full["a.lora_u"], vec![5.0, 0.0, 6.0, 0.0]);
+        assert_eq!(full["a.lora_v"], vec![7.0, 0.0, 8.0, 0.0, 9.0, 0.0]);
+        assert_eq!(full["b.bias_delta"], vec![0.0; 4]);
+        assert_eq!(full["a.bias_delta"], vec![1.0, 2.0, 3.0]);
+        let q = prune(&p, &full, PruneMode::Structured, 5, RankGroup::UV).unwrap();
+        assert!(q.pet_params() <= 5);
     }
 
     #[test]

@@ -295,6 +295,10 @@ pub struct RunSpec {
     /// Arithmetic of the frozen matmuls (omitted at fp32, which every earlier record used).
     #[serde(default, skip_serializing_if = "Precision::is_fp32")]
     pub precision: Precision,
+    /// Iterative pruning (paper §B): rounds of prune → retrain with the criterion → prune again,
+    /// over geometric budgets from the maximal size down to `budget`. Absent: one-shot (1 round).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prune_rounds: Option<usize>,
 }
 
 impl RunSpec {
@@ -478,6 +482,7 @@ mod tests {
             rank_group: Some(crate::prune::RankGroup::UV),
             maximal_hash: Some("ab".repeat(32)),
             precision: Precision::Fp32,
+            prune_rounds: None,
         }
     }
 
@@ -590,7 +595,7 @@ mod tests {
     const SPEC_FIELDS: &[&str] = &[
         "budget", "criterion", "device", "lora_init", "maximal_hash", "method", "mode", "model",
         "model_fingerprint.family", "model_fingerprint.hidden_size", "model_fingerprint.intermediate_size",
-        "model_fingerprint.num_layers", "precision", "rank_group", "recipe.adam_beta1", "recipe.adam_beta2",
+        "model_fingerprint.num_layers", "precision", "prune_rounds", "rank_group", "recipe.adam_beta1", "recipe.adam_beta2",
         "recipe.adam_eps", "recipe.batch_size", "recipe.bucket", "recipe.epochs", "recipe.lr", "recipe.max_dev",
         "recipe.max_grad_norm", "recipe.max_len", "recipe.max_steps", "recipe.max_train", "recipe.warmup_frac",
         "recipe.weight_decay", "reinit", "seed", "space", "task",
@@ -610,6 +615,7 @@ mod tests {
             ..s.recipe
         };
         s.precision = Precision::Bf16;
+        s.prune_rounds = Some(3);
         s
     }
 
@@ -672,7 +678,7 @@ mod tests {
         for k in ["adam_beta1", "adam_beta2", "adam_eps", "max_grad_norm", "bucket"] {
             assert!(v["recipe"].get(k).is_none(), "{k} written at its default");
         }
-        for k in ["rank_group", "maximal_hash", "precision"] {
+        for k in ["rank_group", "maximal_hash", "precision", "prune_rounds"] {
             assert!(v.get(k).is_none(), "{k} written at its default");
         }
         let back: RunSpec = serde_json::from_value(v).unwrap();

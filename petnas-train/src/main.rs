@@ -290,6 +290,10 @@ struct SearchArgs {
     /// Peak LR of the maximal (search) training, if it should differ from --lr.
     #[arg(long)]
     search_lr: Option<f64>,
+    /// Pruning rounds, comma separated: 1 = one-shot (the paper's main setting); N > 1 = iterative
+    /// pruning over N geometric budgets with a retraining (and fresh criterion) between rounds.
+    #[arg(long, value_delimiter = ',', default_value = "1")]
+    prune_rounds: Vec<usize>,
 }
 
 fn parse_enum<T: serde::de::DeserializeOwned>(what: &str, s: &str, valid: &str) -> Result<T> {
@@ -396,6 +400,7 @@ fn cmd_train(a: TrainArgs) -> Result<()> {
         rank_group: None,
         maximal_hash: None,
         precision: c.precision,
+        prune_rounds: None,
     };
     let start = arch.as_ref().map(|a| init_map(a, c.seed, c.lora_init)).unwrap_or_default();
     let id = sweep::baseline_id(task, &method, None, c.seed);
@@ -455,6 +460,7 @@ fn cmd_search(a: SearchArgs) -> Result<()> {
         rank_group,
         device: c.device.clone(),
         precision: c.precision,
+        rounds: a.prune_rounds.clone(),
     };
     let maximal = Architecture::maximal(&cfg.space, &inp.model.config)?;
     cfg.validate(&maximal)?;

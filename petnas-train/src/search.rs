@@ -11,7 +11,7 @@ use std::path::Path;
 
 use petnas_core::arch::{Architecture, PruneMode};
 use petnas_core::criterion::{CriterionAccumulator, CriterionKind};
-use petnas_core::prune::{prune, RankGroup};
+use petnas_core::prune::{iterative_budgets, prune, scores_at_maximal_shape, RankGroup};
 use petnas_core::record::{LoraInit, Precision, Recipe, Reinit, RunRecord, RunSpec, RunStatus};
 use petnas_core::space::SearchSpace;
 
@@ -58,6 +58,8 @@ pub struct SearchConfig {
     pub device: String,
     /// Arithmetic of the frozen matmuls.
     pub precision: Precision,
+    /// Pruning rounds to run (1: one-shot, the paper's main setting; more: iterative pruning).
+    pub rounds: Vec<usize>,
 }
 
 /// One planned pruned retraining.
@@ -75,6 +77,8 @@ pub struct PrunedRun {
     pub mode: PruneMode,
     /// Budget.
     pub budget: usize,
+    /// Pruning rounds (1: one-shot).
+    pub rounds: usize,
 }
 
 /// Initial values of every PET tensor of `arch` at maximal shape.
@@ -108,6 +112,9 @@ impl SearchConfig {
         }
         let size = maximal.pet_params();
         let mut seen = std::collections::BTreeSet::new();
+        if self.rounds.is_empty() || self.rounds.contains(&0) {
+            return Err(what("rounds must be 1 (one-shot) or more".into()));
+        }
         for &b in &self.budgets {
             if b == 0 {
                 return Err(what("budget 0 keeps no parameter".into()));
@@ -153,6 +160,7 @@ impl SearchConfig {
             rank_group: None,
             maximal_hash: None,
             precision: self.precision,
+            prune_rounds: None,
         }
     }
 
@@ -161,32 +169,77 @@ impl SearchConfig {
         let mut out = Vec::new();
         let maximal_spec = self.maximal_spec(maximal);
         let maximal_hash = maximal_spec.hash();
-        for &criterion in &self.criteria {
-            for &reinit in &self.reinits {
-                for &mode in &self.modes {
-                    for &budget in &self.budgets {
-                        let m = match mode {
-                            PruneMode::Structured => "s",
-                            PruneMode::Unstructured => "u",
-                        };
-                        let id = format!("{}-{m}{budget}-{}-{}-s{}", self.base(), enum_str(&criterion), enum_str(&reinit), self.seed);
-                        let spec = RunSpec {
-                            mode: Some(mode),
-                            budget: Some(budget),
-                            recipe: self.recipe.clone(),
-                            criterion: Some(criterion),
-                            reinit: Some(reinit),
-                            rank_group: (mode == PruneMode::Structured).then_some(self.rank_group),
-                            maximal_hash: Some(maximal_hash.clone()),
-                            ..maximal_spec.clone()
-                        };
-                        out.push(PrunedRun { id, spec, criterion, reinit, mode, budget });
+        for &rounds in &self.rounds {
+            for &criterion in &self.criteria {
+                for &reinit in &self.reinits {
+                    for &mode in &self.modes {
+                        for &budget in &self.budgets {
+                            let m = match mode {
+                                PruneMode::Structured => "s",
+                                PruneMode::Unstructured => "u",
+                            };
+                            let it = if rounds > 1 { format!("-it{rounds}") } else { String::new() };
+                            let id = format!("{}-{m}{budget}{it}-{}-{}-s{}", self.base(), enum_str(&criterion), enum_str(&reinit), self.seed);
+                            let spec = RunSpec {
+                                mode: Some(mode),
+                                budget: Some(budget),
+                                recipe: self.recipe.clone(),
+                                criterion: Some(criterion),
+                                reinit: Some(reinit),
+                                rank_group: (mode == PruneMode::Structured).then_some(self.rank_group),
+                                maximal_hash: Some(maximal_hash.clone()),
+                                prune_rounds: (rounds > 1).then_some(rounds),
+                                ..maximal_spec.clone()
+                            };
+                            out.push(PrunedRun { id, spec, criterion, reinit, mode, budget, rounds });
+                        }
                     }
                 }
             }
         }
         out
     }
+}
+
+/// Iterative pruning (paper §B, for small budgets): over budgets falling geometrically from the
+/// maximal size to the run's budget, prune to the next budget, retrain that architecture from the
+/// same start while accumulating the criterion, and score the next round with it; returns the
+/// architecture of the last round's pruning, which the caller trains as the run. The intermediate
+/// trainings run in a hidden folder (analysis never sees them) that is removed afterwards.
+#[allow(clippy::too_many_arguments)]
+fn iterate(
+    inp: &RunInputs,
+    cfg: &SearchConfig,
+    maximal: &Architecture,
+    first: &std::collections::BTreeMap<String, Vec<f32>>,
+    p: &PrunedRun,
+    start: &HashMap<String, Vec<f32>>,
+    out_dir: &Path,
+    progress: Option<indicatif::MultiProgress>,
+) -> Result<Architecture> {
+    let budgets = iterative_budgets(maximal.pet_params(), p.budget, p.rounds);
+    let scratch = out_dir.join(format!(".rounds-{}-{}", p.id, std::process::id()));
+    let mut arch = maximal.clone();
+    let mut scores = first.clone();
+    let (last, between) = budgets.split_last().expect("at least one budget");
+    for (i, &b) in between.iter().enumerate() {
+        arch = prune(&arch, &scores, p.mode, b, cfg.rank_group)?;
+        let mut crit = CriterionAccumulator::new();
+        let spec = RunSpec { budget: Some(b), ..p.spec.clone() };
+        let o = run::execute(
+            inp,
+            RunPlan { spec, arch: Some(&arch), start, criterion: Some(&mut crit), progress: progress.clone() },
+            &format!("round{}", i + 1),
+            &scratch,
+        )?;
+        if let RunStatus::Failed { reason } = &o.record.result.status {
+            let _ = std::fs::remove_dir_all(&scratch);
+            return Err(TrainError::Invalid(format!("{}: round {} of iterative pruning (budget {b}) failed: {reason}", p.id, i + 1)));
+        }
+        scores = scores_at_maximal_shape(&arch, &crit.scores(p.criterion, cfg.seed.wrapping_add(i as u64 + 1)));
+    }
+    let _ = std::fs::remove_dir_all(&scratch);
+    Ok(prune(&arch, &scores, p.mode, *last, cfg.rank_group)?)
 }
 
 /// Display of runs: progress and one line per finished run.
@@ -254,11 +307,15 @@ pub fn search(inp: &RunInputs, cfg: &SearchConfig, out_dir: &Path, hooks: Search
             continue;
         }
         let scores = scores_by_kind.entry(p.criterion.as_str()).or_insert_with(|| crit.scores(p.criterion, cfg.seed));
-        let arch = prune(&maximal, scores, p.mode, p.budget, cfg.rank_group)?;
         let start = match p.reinit {
             Reinit::Same => &init,
             Reinit::Fresh => &fresh,
             Reinit::Keep => trained.as_ref().ok_or_else(|| TrainError::Invalid("trained values of the maximal run are missing".into()))?,
+        };
+        let arch = if p.rounds > 1 {
+            iterate(inp, cfg, &maximal, scores, &p, start, out_dir, progress.clone())?
+        } else {
+            prune(&maximal, scores, p.mode, p.budget, cfg.rank_group)?
         };
         let o = run::execute(
             inp,

@@ -205,6 +205,9 @@ pub struct SearchEntry {
     /// Rank grouping.
     #[serde(default)]
     pub rank_group: RankGroup,
+    /// Pruning rounds (default [1], one-shot; e.g. [1, 3] adds iterative pruning in 3 rounds).
+    #[serde(default = "one_round")]
+    pub rounds: Vec<usize>,
     /// Keeps ids apart when a space is searched twice.
     #[serde(default)]
     pub tag: Option<String>,
@@ -216,6 +219,10 @@ pub struct SearchEntry {
 fn lora_init_from_str<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<LoraInit, D::Error> {
     let s = String::deserialize(d)?;
     s.parse().map_err(serde::de::Error::custom)
+}
+
+fn one_round() -> Vec<usize> {
+    vec![1]
 }
 
 fn both_modes() -> Vec<PruneMode> {
@@ -454,6 +461,7 @@ pub fn plan(cfg: &SweepConfig, data_override: Option<&Path>) -> Result<Plan> {
                     rank_group: None,
                     maximal_hash: None,
                     precision: cfg.precision,
+                    prune_rounds: None,
                 };
                 spec.recipe.validate().map_err(|e| TrainError::Invalid(format!("baseline `{}` on {}: {e}", b.method, task.name())))?;
                 let id = baseline_id(task, &b.method, b.tag.as_deref(), seed);
@@ -490,6 +498,7 @@ pub fn plan(cfg: &SweepConfig, data_override: Option<&Path>) -> Result<Plan> {
                     rank_group: s.rank_group,
                     device: cfg.device.clone(),
                     precision: cfg.precision,
+                    rounds: s.rounds.clone(),
                 };
                 let maximal = Architecture::maximal(&sc.space, mc)?;
                 sc.validate(&maximal)?;

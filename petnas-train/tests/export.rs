@@ -56,6 +56,7 @@ fn merged_export_predicts_like_the_pet_model() {
             rank_group: None,
             maximal_hash: None,
             precision: Default::default(),
+            prune_rounds: None,
         };
         let start = init_map(&arch, 1, init);
         let runs = tmp.path().join("runs");

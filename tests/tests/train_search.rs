@@ -216,3 +216,25 @@ fn minilm_learns_sst2_above_the_majority_class() {
     let majority = ones.max(1.0 - ones);
     assert!(acc > majority + 0.10, "accuracy {acc:.3} is not clearly above the majority class {majority:.3}");
 }
+
+/// `--prune-rounds 1,3`: the one-shot runs and the iterative ones (3 rounds of prune → retrain
+/// with the criterion → prune) side by side, each within its budget, iterative ones marked in
+/// their id and spec, and no intermediate training left behind.
+#[test]
+fn iterative_pruning_runs_beside_one_shot() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tiny(tmp.path(), "bert");
+    let out = tmp.path().join("runs");
+    let mut args = vec!["search", "--task", "rte", "--model", s(&model), "--data", s(glue()), "--space", "bitfit", "--budget", "200", "--prune-rounds", "1,3", "--out", s(&out)];
+    args.extend(TINY);
+    train(&args).ok();
+    let names = run_names(&out);
+    for id in ["rte-bitfit-s200-mean-same-s0", "rte-bitfit-u200-mean-same-s0", "rte-bitfit-s200-it3-mean-same-s0", "rte-bitfit-u200-it3-mean-same-s0"] {
+        assert!(names.contains(&id.to_string()), "{id} missing from {names:?}");
+        let r = json(&out.join(id).join("record.json"));
+        assert!(num(&r, "/result/pet_params") <= 200.0, "{id}");
+        assert_eq!(r["spec"].get("prune_rounds").and_then(|v| v.as_u64()), id.contains("-it3-").then_some(3), "{id}");
+    }
+    assert!(leftovers(&out).is_empty(), "{:?}", leftovers(&out));
+    assert!(std::fs::read_dir(&out).unwrap().flatten().all(|e| !e.file_name().to_string_lossy().starts_with(".rounds")));
+}

@@ -95,6 +95,8 @@ def main():
     ap.add_argument("--group-by-length", type=int, default=0)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--max-steps", type=int, default=None, help="stop early (for a smoke run)")
+    ap.add_argument("--autocast", choices=["off", "bf16"], default="off",
+                    help="torch.autocast('cpu', bfloat16) around forward and backward (mixed precision)")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     torch.manual_seed(a.seed)
@@ -132,7 +134,8 @@ def main():
             ids, tt, mask, y, cells, toks = collate(train, idx, tok.pad_token_id)
             padded += cells - toks
             real += toks
-            out = model(input_ids=ids, token_type_ids=tt, attention_mask=mask, labels=y)
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=a.autocast == "bf16"):
+                out = model(input_ids=ids, token_type_ids=tt, attention_mask=mask, labels=y)
             out.loss.backward()
             opt.step()
             sched.step()
@@ -149,7 +152,8 @@ def main():
         for s in range(0, len(dev), 64):
             idx = list(range(s, min(s + 64, len(dev))))
             ids, tt, mask, y, _, _ = collate(dev, idx, tok.pad_token_id)
-            pred = model(input_ids=ids, token_type_ids=tt, attention_mask=mask).logits.argmax(-1)
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=a.autocast == "bf16"):
+                pred = model(input_ids=ids, token_type_ids=tt, attention_mask=mask).logits.argmax(-1)
             correct += int((pred == y).sum())
             tp += int(((pred == 1) & (y == 1)).sum())
             fp += int(((pred == 1) & (y == 0)).sum())
@@ -159,6 +163,7 @@ def main():
     print(json.dumps({
         "impl": "torch+peft", "torch": torch.__version__, "task": a.task, "method": a.method,
         "lr": a.lr, "epochs": a.epochs, "threads": a.threads, "group_by_length": a.group_by_length,
+        "precision": "bf16" if a.autocast == "bf16" else "fp32",
         "trainable_params": trainable, "steps": step, "train_seconds": round(train_s, 2),
         "examples_per_s": round(seen / train_s, 2) if step else None,
         "padded_fraction": round(padded / max(1, padded + real), 4),

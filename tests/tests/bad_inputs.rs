@@ -303,3 +303,12 @@ fn train_mam(model: &Path, out: &Path) -> Run {
     args.extend(TINY);
     train(&args)
 }
+
+/// A thread count of 0 or far above the cores (a typo: 100000 used to hang spawning threads) is
+/// refused before anything runs.
+#[test]
+fn absurd_thread_counts_are_refused() {
+    for n in ["0", "100000"] {
+        train(&["--threads", n, "tiny-model", "--tokenizer", "none.json", "--out", "/nonexistent/x"]).fails_with(&[&format!("--threads {n}: expected 1 to")]);
+    }
+}

@@ -156,7 +156,7 @@ pub const BIAS_ROWS: [&str; 9] = [
 /// Rows of the LoRA heat maps (the modules of the paper's search start, `mam16`).
 pub const LORA_ROWS: [&str; 4] = ["query", "key", "intermediate", "output"];
 
-/// Row labels as the brief / paper name the module types.
+/// Row labels as the paper's Fig. 1 names the module types.
 pub fn module_row_label(t: &str) -> &'static str {
     match t {
         "embeddings_layer_norm" => "embeddings.layernorm",

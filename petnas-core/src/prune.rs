@@ -7,7 +7,6 @@
 //! single entries. Section 4.3 prunes iteratively for very small budgets
 //! ([`iterative_budgets`]).
 
-use std::cmp::Ordering;
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
@@ -428,11 +427,6 @@ pub fn iterative_budgets(full: usize, target: usize, rounds: usize) -> Vec<usize
         prev = *b;
     }
     out
-}
-
-/// Ordering helper for callers that rank scores the way [`prune`] does (NaN last).
-pub fn score_cmp(a: f32, b: f32) -> Ordering {
-    a.total_cmp(&b)
 }
 
 #[cfg(test)]

@@ -346,7 +346,7 @@ pub struct PlannedRun {
     pub hash: String,
     /// Optimizer steps it will take.
     pub steps: usize,
-    /// Whether it trains (false never happens today; kept for clarity of the plan file).
+    /// Its spec (not written to plan.json, which keeps ids, hashes and steps).
     #[serde(skip)]
     pub spec: RunSpec,
 }

@@ -252,3 +252,28 @@ fn the_criterion_is_observed_after_backward_and_before_the_step() {
     let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
     assert!(scale > 0.0 && err <= 1e-4 * scale, "LoRA criterion {err} away from −U₀·g₀ (scale {scale})");
 }
+
+/// `max_grad_norm`: gradients above the norm are scaled to it (as torch's clip_grad_norm_),
+/// gradients below it are left as they are.
+#[test]
+fn gradient_clipping_scales_to_the_max_norm() {
+    let (cfg, m, _) = model(Family::Bert, "mam", LoraInit::Paper);
+    let vars: Vec<candle_core::Var> = m.trainables().iter().map(|t| t.var.clone()).collect();
+    let y = Tensor::new(&[1u32, 0], &Device::Cpu).unwrap();
+    let norm_of = |g: &candle_core::backprop::GradStore| -> f64 {
+        vars.iter().filter_map(|v| g.get(v.as_tensor())).map(|t| t.sqr().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap() as f64).sum::<f64>().sqrt()
+    };
+    let grads = || {
+        let (_, logits) = m.forward(&batch(&cfg, Family::Bert), None).unwrap();
+        petnas_train::model::ops::cross_entropy(&logits, &y).unwrap().backward().unwrap()
+    };
+    let mut g = grads();
+    let before = norm_of(&g);
+    assert!(before > 0.0);
+    let reported = petnas_train::train::clip_grad_norm(&vars, &mut g, before / 4.0).unwrap();
+    assert!((reported - before).abs() <= 1e-6 * before);
+    assert!((norm_of(&g) - before / 4.0).abs() <= 1e-4 * before, "clipped norm {} vs {}", norm_of(&g), before / 4.0);
+    let mut g2 = grads();
+    petnas_train::train::clip_grad_norm(&vars, &mut g2, before * 4.0).unwrap();
+    assert!((norm_of(&g2) - before).abs() <= 1e-6 * before, "a norm below the limit must not change");
+}

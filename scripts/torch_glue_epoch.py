@@ -16,7 +16,7 @@ and classifier trained. Methods:
 `--bucket N`; transformers' `group_by_length` does the same with 50). 0 = plain shuffle.
 
     python scripts/torch_glue_epoch.py --model DIR --data GLUE_DIR [--task mrpc] [--method mam]
-        [--lr 1e-3] [--epochs 1] [--threads 2] [--group-by-length 0] [--seed 0]
+        [--lr 1e-3] [--epochs 1] [--threads 2] [--group-by-length 0] [--seed 0] [--max-grad-norm X]
 
 Prints one JSON line: train seconds (excluding tokenisation and model load), examples/s, padded
 fraction, final loss, dev accuracy/F1, and the trainable parameter count.
@@ -95,6 +95,9 @@ def main():
     ap.add_argument("--group-by-length", type=int, default=0)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--max-steps", type=int, default=None, help="stop early (for a smoke run)")
+    ap.add_argument("--max-train", type=int, default=None, help="use only the first N training examples")
+    ap.add_argument("--max-grad-norm", type=float, default=None,
+                    help="clip the global gradient norm (torch.nn.utils.clip_grad_norm_); default: no clipping")
     ap.add_argument("--autocast", choices=["off", "bf16"], default="off",
                     help="torch.autocast('cpu', bfloat16) around forward and backward (mixed precision)")
     a = ap.parse_args()
@@ -102,7 +105,7 @@ def main():
     torch.manual_seed(a.seed)
     folder = {"mrpc": "MRPC", "rte": "RTE", "qnli": "QNLI", "sst2": "SST-2"}[a.task]
     tok = AutoTokenizer.from_pretrained(a.model)
-    train = encode(tok, read_tsv(f"{a.data}/{folder}/train.tsv", a.task), a.max_len)
+    train = encode(tok, read_tsv(f"{a.data}/{folder}/train.tsv", a.task)[:a.max_train], a.max_len)
     dev = encode(tok, read_tsv(f"{a.data}/{folder}/dev.tsv", a.task), a.max_len)
 
     model = AutoModelForSequenceClassification.from_pretrained(a.model, num_labels=2)
@@ -137,6 +140,8 @@ def main():
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=a.autocast == "bf16"):
                 out = model(input_ids=ids, token_type_ids=tt, attention_mask=mask, labels=y)
             out.loss.backward()
+            if a.max_grad_norm is not None:
+                torch.nn.utils.clip_grad_norm_(params, a.max_grad_norm)
             opt.step()
             sched.step()
             opt.zero_grad(set_to_none=True)
@@ -162,7 +167,7 @@ def main():
     tail = losses[-max(1, len(losses) // 10):]
     print(json.dumps({
         "impl": "torch+peft", "torch": torch.__version__, "task": a.task, "method": a.method,
-        "lr": a.lr, "epochs": a.epochs, "threads": a.threads, "group_by_length": a.group_by_length,
+        "lr": a.lr, "epochs": a.epochs, "seed": a.seed, "max_grad_norm": a.max_grad_norm, "threads": a.threads, "group_by_length": a.group_by_length,
         "precision": "bf16" if a.autocast == "bf16" else "fp32",
         "trainable_params": trainable, "steps": step, "train_seconds": round(train_s, 2),
         "examples_per_s": round(seen / train_s, 2) if step else None,

@@ -205,7 +205,7 @@ struct RecipeArgs {
     adam_eps: Option<f64>,
     /// Clip the global gradient norm to this value (`none`: no clipping) [default: none].
     #[arg(long, value_parser = parse_grad_norm)]
-    max_grad_norm: Option<Option<f64>>,
+    max_grad_norm: Option<GradNorm>,
     /// Stop after this many optimizer steps.
     #[arg(long)]
     max_steps: Option<usize>,
@@ -220,11 +220,16 @@ struct RecipeArgs {
     bucket: Option<usize>,
 }
 
-fn parse_grad_norm(s: &str) -> std::result::Result<Option<f64>, String> {
+/// `--max-grad-norm X|none`. A newtype, because clap reads a field of type `Option<Option<T>>` as
+/// "flag with an optional value" and then panics when the parser yields `Option<T>`.
+#[derive(Clone, Copy, Debug)]
+struct GradNorm(Option<f64>);
+
+fn parse_grad_norm(s: &str) -> std::result::Result<GradNorm, String> {
     if s == "none" {
-        return Ok(None);
+        return Ok(GradNorm(None));
     }
-    s.parse::<f64>().map(Some).map_err(|_| format!("`{s}`: a number or `none`"))
+    s.parse::<f64>().map(|x| GradNorm(Some(x))).map_err(|_| format!("`{s}`: a number or `none`"))
 }
 
 impl RecipeArgs {
@@ -243,7 +248,7 @@ impl RecipeArgs {
             adam_beta1: self.adam_beta1.unwrap_or(base.adam_beta1),
             adam_beta2: self.adam_beta2.unwrap_or(base.adam_beta2),
             adam_eps: self.adam_eps.unwrap_or(base.adam_eps),
-            max_grad_norm: self.max_grad_norm.unwrap_or(base.max_grad_norm),
+            max_grad_norm: self.max_grad_norm.map_or(base.max_grad_norm, |g| g.0),
             bucket: self.bucket.unwrap_or(base.bucket),
         };
         r.validate().map_err(|e| {

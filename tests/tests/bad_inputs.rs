@@ -312,3 +312,79 @@ fn absurd_thread_counts_are_refused() {
         train(&["--threads", n, "tiny-model", "--tokenizer", "none.json", "--out", "/nonexistent/x"]).fails_with(&[&format!("--threads {n}: expected 1 to")]);
     }
 }
+
+/// Every recipe option typed on the command line reaches the run's spec as typed (one of them,
+/// `--max-grad-norm`, used to panic inside clap on any value), and nonsense values are refused,
+/// naming the option, before anything is written.
+#[test]
+fn recipe_options_reach_the_spec_and_bad_values_are_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tiny(tmp.path(), "bert");
+    let base = |out: &Path| -> Vec<String> {
+        let mut a: Vec<String> = ["train", "--task", "rte", "--model", s(&model), "--data", s(glue()), "--method", "bitfit", "--out", s(out)]
+            .iter()
+            .map(|x| x.to_string())
+            .collect();
+        a.extend(TINY.iter().map(|x| x.to_string()));
+        a
+    };
+    let out = tmp.path().join("set");
+    let mut args = base(&out);
+    let set = [
+        ("--lr", "2e-3"),
+        ("--epochs", "2"),
+        ("--warmup", "0.1"),
+        ("--weight-decay", "0.01"),
+        ("--adam-beta1", "0.8"),
+        ("--adam-beta2", "0.99"),
+        ("--adam-eps", "1e-6"),
+        ("--max-grad-norm", "0.5"),
+        ("--bucket", "2"),
+    ];
+    for (k, v) in set {
+        args.extend([k.to_string(), v.to_string()]);
+    }
+    train(&args.iter().map(String::as_str).collect::<Vec<_>>()).ok();
+    let rec = json(&out.join("rte-bitfit-s0").join("record.json"));
+    for (field, want) in [
+        ("lr", 2e-3),
+        ("epochs", 2.0),
+        ("warmup_frac", 0.1),
+        ("weight_decay", 0.01),
+        ("adam_beta1", 0.8),
+        ("adam_beta2", 0.99),
+        ("adam_eps", 1e-6),
+        ("max_grad_norm", 0.5),
+        ("bucket", 2.0),
+    ] {
+        assert_eq!(num(&rec, &format!("/spec/recipe/{field}")), want, "recipe.{field}");
+    }
+
+    // `none` is the default: no clipping, and the field stays out of the spec (old hashes hold).
+    let none = tmp.path().join("none");
+    let mut args = base(&none);
+    args.extend(["--max-grad-norm".into(), "none".into()]);
+    train(&args.iter().map(String::as_str).collect::<Vec<_>>()).ok();
+    let rec = json(&none.join("rte-bitfit-s0").join("record.json"));
+    assert!(rec.pointer("/spec/recipe/max_grad_norm").is_none_or(|v| v.is_null()), "{rec}");
+
+    let never = tmp.path().join("never");
+    for (flag, value, needles) in [
+        ("--max-grad-norm", "abc", vec!["--max-grad-norm", "a number or `none`"]),
+        ("--max-grad-norm", "0", vec!["--max-grad-norm", "must be a finite number above 0"]),
+        ("--max-grad-norm", "nan", vec!["--max-grad-norm"]),
+        ("--lr", "nan", vec!["--lr"]),
+        ("--lr", "-1e-3", vec!["--lr"]),
+        ("--lr", "0", vec!["--lr"]),
+        ("--epochs", "0", vec!["--epochs"]),
+        ("--epochs", "inf", vec!["--epochs"]),
+        ("--warmup", "1", vec!["--warmup"]),
+        ("--batch-size", "0", vec!["--batch-size"]),
+        ("--adam-beta2", "1", vec!["--adam-beta2"]),
+    ] {
+        let mut args = base(&never);
+        args.push(format!("{flag}={value}"));
+        train(&args.iter().map(String::as_str).collect::<Vec<_>>()).fails_with(&needles);
+        assert_nothing_written(&never);
+    }
+}

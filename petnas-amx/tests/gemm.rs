@@ -1,6 +1,6 @@
 mod common;
-use petnas_amx::*;
 use common::*;
+use petnas_amx::*;
 
 const SHAPES: [usize; 12] = [1, 7, 15, 16, 17, 31, 32, 33, 63, 100, 384, 1536];
 const TOL: f64 = 1e-5;

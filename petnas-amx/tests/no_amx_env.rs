@@ -1,7 +1,7 @@
 //! Separate test binary (own process): PETNAS_NO_AMX=1 must force the non-AMX path.
 mod common;
-use petnas_amx::*;
 use common::*;
+use petnas_amx::*;
 
 #[test]
 fn env_var_forces_fallback() {

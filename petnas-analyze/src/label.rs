@@ -111,7 +111,13 @@ pub fn method_label(spec: &RunSpec, has_lora: bool) -> MethodLabel {
         // the maximal run of a `bitfit` search *is* full BitFit, the comparison the paper draws.
         if matches!(space, "bitfit" | "lora" | "mam" | "mam16") {
             let label = baseline_label(space);
-            return MethodLabel { base: label.clone(), label, group: Group::Baseline, random: false, ablation: false };
+            return MethodLabel {
+                base: label.clone(),
+                label,
+                group: Group::Baseline,
+                random: false,
+                ablation: false,
+            };
         }
         let label = format!("{space} (search start)");
         return MethodLabel {
@@ -211,7 +217,10 @@ mod tests {
             mode: None,
             budget: None,
             seed: 0,
-            recipe: Recipe { batch_size: 32, ..Recipe::new(1.0, 1e-3) },
+            recipe: Recipe {
+                batch_size: 32,
+                ..Recipe::new(1.0, 1e-3)
+            },
             criterion: None,
             reinit: None,
             lora_init: LoraInit::Paper,
@@ -312,7 +321,10 @@ mod tests {
         let mut it = search("bitfit", u, Mean, Reinit::Same);
         it.prune_rounds = Some(3);
         let l = method_label(&it, false);
-        assert_eq!((l.label.as_str(), l.ablation), ("U-BitFit [iterative x3]", true));
+        assert_eq!(
+            (l.label.as_str(), l.ablation),
+            ("U-BitFit [iterative x3]", true)
+        );
     }
 
     #[test]

@@ -113,11 +113,13 @@ fn walk(dir: &Path, depth: usize, out: &mut Vec<PathBuf>) -> Result<()> {
 /// line and column.
 pub fn load_records(dir: &Path) -> Result<(Vec<(PathBuf, RunRecord)>, Vec<(PathBuf, String)>)> {
     let paths = find_records(dir)?;
-    let read: Vec<(PathBuf, std::result::Result<RunRecord, String>)> =
-        paths.into_par_iter().map(|p| {
+    let read: Vec<(PathBuf, std::result::Result<RunRecord, String>)> = paths
+        .into_par_iter()
+        .map(|p| {
             let r = RunRecord::load(&p).map_err(|e| e.to_string());
             (p, r)
-        }).collect();
+        })
+        .collect();
     let mut ok = Vec::with_capacity(read.len());
     let mut bad = Vec::new();
     for (p, r) in read {
@@ -135,7 +137,11 @@ pub fn load_sweep(dir: &Path) -> Result<Sweep> {
     let (records, unreadable) = load_records(dir)?;
     if records.is_empty() {
         if let Some((p, e)) = unreadable.first() {
-            return Err(AnalyzeError::Unreadable { path: p.clone(), reason: e.clone(), count: unreadable.len() });
+            return Err(AnalyzeError::Unreadable {
+                path: p.clone(),
+                reason: e.clone(),
+                count: unreadable.len(),
+            });
         }
     }
     let mut sweep = build_frames(dir, &records)?;
@@ -157,7 +163,10 @@ fn demote_shadowed_search_starts(records: &[(PathBuf, RunRecord)], labels: &mut 
         .map(|(ml, (_, r))| (ml.label.clone(), r.spec.task.as_str(), r.spec.seed))
         .collect();
     for (ml, (_, r)) in labels.iter_mut().zip(records) {
-        if ml.group == Group::Baseline && r.spec.method == "search" && real.contains(&(ml.label.clone(), r.spec.task.as_str(), r.spec.seed)) {
+        if ml.group == Group::Baseline
+            && r.spec.method == "search"
+            && real.contains(&(ml.label.clone(), r.spec.task.as_str(), r.spec.seed))
+        {
             ml.label = format!("{} (search start)", r.spec.space.as_deref().unwrap_or("?"));
             ml.base = ml.label.clone();
             ml.group = Group::SearchStart;
@@ -179,21 +188,32 @@ fn add_recipe_suffixes(records: &[(PathBuf, RunRecord)], labels: &mut [MethodLab
             format!("batch={}", c.batch_size),
             format!("max_len={}", c.max_len),
             format!("bucket={}", c.bucket),
-            format!("clip={}", c.max_grad_norm.map_or("none".to_string(), |g| g.to_string())),
+            format!(
+                "clip={}",
+                c.max_grad_norm
+                    .map_or("none".to_string(), |g| g.to_string())
+            ),
             format!("precision={}", r.spec.precision.as_str()),
             format!("lora_init={}", r.spec.lora_init.as_str()),
         ]
     };
     let mut seen: BTreeMap<(String, &str), [BTreeSet<String>; 8]> = BTreeMap::new();
     for (ml, (_, r)) in labels.iter().zip(records) {
-        let e = seen.entry((ml.label.clone(), r.spec.task.as_str())).or_default();
+        let e = seen
+            .entry((ml.label.clone(), r.spec.task.as_str()))
+            .or_default();
         for (set, f) in e.iter_mut().zip(fields(r)) {
             set.insert(f);
         }
     }
     for (ml, (_, r)) in labels.iter_mut().zip(records) {
         let varying = &seen[&(ml.label.clone(), r.spec.task.as_str())];
-        let parts: Vec<String> = fields(r).into_iter().zip(varying).filter(|(_, set)| set.len() > 1).map(|(f, _)| f).collect();
+        let parts: Vec<String> = fields(r)
+            .into_iter()
+            .zip(varying)
+            .filter(|(_, set)| set.len() > 1)
+            .map(|(f, _)| f)
+            .collect();
         if !parts.is_empty() {
             ml.label.push_str(&format!(" [{}]", parts.join(", ")));
         }
@@ -269,7 +289,12 @@ pub fn build_frames(dir: &Path, records: &[(PathBuf, RunRecord)]) -> Result<Swee
     let mut failed = Vec::new();
     let mut labels: Vec<MethodLabel> = records
         .iter()
-        .map(|(_, r)| method_label(&r.spec, space_has_lora(r.spec.space.as_deref().unwrap_or(""), &r.result.modules)))
+        .map(|(_, r)| {
+            method_label(
+                &r.spec,
+                space_has_lora(r.spec.space.as_deref().unwrap_or(""), &r.result.modules),
+            )
+        })
         .collect();
     demote_shadowed_search_starts(records, &mut labels);
     add_recipe_suffixes(records, &mut labels);

@@ -95,7 +95,11 @@ fn load(runs: &Path) -> anyhow::Result<petnas_analyze::Sweep> {
         "read {} run record(s) from {}{}",
         sweep.records,
         runs.display(),
-        if sweep.unreadable.is_empty() { String::new() } else { format!(", skipped {} unreadable", sweep.unreadable.len()) }
+        if sweep.unreadable.is_empty() {
+            String::new()
+        } else {
+            format!(", skipped {} unreadable", sweep.unreadable.len())
+        }
     );
     if !sweep.failed.is_empty() {
         eprintln!(

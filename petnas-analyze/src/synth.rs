@@ -176,7 +176,10 @@ impl SynthRun {
             seed: self.seed,
             recipe: Recipe {
                 batch_size: 32,
-                ..Recipe::new(if self.method == "full" { 3.0 } else { 10.0 }, if self.method == "full" { 2e-5 } else { 1e-3 })
+                ..Recipe::new(
+                    if self.method == "full" { 3.0 } else { 10.0 },
+                    if self.method == "full" { 2e-5 } else { 1e-3 },
+                )
             },
             criterion: self.criterion,
             reinit: (self.method == "search").then_some(Reinit::Same),

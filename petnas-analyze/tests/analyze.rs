@@ -359,20 +359,30 @@ fn discovery_depth_hidden_dirs_and_errors() {
     let sw = load_sweep(dir.path()).unwrap();
     assert_eq!((sw.records, sw.unreadable.len()), (2, 1));
     let (p, e) = &sw.unreadable[0];
-    assert!(p.ends_with("bad/record.json") && e.contains("bad/record.json") && e.contains("line 3"), "{e}");
+    assert!(
+        p.ends_with("bad/record.json") && e.contains("bad/record.json") && e.contains("line 3"),
+        "{e}"
+    );
 
     let mut v = serde_json::to_value(&r).unwrap();
     v["version"] = 99.into();
     std::fs::write(dir.path().join("bad/record.json"), v.to_string()).unwrap();
     let sw = load_sweep(dir.path()).unwrap();
-    assert!(sw.unreadable[0].1.contains("bad/record.json") && sw.unreadable[0].1.contains("version 99"), "{:?}", sw.unreadable);
+    assert!(
+        sw.unreadable[0].1.contains("bad/record.json") && sw.unreadable[0].1.contains("version 99"),
+        "{:?}",
+        sw.unreadable
+    );
 
     // A folder whose only records are damaged is an error naming the first.
     let only_bad = tempfile::tempdir().unwrap();
     std::fs::create_dir_all(only_bad.path().join("x")).unwrap();
     std::fs::write(only_bad.path().join("x/record.json"), "{").unwrap();
     let e = load_sweep(only_bad.path()).unwrap_err().to_string();
-    assert!(e.contains("none of the 1 run record(s) could be read") && e.contains("x/record.json"), "{e}");
+    assert!(
+        e.contains("none of the 1 run record(s) could be read") && e.contains("x/record.json"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -441,11 +451,21 @@ fn lr_search_runs_are_separate_methods() {
     let sw = load_sweep(dir.path()).unwrap();
     let t = build_tables(&sw, &Metric::Primary).unwrap();
     let md = t.table1.markdown();
-    for (label, score) in [("BitFit [lr=1e-3]", "60.0"), ("BitFit [lr=3e-3]", "70.0"), ("BitFit [lr=1e-2]", "50.0")] {
-        let row = md.lines().find(|l| l.starts_with(&format!("| {label} |"))).unwrap_or_else(|| panic!("no row {label}:\n{md}"));
+    for (label, score) in [
+        ("BitFit [lr=1e-3]", "60.0"),
+        ("BitFit [lr=3e-3]", "70.0"),
+        ("BitFit [lr=1e-2]", "50.0"),
+    ] {
+        let row = md
+            .lines()
+            .find(|l| l.starts_with(&format!("| {label} |")))
+            .unwrap_or_else(|| panic!("no row {label}:\n{md}"));
         assert!(row.contains(&format!("| {score} | {score} |")), "{row}");
     }
-    assert!(md.lines().any(|l| l.starts_with("| Full FT |")), "epochs differing by task must not split Full FT:\n{md}");
+    assert!(
+        md.lines().any(|l| l.starts_with("| Full FT |")),
+        "epochs differing by task must not split Full FT:\n{md}"
+    );
     assert!(!md.contains("| BitFit |"), "{md}");
 }
 
@@ -470,8 +490,17 @@ fn a_search_start_beside_its_baseline_is_not_a_second_seed() {
     let sw = load_sweep(dir.path()).unwrap();
     let t = build_tables(&sw, &Metric::Primary).unwrap();
     let md = t.table1.markdown();
-    let row = md.lines().find(|l| l.starts_with("| BitFit |")).unwrap_or_else(|| panic!("no BitFit row:\n{md}"));
-    assert!(row.contains("| 70.0 |"), "RTE BitFit must be the baseline's 70.0 alone, not a median with 50.0: {row}");
+    let row = md
+        .lines()
+        .find(|l| l.starts_with("| BitFit |"))
+        .unwrap_or_else(|| panic!("no BitFit row:\n{md}"));
+    assert!(
+        row.contains("| 70.0 |"),
+        "RTE BitFit must be the baseline's 70.0 alone, not a median with 50.0: {row}"
+    );
     assert!(!row.contains("60.0"), "{row}");
-    assert!(row.contains("| 80.0 |"), "MRPC's lone search start stands in for BitFit: {row}");
+    assert!(
+        row.contains("| 80.0 |"),
+        "MRPC's lone search start stands in for BitFit: {row}"
+    );
 }

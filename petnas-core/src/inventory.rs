@@ -111,7 +111,9 @@ impl EncoderConfig {
             "gelu_new" | "gelu_pytorch_tanh" | "gelu_fast" => Ok(Activation::GeluTanh),
             "relu" => Ok(Activation::Relu),
             "silu" | "swish" => Ok(Activation::Silu),
-            other => Err(CoreError::UnknownActivation { name: other.to_string() }),
+            other => Err(CoreError::UnknownActivation {
+                name: other.to_string(),
+            }),
         }
     }
 
@@ -120,7 +122,9 @@ impl EncoderConfig {
     pub fn max_len_limit(&self) -> Result<usize, CoreError> {
         Ok(match self.family()? {
             Family::Bert => self.max_position_embeddings,
-            Family::Roberta => self.max_position_embeddings.saturating_sub(self.pad_token_id + 1),
+            Family::Roberta => self
+                .max_position_embeddings
+                .saturating_sub(self.pad_token_id + 1),
         })
     }
 

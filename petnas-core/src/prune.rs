@@ -192,8 +192,13 @@ pub fn prune(
     if mode == PruneMode::Unstructured {
         for (mi, m) in maximal.modules.iter().enumerate() {
             let a: Option<(Vec<usize>, Vec<usize>)> = work[mi].lora.as_ref().map(|(u, v, r)| {
-                let col = |mask: &Mask, rows: usize, k: usize| (0..rows).filter(|&i| mask.get(i * r + k)).count();
-                ((0..*r).map(|k| col(u, m.in_dim, k)).collect(), (0..*r).map(|k| col(v, m.out_dim, k)).collect())
+                let col = |mask: &Mask, rows: usize, k: usize| {
+                    (0..rows).filter(|&i| mask.get(i * r + k)).count()
+                };
+                (
+                    (0..*r).map(|k| col(u, m.in_dim, k)).collect(),
+                    (0..*r).map(|k| col(v, m.out_dim, k)).collect(),
+                )
             });
             let r = a.as_ref().map_or(0, |(u, _)| u.len());
             alive.push(a);
@@ -210,7 +215,9 @@ pub fn prune(
             break;
         }
         if mode == PruneMode::Unstructured && unit.tensor != T_BIAS {
-            let Some((u, v, r)) = &mut work[unit.module].lora else { continue };
+            let Some((u, v, r)) = &mut work[unit.module].lora else {
+                continue;
+            };
             let r = *r;
             let mask = if unit.tensor == T_U { u } else { v };
             if !mask.get(unit.index) {
@@ -220,7 +227,11 @@ pub fn prune(
             count -= 1;
             let k = unit.index % r;
             let mut cols = alive_at(&mut alive, unit.module);
-            let left = if unit.tensor == T_U { &mut cols.0[k] } else { &mut cols.1[k] };
+            let left = if unit.tensor == T_U {
+                &mut cols.0[k]
+            } else {
+                &mut cols.1[k]
+            };
             *left -= 1;
             if *left == 0 {
                 count -= clear_column(&mut work[unit.module], &mut cols, k);
@@ -297,20 +308,32 @@ pub fn prune(
 /// at their column, and tensors the pruned model does not have (a bias vector or LoRA module
 /// pruned away) score 0. Those units are already off in `arch`'s masks, so the values there never
 /// decide anything.
-pub fn scores_at_maximal_shape(arch: &Architecture, scores: &BTreeMap<String, Vec<f32>>) -> BTreeMap<String, Vec<f32>> {
+pub fn scores_at_maximal_shape(
+    arch: &Architecture,
+    scores: &BTreeMap<String, Vec<f32>>,
+) -> BTreeMap<String, Vec<f32>> {
     let mut out = BTreeMap::new();
     for m in &arch.modules {
         if m.bias.is_some() {
             let name = bias_delta_name(&m.path);
-            let v = scores.get(&name).filter(|v| v.len() == m.out_dim).cloned().unwrap_or_else(|| vec![0.0; m.out_dim]);
+            let v = scores
+                .get(&name)
+                .filter(|v| v.len() == m.out_dim)
+                .cloned()
+                .unwrap_or_else(|| vec![0.0; m.out_dim]);
             out.insert(name, v);
         }
         if let Some(l) = &m.lora {
             let r = l.max_rank;
-            for (name, rows) in [(lora_u_name(&m.path), m.in_dim), (lora_v_name(&m.path), m.out_dim)] {
+            for (name, rows) in [
+                (lora_u_name(&m.path), m.in_dim),
+                (lora_v_name(&m.path), m.out_dim),
+            ] {
                 let full = match (scores.get(&name), &l.keep) {
                     (Some(v), _) if v.len() == rows * r => v.clone(),
-                    (Some(v), LoraKeep::Ranks(kept)) if !kept.is_empty() && v.len() == rows * kept.len() => {
+                    (Some(v), LoraKeep::Ranks(kept))
+                        if !kept.is_empty() && v.len() == rows * kept.len() =>
+                    {
                         let mut f = vec![0.0; rows * r];
                         for i in 0..rows {
                             for (j, &k) in kept.iter().enumerate() {
@@ -329,7 +352,10 @@ pub fn scores_at_maximal_shape(arch: &Architecture, scores: &BTreeMap<String, Ve
 }
 
 /// The per-column counts of kept U and V entries of module `mi`.
-fn alive_at(alive: &mut [Option<(Vec<usize>, Vec<usize>)>], mi: usize) -> (&mut Vec<usize>, &mut Vec<usize>) {
+fn alive_at(
+    alive: &mut [Option<(Vec<usize>, Vec<usize>)>],
+    mi: usize,
+) -> (&mut Vec<usize>, &mut Vec<usize>) {
     let (u, v) = alive[mi].as_mut().expect("LoRA module has counts");
     (u, v)
 }
@@ -337,7 +363,9 @@ fn alive_at(alive: &mut [Option<(Vec<usize>, Vec<usize>)>], mi: usize) -> (&mut 
 /// Removes every kept entry of column `k` of U and of V (a column whose partner is empty does
 /// nothing); returns how many entries that freed.
 fn clear_column(w: &mut Work, alive: &mut (&mut Vec<usize>, &mut Vec<usize>), k: usize) -> usize {
-    let Some((u, v, r)) = &mut w.lora else { return 0 };
+    let Some((u, v, r)) = &mut w.lora else {
+        return 0;
+    };
     let r = *r;
     let mut freed = 0;
     for mask in [u, v] {
@@ -568,7 +596,10 @@ mod tests {
         // for free, so budget 14 ends at 12 with rank 0 whole.
         let p = prune(&a, &s, PruneMode::Unstructured, 14, RankGroup::UV).unwrap();
         assert_eq!(p.pet_params(), 12);
-        assert_eq!(p.modules[0].lora.as_ref().unwrap().keep, LoraKeep::Ranks(vec![0]));
+        assert_eq!(
+            p.modules[0].lora.as_ref().unwrap().keep,
+            LoraKeep::Ranks(vec![0])
+        );
         assert_eq!(p.modules[0].kept_rank(), Some(1));
         let p = prune(&a, &s, PruneMode::Unstructured, 11, RankGroup::UV).unwrap();
         assert_eq!(p.pet_params(), 11);
@@ -626,8 +657,15 @@ mod tests {
         // the pruned-away bias of `b` score 0, and the next round can prune from them.
         let a = toy();
         let p = prune(&a, &toy_scores(), PruneMode::Structured, 12, RankGroup::UV).unwrap();
-        assert_eq!(p.modules[0].lora.as_ref().unwrap().keep, LoraKeep::Ranks(vec![0]));
-        let trained = scores(&[("a.bias_delta", &[1.0, 2.0, 3.0]), ("a.lora_u", &[5.0, 6.0]), ("a.lora_v", &[7.0, 8.0, 9.0])]);
+        assert_eq!(
+            p.modules[0].lora.as_ref().unwrap().keep,
+            LoraKeep::Ranks(vec![0])
+        );
+        let trained = scores(&[
+            ("a.bias_delta", &[1.0, 2.0, 3.0]),
+            ("a.lora_u", &[5.0, 6.0]),
+            ("a.lora_v", &[7.0, 8.0, 9.0]),
+        ]);
         let full = scores_at_maximal_shape(&p, &trained);
         assert_eq!(full["a.lora_u"], vec![5.0, 0.0, 6.0, 0.0]);
         assert_eq!(full["a.lora_v"], vec![7.0, 0.0, 8.0, 0.0, 9.0, 0.0]);

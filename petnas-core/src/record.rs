@@ -127,24 +127,42 @@ impl Recipe {
             pos("max_grad_norm", g)?;
         }
         if !(self.warmup_frac.is_finite() && (0.0..1.0).contains(&self.warmup_frac)) {
-            return Err(format!("warmup_frac = {}: must be in [0, 1)", self.warmup_frac));
+            return Err(format!(
+                "warmup_frac = {}: must be in [0, 1)",
+                self.warmup_frac
+            ));
         }
         if !(self.weight_decay.is_finite() && self.weight_decay >= 0.0) {
-            return Err(format!("weight_decay = {}: must be a finite number, 0 or above", self.weight_decay));
+            return Err(format!(
+                "weight_decay = {}: must be a finite number, 0 or above",
+                self.weight_decay
+            ));
         }
-        for (name, b) in [("adam_beta1", self.adam_beta1), ("adam_beta2", self.adam_beta2)] {
+        for (name, b) in [
+            ("adam_beta1", self.adam_beta1),
+            ("adam_beta2", self.adam_beta2),
+        ] {
             if !(b.is_finite() && (0.0..1.0).contains(&b)) {
                 return Err(format!("{name} = {b}: must be in [0, 1)"));
             }
         }
-        for (name, v) in [("batch_size", Some(self.batch_size)), ("bucket", Some(self.bucket)), ("max_steps", self.max_steps), ("max_train", self.max_train), ("max_dev", self.max_dev)] {
+        for (name, v) in [
+            ("batch_size", Some(self.batch_size)),
+            ("bucket", Some(self.bucket)),
+            ("max_steps", self.max_steps),
+            ("max_train", self.max_train),
+            ("max_dev", self.max_dev),
+        ] {
             if v == Some(0) {
                 return Err(format!("{name} = 0: must be at least 1"));
             }
         }
         // An epoch count so large that the step count overflows is a typo, not a plan.
         if self.epochs > 1e6 {
-            return Err(format!("epochs = {}: more than a million epochs", self.epochs));
+            return Err(format!(
+                "epochs = {}: more than a million epochs",
+                self.epochs
+            ));
         }
         Ok(())
     }
@@ -186,7 +204,12 @@ pub enum LoraInit {
 
 impl LoraInit {
     /// Every value, in the order the CLI lists them.
-    pub const ALL: [LoraInit; 4] = [LoraInit::Paper, LoraInit::Hu, LoraInit::UZero, LoraInit::PaperZeroOffset];
+    pub const ALL: [LoraInit; 4] = [
+        LoraInit::Paper,
+        LoraInit::Hu,
+        LoraInit::UZero,
+        LoraInit::PaperZeroOffset,
+    ];
 
     /// The name used in the CLI, configs and records.
     pub fn as_str(self) -> &'static str {
@@ -205,9 +228,15 @@ impl std::str::FromStr for LoraInit {
         if s == "lora" {
             return Err("`lora` is ambiguous: `hu` is Hu et al.'s and PEFT's (V = lora_B = 0), `u_zero` zeroes U instead".into());
         }
-        LoraInit::ALL.into_iter().find(|i| i.as_str() == s).ok_or_else(|| {
-            format!("`{s}`: expected one of {}", LoraInit::ALL.map(|i| i.as_str()).join(", "))
-        })
+        LoraInit::ALL
+            .into_iter()
+            .find(|i| i.as_str() == s)
+            .ok_or_else(|| {
+                format!(
+                    "`{s}`: expected one of {}",
+                    LoraInit::ALL.map(|i| i.as_str()).join(", ")
+                )
+            })
     }
 }
 
@@ -422,7 +451,15 @@ impl RunRecord {
             .map(|d| d.as_secs())
             .unwrap_or(0);
         let config_hash = spec.hash();
-        Self { version: RECORD_VERSION, id, spec, result, config_hash, git_commit, created_unix }
+        Self {
+            version: RECORD_VERSION,
+            id,
+            spec,
+            result,
+            config_hash,
+            git_commit,
+            created_unix,
+        }
     }
 
     /// Writes the record as pretty JSON, atomically.
@@ -474,7 +511,10 @@ mod tests {
             mode: Some(PruneMode::Structured),
             budget: Some(50_000),
             seed: 3,
-            recipe: Recipe { batch_size: 32, ..Recipe::new(10.0, 1e-3) },
+            recipe: Recipe {
+                batch_size: 32,
+                ..Recipe::new(10.0, 1e-3)
+            },
             criterion: Some(CriterionKind::Mean),
             reinit: Some(Reinit::Same),
             lora_init: LoraInit::PaperZeroOffset,
@@ -593,12 +633,39 @@ mod tests {
     /// decided it belongs in the hash (every field does: the hash is of the whole spec; a field
     /// that must not change the hash does not belong in the spec).
     const SPEC_FIELDS: &[&str] = &[
-        "budget", "criterion", "device", "lora_init", "maximal_hash", "method", "mode", "model",
-        "model_fingerprint.family", "model_fingerprint.hidden_size", "model_fingerprint.intermediate_size",
-        "model_fingerprint.num_layers", "precision", "prune_rounds", "rank_group", "recipe.adam_beta1", "recipe.adam_beta2",
-        "recipe.adam_eps", "recipe.batch_size", "recipe.bucket", "recipe.epochs", "recipe.lr", "recipe.max_dev",
-        "recipe.max_grad_norm", "recipe.max_len", "recipe.max_steps", "recipe.max_train", "recipe.warmup_frac",
-        "recipe.weight_decay", "reinit", "seed", "space", "task",
+        "budget",
+        "criterion",
+        "device",
+        "lora_init",
+        "maximal_hash",
+        "method",
+        "mode",
+        "model",
+        "model_fingerprint.family",
+        "model_fingerprint.hidden_size",
+        "model_fingerprint.intermediate_size",
+        "model_fingerprint.num_layers",
+        "precision",
+        "prune_rounds",
+        "rank_group",
+        "recipe.adam_beta1",
+        "recipe.adam_beta2",
+        "recipe.adam_eps",
+        "recipe.batch_size",
+        "recipe.bucket",
+        "recipe.epochs",
+        "recipe.lr",
+        "recipe.max_dev",
+        "recipe.max_grad_norm",
+        "recipe.max_len",
+        "recipe.max_steps",
+        "recipe.max_train",
+        "recipe.warmup_frac",
+        "recipe.weight_decay",
+        "reinit",
+        "seed",
+        "space",
+        "task",
     ];
 
     fn full_spec() -> RunSpec {
@@ -623,7 +690,11 @@ mod tests {
         match v {
             serde_json::Value::Object(m) => {
                 for (k, x) in m {
-                    let p = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+                    let p = if prefix.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{prefix}.{k}")
+                    };
                     leaves(x, &p, out);
                 }
             }
@@ -637,7 +708,10 @@ mod tests {
         let mut got = Vec::new();
         leaves(&full, "", &mut got);
         got.sort();
-        assert_eq!(got, SPEC_FIELDS, "RunSpec's fields changed: decide each new one's place in the hash and list it");
+        assert_eq!(
+            got, SPEC_FIELDS,
+            "RunSpec's fields changed: decide each new one's place in the hash and list it"
+        );
         let h = full_spec().hash();
         for path in SPEC_FIELDS {
             let mut v = full.clone();
@@ -661,7 +735,8 @@ mod tests {
                 },
                 other => panic!("{path}: unexpected {other}"),
             };
-            let changed: RunSpec = serde_json::from_value(v).unwrap_or_else(|e| panic!("{path}: {e}"));
+            let changed: RunSpec =
+                serde_json::from_value(v).unwrap_or_else(|e| panic!("{path}: {e}"));
             assert_ne!(changed.hash(), h, "{path} does not change the hash");
         }
     }
@@ -675,7 +750,13 @@ mod tests {
         s.rank_group = None;
         s.maximal_hash = None;
         let v = serde_json::to_value(&s).unwrap();
-        for k in ["adam_beta1", "adam_beta2", "adam_eps", "max_grad_norm", "bucket"] {
+        for k in [
+            "adam_beta1",
+            "adam_beta2",
+            "adam_eps",
+            "max_grad_norm",
+            "bucket",
+        ] {
             assert!(v["recipe"].get(k).is_none(), "{k} written at its default");
         }
         for k in ["rank_group", "maximal_hash", "precision", "prune_rounds"] {
@@ -687,8 +768,14 @@ mod tests {
         // A record of `--lora-init lora` (U = 0) made before the rename reads as u_zero.
         let mut v = serde_json::to_value(&s).unwrap();
         v["lora_init"] = "lora".into();
-        assert_eq!(serde_json::from_value::<RunSpec>(v).unwrap().lora_init, LoraInit::UZero);
-        assert!("lora".parse::<LoraInit>().unwrap_err().contains("ambiguous"));
+        assert_eq!(
+            serde_json::from_value::<RunSpec>(v).unwrap().lora_init,
+            LoraInit::UZero
+        );
+        assert!("lora"
+            .parse::<LoraInit>()
+            .unwrap_err()
+            .contains("ambiguous"));
     }
 
     #[test]
@@ -696,23 +783,125 @@ mod tests {
         let ok = Recipe::new(3.0, 1e-3);
         assert!(ok.validate().is_ok());
         let cases: Vec<(Recipe, &str)> = vec![
-            (Recipe { lr: f64::NAN, ..ok.clone() }, "lr"),
-            (Recipe { lr: -1e-3, ..ok.clone() }, "lr"),
-            (Recipe { lr: 0.0, ..ok.clone() }, "lr"),
-            (Recipe { epochs: 0.0, ..ok.clone() }, "epochs"),
-            (Recipe { epochs: f64::INFINITY, ..ok.clone() }, "epochs"),
-            (Recipe { epochs: 1e9, ..ok.clone() }, "epochs"),
-            (Recipe { warmup_frac: 1.0, ..ok.clone() }, "warmup_frac"),
-            (Recipe { warmup_frac: -0.1, ..ok.clone() }, "warmup_frac"),
-            (Recipe { weight_decay: f64::NAN, ..ok.clone() }, "weight_decay"),
-            (Recipe { batch_size: 0, ..ok.clone() }, "batch_size"),
-            (Recipe { max_steps: Some(0), ..ok.clone() }, "max_steps"),
-            (Recipe { max_dev: Some(0), ..ok.clone() }, "max_dev"),
-            (Recipe { max_train: Some(0), ..ok.clone() }, "max_train"),
-            (Recipe { bucket: 0, ..ok.clone() }, "bucket"),
-            (Recipe { adam_beta2: 1.0, ..ok.clone() }, "adam_beta2"),
-            (Recipe { adam_eps: 0.0, ..ok.clone() }, "adam_eps"),
-            (Recipe { max_grad_norm: Some(-1.0), ..ok.clone() }, "max_grad_norm"),
+            (
+                Recipe {
+                    lr: f64::NAN,
+                    ..ok.clone()
+                },
+                "lr",
+            ),
+            (
+                Recipe {
+                    lr: -1e-3,
+                    ..ok.clone()
+                },
+                "lr",
+            ),
+            (
+                Recipe {
+                    lr: 0.0,
+                    ..ok.clone()
+                },
+                "lr",
+            ),
+            (
+                Recipe {
+                    epochs: 0.0,
+                    ..ok.clone()
+                },
+                "epochs",
+            ),
+            (
+                Recipe {
+                    epochs: f64::INFINITY,
+                    ..ok.clone()
+                },
+                "epochs",
+            ),
+            (
+                Recipe {
+                    epochs: 1e9,
+                    ..ok.clone()
+                },
+                "epochs",
+            ),
+            (
+                Recipe {
+                    warmup_frac: 1.0,
+                    ..ok.clone()
+                },
+                "warmup_frac",
+            ),
+            (
+                Recipe {
+                    warmup_frac: -0.1,
+                    ..ok.clone()
+                },
+                "warmup_frac",
+            ),
+            (
+                Recipe {
+                    weight_decay: f64::NAN,
+                    ..ok.clone()
+                },
+                "weight_decay",
+            ),
+            (
+                Recipe {
+                    batch_size: 0,
+                    ..ok.clone()
+                },
+                "batch_size",
+            ),
+            (
+                Recipe {
+                    max_steps: Some(0),
+                    ..ok.clone()
+                },
+                "max_steps",
+            ),
+            (
+                Recipe {
+                    max_dev: Some(0),
+                    ..ok.clone()
+                },
+                "max_dev",
+            ),
+            (
+                Recipe {
+                    max_train: Some(0),
+                    ..ok.clone()
+                },
+                "max_train",
+            ),
+            (
+                Recipe {
+                    bucket: 0,
+                    ..ok.clone()
+                },
+                "bucket",
+            ),
+            (
+                Recipe {
+                    adam_beta2: 1.0,
+                    ..ok.clone()
+                },
+                "adam_beta2",
+            ),
+            (
+                Recipe {
+                    adam_eps: 0.0,
+                    ..ok.clone()
+                },
+                "adam_eps",
+            ),
+            (
+                Recipe {
+                    max_grad_norm: Some(-1.0),
+                    ..ok.clone()
+                },
+                "max_grad_norm",
+            ),
         ];
         for (r, field) in cases {
             let e = r.validate().unwrap_err();

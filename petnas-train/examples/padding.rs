@@ -21,13 +21,25 @@ fn main() -> anyhow::Result<()> {
     let batch: usize = a.get(4).map(|s| s.parse()).transpose()?.unwrap_or(16);
     let max_len: usize = a.get(5).map(|s| s.parse()).transpose()?.unwrap_or(128);
     let ex = load(Path::new(&a[1]), task, Split::Train)?;
-    let tok = TextTokenizer::from_file(&Path::new(&a[3]).join("tokenizer.json"), Family::Bert, max_len)?;
+    let tok = TextTokenizer::from_file(
+        &Path::new(&a[3]).join("tokenizer.json"),
+        Family::Bert,
+        max_len,
+    )?;
     let lengths: Vec<usize> = tok.encode_all(&ex)?.iter().map(|e| e.ids.len()).collect();
     let mean = lengths.iter().sum::<usize>() as f64 / lengths.len() as f64;
-    println!("{task} train: {} examples, mean length {mean:.1} tokens, batch {batch}, max_len {max_len}", lengths.len());
+    println!(
+        "{task} train: {} examples, mean length {mean:.1} tokens, batch {batch}, max_len {max_len}",
+        lengths.len()
+    );
     for bucket in [1usize, 10, 50, 100] {
         let fr: f64 = (0..5u64)
-            .map(|s| padding_fraction(&lengths, &epoch_batches(&lengths, batch, &mut Rng::new(s), bucket)))
+            .map(|s| {
+                padding_fraction(
+                    &lengths,
+                    &epoch_batches(&lengths, batch, &mut Rng::new(s), bucket),
+                )
+            })
             .sum::<f64>()
             / 5.0;
         println!("bucket {bucket:>3}: padding fraction {fr:.3}");

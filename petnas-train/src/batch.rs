@@ -9,7 +9,12 @@ use crate::model::Batch;
 use crate::tokenize::Encoded;
 
 /// Pads `items` to their longest length and builds the model's input tensors.
-pub fn make_batch(items: &[&Encoded], family: Family, pad_id: u32, device: &Device) -> candle_core::Result<Batch> {
+pub fn make_batch(
+    items: &[&Encoded],
+    family: Family,
+    pad_id: u32,
+    device: &Device,
+) -> candle_core::Result<Batch> {
     let b = items.len();
     let l = items.iter().map(|e| e.ids.len()).max().unwrap_or(1).max(1);
     let mut ids = vec![pad_id; b * l];
@@ -49,7 +54,12 @@ pub fn make_batch(items: &[&Encoded], family: Family, pad_id: u32, device: &Devi
 /// The order of one epoch: a seeded shuffle, cut into batches. With `bucket` > 1, each window of
 /// `bucket` batches is sorted by length before cutting, so padding stays small while the batch
 /// composition stays random.
-pub fn epoch_batches(lengths: &[usize], batch: usize, rng: &mut Rng, bucket: usize) -> Vec<Vec<usize>> {
+pub fn epoch_batches(
+    lengths: &[usize],
+    batch: usize,
+    rng: &mut Rng,
+    bucket: usize,
+) -> Vec<Vec<usize>> {
     let mut order: Vec<usize> = (0..lengths.len()).collect();
     rng.shuffle(&mut order);
     if bucket > 1 {
@@ -86,8 +96,14 @@ mod tests {
 
     #[test]
     fn roberta_positions_skip_padding_index() {
-        let a = Encoded { ids: vec![0, 5, 2], type_ids: vec![0; 3] };
-        let b = Encoded { ids: vec![0, 2], type_ids: vec![0; 2] };
+        let a = Encoded {
+            ids: vec![0, 5, 2],
+            type_ids: vec![0; 3],
+        };
+        let b = Encoded {
+            ids: vec![0, 2],
+            type_ids: vec![0; 2],
+        };
         let batch = make_batch(&[&a, &b], Family::Roberta, 1, &Device::Cpu).unwrap();
         let pos: Vec<Vec<u32>> = batch.position_ids.to_vec2().unwrap();
         assert_eq!(pos, vec![vec![2, 3, 4], vec![2, 3, 1]]);
@@ -99,7 +115,10 @@ mod tests {
 
     #[test]
     fn bert_positions_count_from_zero() {
-        let a = Encoded { ids: vec![101, 7, 102], type_ids: vec![0, 0, 0] };
+        let a = Encoded {
+            ids: vec![101, 7, 102],
+            type_ids: vec![0, 0, 0],
+        };
         let batch = make_batch(&[&a], Family::Bert, 0, &Device::Cpu).unwrap();
         let pos: Vec<Vec<u32>> = batch.position_ids.to_vec2().unwrap();
         assert_eq!(pos, vec![vec![0, 1, 2]]);
@@ -108,13 +127,19 @@ mod tests {
     #[test]
     fn bucketing_keeps_every_example_once_and_cuts_padding() {
         let mut r = Rng::new(3);
-        let lengths: Vec<usize> = (0..1000).map(|_| 5 + (r.next_u64() % 120) as usize).collect();
+        let lengths: Vec<usize> = (0..1000)
+            .map(|_| 5 + (r.next_u64() % 120) as usize)
+            .collect();
         let plain = epoch_batches(&lengths, 16, &mut Rng::new(1), 1);
         let bucketed = epoch_batches(&lengths, 16, &mut Rng::new(1), 50);
         let mut seen: Vec<usize> = bucketed.iter().flatten().copied().collect();
         seen.sort();
         assert_eq!(seen, (0..1000).collect::<Vec<_>>());
         assert!(padding_fraction(&lengths, &bucketed) < padding_fraction(&lengths, &plain) / 3.0);
-        assert_eq!(epoch_batches(&lengths, 16, &mut Rng::new(1), 50), bucketed, "seeded");
+        assert_eq!(
+            epoch_batches(&lengths, 16, &mut Rng::new(1), 50),
+            bucketed,
+            "seeded"
+        );
     }
 }

@@ -118,7 +118,11 @@ fn median(v: &mut [f64]) -> f64 {
 pub fn peak_rss_mib() -> f64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok()))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+        })
         .map(|kb| kb / 1024.0)
         .unwrap_or(0.0)
 }
@@ -132,9 +136,29 @@ pub fn bench(cfg: &BenchConfig, device: &Device) -> Result<BenchReport> {
     let space = SearchSpace::from_spec(&cfg.space, &inventory(mc))?;
     let arch = Architecture::maximal(&space, mc)?;
     let start = init_map(&arch, 0, LoraInit::Paper);
-    let opts = BuildOptions { num_labels: 2, seed: 0, lora_init: LoraInit::Paper, full_finetune: space.full_finetune, dtype: DType::F32, precision: cfg.precision };
-    let model = EncoderModel::build(mc, &weights, if space.full_finetune { None } else { Some(&arch) }, &start, &opts, device)?;
-    let trainable = model.param_count(Role::Pet)? + model.param_count(Role::Head)? + model.param_count(Role::Base)?;
+    let opts = BuildOptions {
+        num_labels: 2,
+        seed: 0,
+        lora_init: LoraInit::Paper,
+        full_finetune: space.full_finetune,
+        dtype: DType::F32,
+        precision: cfg.precision,
+    };
+    let model = EncoderModel::build(
+        mc,
+        &weights,
+        if space.full_finetune {
+            None
+        } else {
+            Some(&arch)
+        },
+        &start,
+        &opts,
+        device,
+    )?;
+    let trainable = model.param_count(Role::Pet)?
+        + model.param_count(Role::Head)?
+        + model.param_count(Role::Base)?;
     let mut rng = Rng::new(0);
     let steps = cfg.warmup + cfg.steps;
     let batches: Vec<(Batch, Tensor)> = match &cfg.padded {
@@ -143,12 +167,23 @@ pub fn bench(cfg: &BenchConfig, device: &Device) -> Result<BenchReport> {
     };
     let (mut positions, mut real) = (0usize, 0usize);
     for i in cfg.warmup..steps {
-        let m: Vec<f32> = batches[i % batches.len()].0.attention_mask.flatten_all()?.to_vec1()?;
+        let m: Vec<f32> = batches[i % batches.len()]
+            .0
+            .attention_mask
+            .flatten_all()?
+            .to_vec1()?;
         positions += m.len();
         real += m.iter().filter(|&&v| v > 0.0).count();
     }
     let vars: Vec<candle_core::Var> = model.trainables().iter().map(|t| t.var.clone()).collect();
-    let mut opt = AdamW::new(vars, ParamsAdamW { lr: 3e-4, weight_decay: 0.0, ..Default::default() })?;
+    let mut opt = AdamW::new(
+        vars,
+        ParamsAdamW {
+            lr: 3e-4,
+            weight_decay: 0.0,
+            ..Default::default()
+        },
+    )?;
     let mut drop = DropoutRng::new(1);
     let mut crit = CriterionAccumulator::new();
     let (mut tot, mut fw, mut bw, mut cr, mut op) = (vec![], vec![], vec![], vec![], vec![]);
@@ -183,7 +218,11 @@ pub fn bench(cfg: &BenchConfig, device: &Device) -> Result<BenchReport> {
     let threads = std::env::var("RAYON_NUM_THREADS")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
+        .unwrap_or_else(|| {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
+        });
     let n_timed = cfg.steps.max(1) as f64;
     Ok(BenchReport {
         r#impl: "petnas",
@@ -196,13 +235,20 @@ pub fn bench(cfg: &BenchConfig, device: &Device) -> Result<BenchReport> {
             Some(p) => format!("{} padded", p.task.name()),
         },
         mean_batch_len: positions as f64 / cfg.batch as f64 / n_timed,
-        padded_fraction: if positions == 0 { 0.0 } else { (positions - real) as f64 / positions as f64 },
+        padded_fraction: if positions == 0 {
+            0.0
+        } else {
+            (positions - real) as f64 / positions as f64
+        },
         precision: cfg.precision,
         backend: match cfg.precision {
             petnas_core::record::Precision::Fp32 => "gemm-f32".into(),
             petnas_core::record::Precision::Bf16 => petnas_amx::backend().into(),
         },
-        flush_denormals: crate::model::cpu::flush_denormals_on() && rayon::broadcast(|_| crate::model::cpu::flush_denormals_on()).iter().all(|&b| b),
+        flush_denormals: crate::model::cpu::flush_denormals_on()
+            && rayon::broadcast(|_| crate::model::cpu::flush_denormals_on())
+                .iter()
+                .all(|&b| b),
         trainable_params: trainable,
         ms_per_step: ms,
         ms_per_step_min: if ms_min.is_finite() { ms_min } else { 0.0 },
@@ -218,9 +264,17 @@ pub fn bench(cfg: &BenchConfig, device: &Device) -> Result<BenchReport> {
 }
 
 /// One batch of random full-length tokens with random binary labels (the PyTorch reference's).
-fn random_batch(cfg: &BenchConfig, mc: &petnas_core::inventory::EncoderConfig, family: petnas_core::inventory::Family, rng: &mut Rng, device: &Device) -> Result<(Batch, Tensor)> {
+fn random_batch(
+    cfg: &BenchConfig,
+    mc: &petnas_core::inventory::EncoderConfig,
+    family: petnas_core::inventory::Family,
+    rng: &mut Rng,
+    device: &Device,
+) -> Result<(Batch, Tensor)> {
     let n = cfg.batch * cfg.seq;
-    let ids: Vec<u32> = (0..n).map(|_| 1000 + rng.below(mc.vocab_size - 1000) as u32).collect();
+    let ids: Vec<u32> = (0..n)
+        .map(|_| 1000 + rng.below(mc.vocab_size - 1000) as u32)
+        .collect();
     let pos: Vec<u32> = (0..n)
         .map(|i| match family {
             petnas_core::inventory::Family::Bert => (i % cfg.seq) as u32,
@@ -233,14 +287,27 @@ fn random_batch(cfg: &BenchConfig, mc: &petnas_core::inventory::EncoderConfig, f
         position_ids: Tensor::from_vec(pos, (cfg.batch, cfg.seq), device)?,
         attention_mask: Tensor::ones((cfg.batch, cfg.seq), DType::F32, device)?,
     };
-    let labels = Tensor::from_vec((0..cfg.batch).map(|_| rng.below(2) as u32).collect::<Vec<_>>(), cfg.batch, device)?;
+    let labels = Tensor::from_vec(
+        (0..cfg.batch)
+            .map(|_| rng.below(2) as u32)
+            .collect::<Vec<_>>(),
+        cfg.batch,
+        device,
+    )?;
     Ok((batch, labels))
 }
 
 /// The first `steps` batches of a plain-shuffle epoch (seed 0) of the task's training split,
 /// tokenised with truncation at `cfg.seq` and dynamically padded, with binary labels (the bench
 /// always trains a 2-label head: the labels' values do not change the step's cost).
-fn real_batches(cfg: &BenchConfig, p: &PaddedData, md: &ModelDir, family: petnas_core::inventory::Family, steps: usize, device: &Device) -> Result<Vec<(Batch, Tensor)>> {
+fn real_batches(
+    cfg: &BenchConfig,
+    p: &PaddedData,
+    md: &ModelDir,
+    family: petnas_core::inventory::Family,
+    steps: usize,
+    device: &Device,
+) -> Result<Vec<(Batch, Tensor)>> {
     let tok = crate::tokenize::TextTokenizer::from_file(&md.tokenizer_path()?, family, cfg.seq)?;
     let examples = crate::glue::load(&p.data, p.task, crate::glue::Split::Train)?;
     let encoded = tok.encode_all(&examples)?;
@@ -254,7 +321,11 @@ fn real_batches(cfg: &BenchConfig, p: &PaddedData, md: &ModelDir, family: petnas
         .map(|idx| {
             let items: Vec<&crate::tokenize::Encoded> = idx.iter().map(|&i| &encoded[i]).collect();
             let batch = crate::batch::make_batch(&items, family, pad, device)?;
-            let labels = Tensor::from_vec(idx.iter().map(|&i| (i % 2) as u32).collect::<Vec<_>>(), cfg.batch, device)?;
+            let labels = Tensor::from_vec(
+                idx.iter().map(|&i| (i % 2) as u32).collect::<Vec<_>>(),
+                cfg.batch,
+                device,
+            )?;
             Ok((batch, labels))
         })
         .collect()

@@ -10,7 +10,9 @@ pub fn parse_device(s: &str) -> Result<Device> {
         "cpu" => Ok(Device::Cpu),
         _ if s == "cuda" || s.starts_with("cuda:") => {
             let n: usize = match s.strip_prefix("cuda:") {
-                Some(k) => k.parse().map_err(|_| TrainError::Invalid(format!("device `{s}`: expected cuda:N with N a GPU index")))?,
+                Some(k) => k.parse().map_err(|_| {
+                    TrainError::Invalid(format!("device `{s}`: expected cuda:N with N a GPU index"))
+                })?,
                 None => 0,
             };
             if !candle_core::utils::cuda_is_available() {
@@ -20,6 +22,8 @@ pub fn parse_device(s: &str) -> Result<Device> {
             }
             Ok(Device::new_cuda(n)?)
         }
-        _ => Err(TrainError::Invalid(format!("device `{s}`: expected `cpu` or `cuda:N`"))),
+        _ => Err(TrainError::Invalid(format!(
+            "device `{s}`: expected `cpu` or `cuda:N`"
+        ))),
     }
 }

@@ -40,15 +40,25 @@ pub struct LoadedRun {
 
 /// Loads `run_dir` (record.json, architecture.json, weights.safetensors) and rebuilds the trained
 /// model. `model_override` replaces the model path stored in the record (e.g. after moving it).
-pub fn load_run(run_dir: &Path, model_override: Option<&str>, device: &Device) -> Result<LoadedRun> {
+pub fn load_run(
+    run_dir: &Path,
+    model_override: Option<&str>,
+    device: &Device,
+) -> Result<LoadedRun> {
     let record = RunRecord::load(&run_dir.join("record.json"))?;
     if let petnas_core::record::RunStatus::Failed { reason } = &record.result.status {
-        return Err(TrainError::Invalid(format!("{}: the run failed ({reason}); nothing to export", run_dir.display())));
+        return Err(TrainError::Invalid(format!(
+            "{}: the run failed ({reason}); nothing to export",
+            run_dir.display()
+        )));
     }
     let spec = &record.spec;
     let model_dir = ModelDir::open(model_override.unwrap_or(&spec.model))?;
     let cfg = &model_dir.config;
-    let task: Task = spec.task.parse().map_err(|e| TrainError::Invalid(format!("{}: task: {e}", run_dir.display())))?;
+    let task: Task = spec
+        .task
+        .parse()
+        .map_err(|e| TrainError::Invalid(format!("{}: task: {e}", run_dir.display())))?;
     let arch = if spec.method == "full" {
         None
     } else {
@@ -80,11 +90,16 @@ pub fn load_run(run_dir: &Path, model_override: Option<&str>, device: &Device) -
     };
     let model = EncoderModel::build(cfg, &weights, arch.as_ref(), &start, &opts, device)?;
     let wp = run_dir.join("weights.safetensors");
-    let trained = candle_core::safetensors::load(&wp, &Device::Cpu).map_err(|e| TrainError::Invalid(format!("{}: {e}", wp.display())))?;
+    let trained = candle_core::safetensors::load(&wp, &Device::Cpu)
+        .map_err(|e| TrainError::Invalid(format!("{}: {e}", wp.display())))?;
     for t in model.trainables() {
-        let v = trained
-            .get(&t.name)
-            .ok_or_else(|| TrainError::Invalid(format!("{}: missing trained tensor `{}`", wp.display(), t.name)))?;
+        let v = trained.get(&t.name).ok_or_else(|| {
+            TrainError::Invalid(format!(
+                "{}: missing trained tensor `{}`",
+                wp.display(),
+                t.name
+            ))
+        })?;
         if v.dims() != t.var.dims() {
             return Err(TrainError::Invalid(format!(
                 "{}: `{}` has shape {:?}, the architecture implies {:?}",
@@ -96,7 +111,13 @@ pub fn load_run(run_dir: &Path, model_override: Option<&str>, device: &Device) -
         }
         t.var.set(&v.to_device(device)?.to_dtype(t.var.dtype())?)?;
     }
-    Ok(LoadedRun { record, arch, model_dir, model, task })
+    Ok(LoadedRun {
+        record,
+        arch,
+        model_dir,
+        model,
+        task,
+    })
 }
 
 fn prefix(family: Family) -> &'static str {
@@ -122,13 +143,29 @@ fn label_maps(task: Task) -> (serde_json::Value, serde_json::Value) {
         Task::Stsb => vec!["score"],
         _ => vec!["0", "1"],
     };
-    let id2label: serde_json::Map<String, serde_json::Value> = names.iter().enumerate().map(|(i, n)| (i.to_string(), serde_json::json!(n))).collect();
-    let label2id: serde_json::Map<String, serde_json::Value> = names.iter().enumerate().map(|(i, n)| (n.to_string(), serde_json::json!(i))).collect();
-    (serde_json::Value::Object(id2label), serde_json::Value::Object(label2id))
+    let id2label: serde_json::Map<String, serde_json::Value> = names
+        .iter()
+        .enumerate()
+        .map(|(i, n)| (i.to_string(), serde_json::json!(n)))
+        .collect();
+    let label2id: serde_json::Map<String, serde_json::Value> = names
+        .iter()
+        .enumerate()
+        .map(|(i, n)| (n.to_string(), serde_json::json!(i)))
+        .collect();
+    (
+        serde_json::Value::Object(id2label),
+        serde_json::Value::Object(label2id),
+    )
 }
 
 /// Files of the tokenizer copied along with an export (those present).
-const TOKENIZER_FILES: [&str; 4] = ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt"];
+const TOKENIZER_FILES: [&str; 4] = [
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "vocab.txt",
+];
 
 fn copy_tokenizer(src: &Path, out: &Path) -> Result<()> {
     for f in TOKENIZER_FILES {
@@ -149,7 +186,12 @@ fn copy_tokenizer(src: &Path, out: &Path) -> Result<()> {
 fn save_tensors(tensors: Vec<(String, Tensor)>, path: &Path) -> Result<()> {
     let mut map: HashMap<String, Tensor> = HashMap::new();
     for (k, t) in tensors {
-        map.insert(k, t.to_dtype(DType::F32)?.to_device(&Device::Cpu)?.contiguous()?);
+        map.insert(
+            k,
+            t.to_dtype(DType::F32)?
+                .to_device(&Device::Cpu)?
+                .contiguous()?,
+        );
     }
     candle_core::safetensors::save(&map, path)?;
     Ok(())
@@ -160,11 +202,17 @@ fn save_tensors(tensors: Vec<(String, Tensor)>, path: &Path) -> Result<()> {
 pub fn export_merged(run: &LoadedRun, out: &Path) -> Result<PathBuf> {
     let family = run.model.family();
     let tmp = staging(out)?;
-    let tensors: Vec<(String, Tensor)> = run.model.merged_weights()?.into_iter().map(|(k, t)| (hf_key(family, &k), t)).collect();
+    let tensors: Vec<(String, Tensor)> = run
+        .model
+        .merged_weights()?
+        .into_iter()
+        .map(|(k, t)| (hf_key(family, &k), t))
+        .collect();
     save_tensors(tensors, &tmp.join("model.safetensors"))?;
     let cfg_path = run.model_dir.dir.join("config.json");
     let text = std::fs::read_to_string(&cfg_path).map_err(io_err(&cfg_path))?;
-    let mut cfg: serde_json::Value = serde_json::from_str(&text).map_err(|e| TrainError::Invalid(format!("{}: {e}", cfg_path.display())))?;
+    let mut cfg: serde_json::Value = serde_json::from_str(&text)
+        .map_err(|e| TrainError::Invalid(format!("{}: {e}", cfg_path.display())))?;
     let (id2label, label2id) = label_maps(run.task);
     let arch_name = match family {
         Family::Bert => "BertForSequenceClassification",
@@ -174,22 +222,40 @@ pub fn export_merged(run: &LoadedRun, out: &Path) -> Result<PathBuf> {
         o.insert("architectures".into(), serde_json::json!([arch_name]));
         o.insert("id2label".into(), id2label);
         o.insert("label2id".into(), label2id);
-        o.insert("num_labels".into(), serde_json::json!(run.task.num_labels()));
+        o.insert(
+            "num_labels".into(),
+            serde_json::json!(run.task.num_labels()),
+        );
         o.insert(
             "problem_type".into(),
-            serde_json::json!(if run.task.is_regression() { "regression" } else { "single_label_classification" }),
+            serde_json::json!(if run.task.is_regression() {
+                "regression"
+            } else {
+                "single_label_classification"
+            }),
         );
         o.insert("petnas_run".into(), serde_json::json!(run.record.id));
     }
-    petnas_core::io::write_atomic(&tmp.join("config.json"), serde_json::to_string_pretty(&cfg).unwrap_or_default().as_bytes())?;
+    petnas_core::io::write_atomic(
+        &tmp.join("config.json"),
+        serde_json::to_string_pretty(&cfg)
+            .unwrap_or_default()
+            .as_bytes(),
+    )?;
     copy_tokenizer(&run.model_dir.dir, &tmp)?;
     finish(tmp, out)
 }
 
 fn staging(out: &Path) -> Result<PathBuf> {
-    let parent = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let parent = out
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     std::fs::create_dir_all(parent).map_err(io_err(parent))?;
-    let name = out.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_else(|| "export".into());
+    let name = out
+        .file_name()
+        .map(|f| f.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "export".into());
     let tmp = parent.join(format!(".partial-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&tmp);
     std::fs::create_dir_all(&tmp).map_err(io_err(&tmp))?;
@@ -208,7 +274,9 @@ fn finish(tmp: PathBuf, out: &Path) -> Result<PathBuf> {
 pub fn export_peft(run: &LoadedRun, out: &Path) -> Result<PathBuf> {
     let family = run.model.family();
     if run.arch.is_none() {
-        return Err(TrainError::Invalid("a full fine-tuning run has no adapter: use --merged".into()));
+        return Err(TrainError::Invalid(
+            "a full fine-tuning run has no adapter: use --merged".into(),
+        ));
     }
     let tmp = staging(out)?;
     let pre = format!("base_model.model.{}", prefix(family));
@@ -232,8 +300,14 @@ pub fn export_peft(run: &LoadedRun, out: &Path) -> Result<PathBuf> {
         let h = cfg.hidden_size;
         for i in 0..cfg.num_hidden_layers {
             let path = format!("encoder.layer.{i}.attention.self.query");
-            tensors.push((format!("{pre}{path}.lora_A.weight"), Tensor::zeros((1, h), DType::F32, &Device::Cpu)?));
-            tensors.push((format!("{pre}{path}.lora_B.weight"), Tensor::zeros((h, 1), DType::F32, &Device::Cpu)?));
+            tensors.push((
+                format!("{pre}{path}.lora_A.weight"),
+                Tensor::zeros((1, h), DType::F32, &Device::Cpu)?,
+            ));
+            tensors.push((
+                format!("{pre}{path}.lora_B.weight"),
+                Tensor::zeros((h, 1), DType::F32, &Device::Cpu)?,
+            ));
             rank_pattern.insert(path.clone(), 1);
             alpha_pattern.insert(path.clone(), 1);
             targets.push(path);
@@ -241,10 +315,17 @@ pub fn export_peft(run: &LoadedRun, out: &Path) -> Result<PathBuf> {
     }
     // Every bias, merged with its delta (PEFT's bias = "all" saves biases whole).
     for (name, t) in run.model.merged_weights()? {
-        if name.ends_with(".bias") && !name.starts_with("classifier.") && !name.starts_with("pooler.") {
+        if name.ends_with(".bias")
+            && !name.starts_with("classifier.")
+            && !name.starts_with("pooler.")
+        {
             // A LoRA-wrapped module keeps its own layer as `base_layer`.
             let module = name.trim_end_matches(".bias");
-            let key = if targets.iter().any(|p| p == module) { format!("{pre}{module}.base_layer.bias") } else { format!("{pre}{name}") };
+            let key = if targets.iter().any(|p| p == module) {
+                format!("{pre}{module}.base_layer.bias")
+            } else {
+                format!("{pre}{name}")
+            };
             tensors.push((key, t));
         }
     }
@@ -284,7 +365,12 @@ pub fn export_peft(run: &LoadedRun, out: &Path) -> Result<PathBuf> {
         "init_lora_weights": true,
         "inference_mode": true,
     });
-    petnas_core::io::write_atomic(&tmp.join("adapter_config.json"), serde_json::to_string_pretty(&cfg).unwrap_or_default().as_bytes())?;
+    petnas_core::io::write_atomic(
+        &tmp.join("adapter_config.json"),
+        serde_json::to_string_pretty(&cfg)
+            .unwrap_or_default()
+            .as_bytes(),
+    )?;
     // Our metadata beside PEFT's file, not in it: PEFT warns about keys it does not know.
     let meta = serde_json::json!({
         "version": 1,
@@ -292,7 +378,12 @@ pub fn export_peft(run: &LoadedRun, out: &Path) -> Result<PathBuf> {
         "config_hash": run.record.config_hash,
         "note": "bias deltas are stored as merged biases (bias = all); unstructured masks as zeros in dense factors",
     });
-    petnas_core::io::write_atomic(&tmp.join("petnas_export.json"), serde_json::to_string_pretty(&meta).unwrap_or_default().as_bytes())?;
+    petnas_core::io::write_atomic(
+        &tmp.join("petnas_export.json"),
+        serde_json::to_string_pretty(&meta)
+            .unwrap_or_default()
+            .as_bytes(),
+    )?;
     save_tensors(tensors, &tmp.join("adapter_model.safetensors"))?;
     copy_tokenizer(&run.model_dir.dir, &tmp)?;
     finish(tmp, out)
@@ -310,10 +401,18 @@ pub struct Prediction {
 }
 
 /// Logits of the trained run on the first `max_dev` dev examples of its task.
-pub fn predict_dev(run: &LoadedRun, data: &Path, max_dev: Option<usize>) -> Result<Vec<Prediction>> {
+pub fn predict_dev(
+    run: &LoadedRun,
+    data: &Path,
+    max_dev: Option<usize>,
+) -> Result<Vec<Prediction>> {
     let family = run.model.family();
     let max_len = run.record.spec.recipe.max_len;
-    let tok = crate::tokenize::TextTokenizer::from_file(&run.model_dir.tokenizer_path()?, family, max_len)?;
+    let tok = crate::tokenize::TextTokenizer::from_file(
+        &run.model_dir.tokenizer_path()?,
+        family,
+        max_len,
+    )?;
     let mut ex = crate::glue::load(data, run.task, crate::glue::Split::Dev)?;
     if let Some(n) = max_dev {
         ex.truncate(n);
@@ -327,7 +426,11 @@ pub fn predict_dev(run: &LoadedRun, data: &Path, max_dev: Option<usize>) -> Resu
         let (_, logits) = run.model.forward(&batch, None)?;
         let rows: Vec<Vec<f32>> = logits.to_dtype(DType::F32)?.to_vec2()?;
         for (x, l) in chunk_x.iter().zip(rows) {
-            out.push(Prediction { text_a: x.text_a.clone(), text_b: x.text_b.clone(), logits: l });
+            out.push(Prediction {
+                text_a: x.text_a.clone(),
+                text_b: x.text_b.clone(),
+                logits: l,
+            });
         }
     }
     Ok(out)

@@ -18,7 +18,11 @@ use petnas_train::search::{self, init_map, SearchConfig, SearchHooks};
 use petnas_train::sweep;
 
 #[derive(Parser)]
-#[command(name = "petnas-train", version, about = "Where and how much to fine-tune: PET architecture search (Lawton et al. 2023) in candle")]
+#[command(
+    name = "petnas-train",
+    version,
+    about = "Where and how much to fine-tune: PET architecture search (Lawton et al. 2023) in candle"
+)]
 struct Cli {
     /// Worker threads for matrix products and elementwise ops (default: all cores).
     #[arg(long, global = true)]
@@ -98,7 +102,11 @@ enum Cmd {
     /// Throughput of one PET training step; prints one JSON line.
     Bench {
         /// Model folder.
-        #[arg(long, env = "PETNAS_MODEL", default_value = "data/models/all-MiniLM-L6-v2")]
+        #[arg(
+            long,
+            env = "PETNAS_MODEL",
+            default_value = "data/models/all-MiniLM-L6-v2"
+        )]
         model: String,
         /// Batch size.
         #[arg(long, default_value_t = 16)]
@@ -141,7 +149,11 @@ struct Common {
     #[arg(long)]
     task: String,
     /// Model folder or a hub id present in the local HF cache.
-    #[arg(long, env = "PETNAS_MODEL", default_value = "data/models/all-MiniLM-L6-v2")]
+    #[arg(
+        long,
+        env = "PETNAS_MODEL",
+        default_value = "data/models/all-MiniLM-L6-v2"
+    )]
     model: String,
     /// GLUE folder (<data>/<TASK>/{train,dev}.tsv). Default: $PETNAS_DATA, data/glue, ../shared/data/glue.
     #[arg(long)]
@@ -229,7 +241,9 @@ fn parse_grad_norm(s: &str) -> std::result::Result<GradNorm, String> {
     if s == "none" {
         return Ok(GradNorm(None));
     }
-    s.parse::<f64>().map(|x| GradNorm(Some(x))).map_err(|_| format!("`{s}`: a number or `none`"))
+    s.parse::<f64>()
+        .map(|x| GradNorm(Some(x)))
+        .map_err(|_| format!("`{s}`: a number or `none`"))
 }
 
 impl RecipeArgs {
@@ -254,7 +268,11 @@ impl RecipeArgs {
         r.validate().map_err(|e| {
             // "warmup_frac = 1: ..." → "--warmup 1: ...", as the option is spelled.
             let (field, rest) = e.split_once(" = ").unwrap_or((e.as_str(), ""));
-            let flag = if field == "warmup_frac" { "warmup".to_string() } else { field.replace('_', "-") };
+            let flag = if field == "warmup_frac" {
+                "warmup".to_string()
+            } else {
+                field.replace('_', "-")
+            };
             anyhow::anyhow!("--{flag} {rest}")
         })?;
         Ok(r)
@@ -281,7 +299,12 @@ struct SearchArgs {
     #[arg(long, default_value = "both")]
     mode: String,
     /// Budgets in PET parameters, comma separated (2000,10k,3.4M).
-    #[arg(long, value_delimiter = ',', required = true, allow_hyphen_values = true)]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        required = true,
+        allow_hyphen_values = true
+    )]
     budget: Vec<String>,
     /// Criterion: mean (the paper's), last, abs, magnitude, random.
     #[arg(long, default_value = "mean")]
@@ -307,14 +330,20 @@ fn parse_enum<T: serde::de::DeserializeOwned>(what: &str, s: &str, valid: &str) 
 }
 
 fn recipe(c: &Common, task: Task, default_lr: f64) -> Result<Recipe> {
-    c.recipe.apply(Recipe::new(task.default_epochs(), default_lr))
+    c.recipe
+        .apply(Recipe::new(task.default_epochs(), default_lr))
 }
 
 fn load_inputs(c: &Common, task: Task, r: &Recipe) -> Result<RunInputs> {
     let data = sweep::find_data(c.data.as_deref())?;
     let device = parse_device(&c.device)?;
-    let limits = DataLimits { max_train: r.max_train, max_dev: r.max_dev };
-    Ok(RunInputs::load(&c.model, &data, task, r.max_len, limits, &device)?)
+    let limits = DataLimits {
+        max_train: r.max_train,
+        max_dev: r.max_dev,
+    };
+    Ok(RunInputs::load(
+        &c.model, &data, task, r.max_len, limits, &device,
+    )?)
 }
 
 /// Refuses to replace a finished run made with another config (unless `--overwrite`); says
@@ -342,8 +371,17 @@ fn spec_difference(old: &RunSpec, new: &RunSpec) -> String {
             (serde_json::Value::Object(x), serde_json::Value::Object(y)) => {
                 let keys: std::collections::BTreeSet<&String> = x.keys().chain(y.keys()).collect();
                 for k in keys {
-                    let p = if path.is_empty() { k.clone() } else { format!("{path}.{k}") };
-                    walk(x.get(k).unwrap_or(&serde_json::Value::Null), y.get(k).unwrap_or(&serde_json::Value::Null), &p, out);
+                    let p = if path.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{path}.{k}")
+                    };
+                    walk(
+                        x.get(k).unwrap_or(&serde_json::Value::Null),
+                        y.get(k).unwrap_or(&serde_json::Value::Null),
+                        &p,
+                        out,
+                    );
                 }
             }
             _ if a != b => out.push(format!("{path}: {a} → {b}")),
@@ -351,7 +389,12 @@ fn spec_difference(old: &RunSpec, new: &RunSpec) -> String {
         }
     }
     let mut out = Vec::new();
-    walk(&serde_json::to_value(old).unwrap_or_default(), &serde_json::to_value(new).unwrap_or_default(), "", &mut out);
+    walk(
+        &serde_json::to_value(old).unwrap_or_default(),
+        &serde_json::to_value(new).unwrap_or_default(),
+        "",
+        &mut out,
+    );
     if out.is_empty() {
         "same settings, another version of the spec".into()
     } else {
@@ -379,14 +422,21 @@ fn cmd_train(a: TrainArgs) -> Result<()> {
     let (arch, method, space_name) = if a.method == "full" {
         (None, "full".to_string(), None)
     } else if let Some(file) = a.method.strip_prefix("arch:") {
-        let arch = Architecture::load(Path::new(file)).with_context(|| format!("--method arch:{file}"))?;
-        arch.check_model(cfg).with_context(|| format!("--method arch:{file}"))?;
+        let arch =
+            Architecture::load(Path::new(file)).with_context(|| format!("--method arch:{file}"))?;
+        arch.check_model(cfg)
+            .with_context(|| format!("--method arch:{file}"))?;
         let name = arch.space.clone();
         (Some(arch), a.method.clone(), Some(name))
     } else {
-        let space = SearchSpace::from_spec(&a.method, &inventory(cfg)).with_context(|| format!("--method {}", a.method))?;
+        let space = SearchSpace::from_spec(&a.method, &inventory(cfg))
+            .with_context(|| format!("--method {}", a.method))?;
         let name = space.name.clone();
-        (Some(Architecture::maximal(&space, cfg)?), a.method.clone(), Some(name))
+        (
+            Some(Architecture::maximal(&space, cfg)?),
+            a.method.clone(),
+            Some(name),
+        )
     };
     let spec = RunSpec {
         task: task.name().to_string(),
@@ -407,15 +457,27 @@ fn cmd_train(a: TrainArgs) -> Result<()> {
         precision: c.precision,
         prune_rounds: None,
     };
-    let start = arch.as_ref().map(|a| init_map(a, c.seed, c.lora_init)).unwrap_or_default();
+    let start = arch
+        .as_ref()
+        .map(|a| init_map(a, c.seed, c.lora_init))
+        .unwrap_or_default();
     let id = sweep::baseline_id(task, &method, None, c.seed);
     if check_existing(&c.out, &id, &spec, c.overwrite)? {
-        println!("{} is already done with this config (a run folder with the same spec hash)", c.out.join(&id).display());
+        println!(
+            "{} is already done with this config (a run folder with the same spec hash)",
+            c.out.join(&id).display()
+        );
         return Ok(());
     }
     let o = run::execute(
         &inp,
-        RunPlan { spec, arch: arch.as_ref(), start: &start, criterion: None, progress: progress(c.quiet) },
+        RunPlan {
+            spec,
+            arch: arch.as_ref(),
+            start: &start,
+            criterion: None,
+            progress: progress(c.quiet),
+        },
         &id,
         &c.out,
     )?;
@@ -433,21 +495,45 @@ fn cmd_search(a: SearchArgs) -> Result<()> {
     let task: Task = c.task.parse().map_err(|e| anyhow::anyhow!("--task: {e}"))?;
     let modes = match a.mode.as_str() {
         "both" => vec![PruneMode::Structured, PruneMode::Unstructured],
-        m => vec![parse_enum::<PruneMode>("mode", m, "structured, unstructured, both")?],
+        m => vec![parse_enum::<PruneMode>(
+            "mode",
+            m,
+            "structured, unstructured, both",
+        )?],
     };
-    let budgets = a.budget.iter().map(|b| parse_budget(b)).collect::<std::result::Result<Vec<_>, _>>().context("--budget")?;
-    let criterion: CriterionKind = parse_enum("criterion", &a.criterion, "mean, last, abs, magnitude, random")?;
+    let budgets = a
+        .budget
+        .iter()
+        .map(|b| parse_budget(b))
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .context("--budget")?;
+    let criterion: CriterionKind = parse_enum(
+        "criterion",
+        &a.criterion,
+        "mean, last, abs, magnitude, random",
+    )?;
     let reinit: Reinit = parse_enum("reinit", &a.reinit, "same, fresh, keep")?;
     let rank_group: RankGroup = parse_enum("rank-group", &a.rank_group, "uv, u_only")?;
     let r = recipe(c, task, 1e-3)?;
     let search_recipe = match a.search_lr {
-        Some(lr) => Some(RecipeArgs { lr: Some(lr), ..c.recipe.clone() }.apply(r.clone()).context("--search-lr")?),
+        Some(lr) => Some(
+            RecipeArgs {
+                lr: Some(lr),
+                ..c.recipe.clone()
+            }
+            .apply(r.clone())
+            .context("--search-lr")?,
+        ),
         None => None,
     };
     let inp = load_inputs(c, task, &r)?;
-    let space = SearchSpace::from_spec(&a.space, &inventory(&inp.model.config)).with_context(|| format!("--space {}", a.space))?;
+    let space = SearchSpace::from_spec(&a.space, &inventory(&inp.model.config))
+        .with_context(|| format!("--space {}", a.space))?;
     if space.full_finetune {
-        bail!("--space {}: full fine-tuning has no PET parameters to search over", a.space);
+        bail!(
+            "--space {}: full fine-tuning has no PET parameters to search over",
+            a.space
+        );
     }
     let cfg = SearchConfig {
         task: task.name().to_string(),
@@ -470,16 +556,35 @@ fn cmd_search(a: SearchArgs) -> Result<()> {
     let maximal = Architecture::maximal(&cfg.space, &inp.model.config)?;
     cfg.validate(&maximal)?;
     // Refuse before training anything if a run folder of this search holds another config.
-    check_existing(&c.out, &cfg.maximal_id(), &cfg.maximal_spec(&maximal), c.overwrite)?;
+    check_existing(
+        &c.out,
+        &cfg.maximal_id(),
+        &cfg.maximal_spec(&maximal),
+        c.overwrite,
+    )?;
     for p in cfg.pruned_runs(&maximal) {
         check_existing(&c.out, &p.id, &p.spec, c.overwrite)?;
     }
     let out = c.out.clone();
-    let done = move |id: &str, spec: &RunSpec| sweep::run_state_in(&out, id, &spec.hash()) == sweep::RunState::Done;
+    let done = move |id: &str, spec: &RunSpec| {
+        sweep::run_state_in(&out, id, &spec.hash()) == sweep::RunState::Done
+    };
     let mut print = |r: &RunRecord| println!("{}", run::summary_line(r));
-    let made = search::search(&inp, &cfg, &c.out, SearchHooks { is_done: &done, on_record: &mut print, progress: progress(c.quiet) })?;
+    let made = search::search(
+        &inp,
+        &cfg,
+        &c.out,
+        SearchHooks {
+            is_done: &done,
+            on_record: &mut print,
+            progress: progress(c.quiet),
+        },
+    )?;
     if made.is_empty() {
-        println!("every run of this search is already done with this config in {}", c.out.display());
+        println!(
+            "every run of this search is already done with this config in {}",
+            c.out.display()
+        );
     }
     println!("wrote {}", c.out.display());
     Ok(())
@@ -523,12 +628,19 @@ struct SweepArgs {
 /// Throughput behind the plan's cost estimate, per (task, full fine-tuning or not): the median
 /// examples/s of finished runs of that kind in `out`, else a short `bench` on the task's mean
 /// training length (full fine-tuning runs several times slower than a PET: it is measured apart).
-fn measured_throughput(plan: &sweep::Plan, cfg: &sweep::SweepConfig, out: &Path, device: &candle_core::Device) -> Result<sweep::Throughput> {
+fn measured_throughput(
+    plan: &sweep::Plan,
+    cfg: &sweep::SweepConfig,
+    out: &Path,
+    device: &candle_core::Device,
+) -> Result<sweep::Throughput> {
     let mut seen: BTreeMap<(String, bool), Vec<f64>> = BTreeMap::new();
     for r in &plan.runs {
         if let Ok(rec) = RunRecord::load(&sweep::runs_dir(out).join(&r.id).join("record.json")) {
             if rec.result.examples_per_second > 0.0 {
-                seen.entry((r.task.clone(), sweep::is_full(&r.spec))).or_default().push(rec.result.examples_per_second);
+                seen.entry((r.task.clone(), sweep::is_full(&r.spec)))
+                    .or_default()
+                    .push(rec.result.examples_per_second);
             }
         }
     }
@@ -548,9 +660,14 @@ fn measured_throughput(plan: &sweep::Plan, cfg: &sweep::SweepConfig, out: &Path,
             Some(l) => *l,
             None => {
                 let task: Task = r.task.parse().map_err(|e| anyhow::anyhow!("{e}"))?;
-                let limits = DataLimits { max_train: Some(256), max_dev: Some(1) };
-                let inp = RunInputs::load(&cfg.model, &plan.data, task, cfg.max_len(), limits, device)?;
-                let l = inp.train.encoded.iter().map(|e| e.ids.len()).sum::<usize>() / inp.train.encoded.len().max(1);
+                let limits = DataLimits {
+                    max_train: Some(256),
+                    max_dev: Some(1),
+                };
+                let inp =
+                    RunInputs::load(&cfg.model, &plan.data, task, cfg.max_len(), limits, device)?;
+                let l = inp.train.encoded.iter().map(|e| e.ids.len()).sum::<usize>()
+                    / inp.train.encoded.len().max(1);
                 mean_len.insert(r.task.clone(), l);
                 l
             }
@@ -572,12 +689,19 @@ fn measured_throughput(plan: &sweep::Plan, cfg: &sweep::SweepConfig, out: &Path,
 }
 
 fn cmd_sweep(a: SweepArgs) -> Result<()> {
-    let text = std::fs::read_to_string(&a.config).with_context(|| format!("reading {}", a.config.display()))?;
+    let text = std::fs::read_to_string(&a.config)
+        .with_context(|| format!("reading {}", a.config.display()))?;
     let cfg = sweep::SweepConfig::load(&a.config)?;
     let out = a.out.clone().unwrap_or_else(|| {
-        PathBuf::from("runs").join(a.config.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "sweep".into()))
+        PathBuf::from("runs").join(
+            a.config
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_else(|| "sweep".into()),
+        )
     });
-    let plan = sweep::plan(&cfg, a.data.as_deref()).with_context(|| format!("{}", a.config.display()))?;
+    let plan =
+        sweep::plan(&cfg, a.data.as_deref()).with_context(|| format!("{}", a.config.display()))?;
     precision_notice(cfg.precision);
     if a.reindex {
         let n = sweep::write_index(&out, None, None)?;
@@ -586,16 +710,38 @@ fn cmd_sweep(a: SweepArgs) -> Result<()> {
     }
     let device = parse_device(&cfg.device)?;
     let batch = cfg.batch_size();
-    let eps = if a.no_estimate { None } else { Some(measured_throughput(&plan, &cfg, &out, &device)?) };
+    let eps = if a.no_estimate {
+        None
+    } else {
+        Some(measured_throughput(&plan, &cfg, &out, &device)?)
+    };
     // A reader that stops early (`--dry-run | head`) closes the pipe: stop printing, not panic.
     use std::io::Write;
     let mut stdout = std::io::stdout().lock();
-    if writeln!(stdout, "{}", sweep::describe(&plan, &out, a.shard, eps.as_ref(), batch).trim_end()).is_err() {
+    if writeln!(
+        stdout,
+        "{}",
+        sweep::describe(&plan, &out, a.shard, eps.as_ref(), batch).trim_end()
+    )
+    .is_err()
+    {
         return Ok(());
     }
     if a.dry_run {
-        for r in plan.runs.iter().filter(|r| a.shard.is_none_or(|s| s.owns(r.job))) {
-            if writeln!(stdout, "  {} ({} steps) [{:?}]", r.id, r.steps, plan.state(&out, &r.id, &r.hash)).is_err() {
+        for r in plan
+            .runs
+            .iter()
+            .filter(|r| a.shard.is_none_or(|s| s.owns(r.job)))
+        {
+            if writeln!(
+                stdout,
+                "  {} ({} steps) [{:?}]",
+                r.id,
+                r.steps,
+                plan.state(&out, &r.id, &r.hash)
+            )
+            .is_err()
+            {
                 return Ok(());
             }
         }
@@ -604,10 +750,22 @@ fn cmd_sweep(a: SweepArgs) -> Result<()> {
     drop(stdout);
     std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
     let log_path = out.join("sweep.log");
-    let log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path).with_context(|| format!("opening {}", log_path.display()))?;
-    let _ = tracing_subscriber::fmt().with_writer(std::sync::Mutex::new(log)).with_ansi(false).try_init();
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)
+        .with_context(|| format!("opening {}", log_path.display()))?;
+    let _ = tracing_subscriber::fmt()
+        .with_writer(std::sync::Mutex::new(log))
+        .with_ansi(false)
+        .try_init();
     tracing::info!(config = %a.config.display(), out = %out.display(), shard = ?a.shard, "sweep start");
-    let opts = sweep::SweepOptions { out: out.clone(), shard: a.shard, rerun_changed: a.rerun_changed, progress: !a.quiet };
+    let opts = sweep::SweepOptions {
+        out: out.clone(),
+        shard: a.shard,
+        rerun_changed: a.rerun_changed,
+        progress: !a.quiet,
+    };
     let s = sweep::execute(&cfg, &text, &plan, &opts, &device)?;
     tracing::info!(?s, "sweep end");
     println!(
@@ -631,7 +789,12 @@ fn main() -> Result<()> {
     // elementwise pool off, malloc thresholds (see model/cpu.rs).
     petnas_train::model::cpu::init_process(cli.threads).map_err(anyhow::Error::msg)?;
     match cli.cmd {
-        Cmd::Verify { model, fixture, device, precision } => {
+        Cmd::Verify {
+            model,
+            fixture,
+            device,
+            precision,
+        } => {
             let dev = parse_device(&device)?;
             let rep = petnas_train::verify::verify(&model, &fixture, &dev, precision)?;
             println!("{}", serde_json::to_string(&rep)?);
@@ -644,9 +807,15 @@ fn main() -> Result<()> {
         }
         Cmd::Train(a) => cmd_train(a),
         Cmd::Sweep(a) => cmd_sweep(a),
-        Cmd::Predict { run, data, max_dev, model } => {
-            let loaded = petnas_train::export::load_run(&run, model.as_deref(), &candle_core::Device::Cpu)
-                .with_context(|| format!("loading run {}", run.display()))?;
+        Cmd::Predict {
+            run,
+            data,
+            max_dev,
+            model,
+        } => {
+            let loaded =
+                petnas_train::export::load_run(&run, model.as_deref(), &candle_core::Device::Cpu)
+                    .with_context(|| format!("loading run {}", run.display()))?;
             // The data the run was trained on, unless told otherwise.
             let data = match (data, run::trained_data_dir(&run)) {
                 (None, Some(d)) => d,
@@ -657,12 +826,18 @@ fn main() -> Result<()> {
             }
             Ok(())
         }
-        Cmd::Export { run, merged, peft, model } => {
+        Cmd::Export {
+            run,
+            merged,
+            peft,
+            model,
+        } => {
             if merged.is_none() && peft.is_none() {
                 bail!("export: give --merged DIR and/or --peft DIR");
             }
-            let loaded = petnas_train::export::load_run(&run, model.as_deref(), &candle_core::Device::Cpu)
-                .with_context(|| format!("loading run {}", run.display()))?;
+            let loaded =
+                petnas_train::export::load_run(&run, model.as_deref(), &candle_core::Device::Cpu)
+                    .with_context(|| format!("loading run {}", run.display()))?;
             if let Some(m) = merged {
                 let p = petnas_train::export::export_merged(&loaded, &m)?;
                 println!("wrote merged model {}", p.display());
@@ -673,7 +848,12 @@ fn main() -> Result<()> {
             }
             Ok(())
         }
-        Cmd::TinyModel { family, tokenizer, out, seed } => {
+        Cmd::TinyModel {
+            family,
+            tokenizer,
+            out,
+            seed,
+        } => {
             let family = match family.as_str() {
                 "bert" => petnas_core::inventory::Family::Bert,
                 "roberta" => petnas_core::inventory::Family::Roberta,
@@ -683,7 +863,19 @@ fn main() -> Result<()> {
             println!("wrote {}", out.display());
             Ok(())
         }
-        Cmd::Bench { model, batch, seq, padded, data, space, steps, warmup, no_criterion, device, precision } => {
+        Cmd::Bench {
+            model,
+            batch,
+            seq,
+            padded,
+            data,
+            space,
+            steps,
+            warmup,
+            no_criterion,
+            device,
+            precision,
+        } => {
             let dev = parse_device(&device)?;
             let padded = match padded {
                 Some(t) => Some(petnas_train::bench::PaddedData {
@@ -693,7 +885,17 @@ fn main() -> Result<()> {
                 None => None,
             };
             precision_notice(precision);
-            let cfg = petnas_train::bench::BenchConfig { model, batch, seq, space, steps, warmup, criterion: !no_criterion, padded, precision };
+            let cfg = petnas_train::bench::BenchConfig {
+                model,
+                batch,
+                seq,
+                space,
+                steps,
+                warmup,
+                criterion: !no_criterion,
+                padded,
+                precision,
+            };
             let rep = petnas_train::bench::bench(&cfg, &dev)?;
             println!("{}", serde_json::to_string(&rep)?);
             Ok(())

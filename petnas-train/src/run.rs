@@ -48,7 +48,8 @@ pub const INPUTS_FILE: &str = "inputs.json";
 /// The data folder a run was trained on, from its `inputs.json` (absent in runs of earlier
 /// versions, or when the folder no longer exists).
 pub fn trained_data_dir(run_dir: &Path) -> Option<PathBuf> {
-    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(run_dir.join(INPUTS_FILE)).ok()?).ok()?;
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run_dir.join(INPUTS_FILE)).ok()?).ok()?;
     let d = PathBuf::from(v.get("data")?.as_str()?);
     d.is_dir().then_some(d)
 }
@@ -62,17 +63,31 @@ pub struct DataLimits {
     pub max_dev: Option<usize>,
 }
 
-fn dataset(tok: &TextTokenizer, mut ex: Vec<glue::Example>, limit: Option<usize>) -> Result<Dataset> {
+fn dataset(
+    tok: &TextTokenizer,
+    mut ex: Vec<glue::Example>,
+    limit: Option<usize>,
+) -> Result<Dataset> {
     if let Some(n) = limit {
         ex.truncate(n);
     }
     let encoded = tok.encode_all(&ex)?;
-    Ok(Dataset { encoded, labels: ex.into_iter().map(|e| e.label).collect() })
+    Ok(Dataset {
+        encoded,
+        labels: ex.into_iter().map(|e| e.label).collect(),
+    })
 }
 
 impl RunInputs {
     /// Loads the model, its tokenizer and the task's train and dev splits.
-    pub fn load(model: &str, data_dir: &Path, task: Task, max_len: usize, limits: DataLimits, device: &Device) -> Result<Self> {
+    pub fn load(
+        model: &str,
+        data_dir: &Path,
+        task: Task,
+        max_len: usize,
+        limits: DataLimits,
+        device: &Device,
+    ) -> Result<Self> {
         let md = ModelDir::open(model)?;
         let family = md.config.family()?;
         let positions = md.config.max_len_limit()?;
@@ -84,11 +99,28 @@ impl RunInputs {
         }
         let tok = TextTokenizer::from_file(&md.tokenizer_path()?, family, max_len)?;
         let weights = md.weights()?;
-        let train = dataset(&tok, glue::load(data_dir, task, Split::Train)?, limits.max_train)?;
-        let dev = dataset(&tok, glue::load(data_dir, task, Split::Dev)?, limits.max_dev)?;
+        let train = dataset(
+            &tok,
+            glue::load(data_dir, task, Split::Train)?,
+            limits.max_train,
+        )?;
+        let dev = dataset(
+            &tok,
+            glue::load(data_dir, task, Split::Dev)?,
+            limits.max_dev,
+        )?;
         let pad_id = md.config.pad_token_id as u32;
         let data_dir = std::fs::canonicalize(data_dir).unwrap_or_else(|_| data_dir.to_path_buf());
-        Ok(Self { model: md, weights, task, train, dev, pad_id, device: device.clone(), data_dir })
+        Ok(Self {
+            model: md,
+            weights,
+            task,
+            train,
+            dev,
+            pad_id,
+            device: device.clone(),
+            data_dir,
+        })
     }
 }
 
@@ -137,11 +169,23 @@ pub fn execute(inp: &RunInputs, plan: RunPlan, id: &str, out_dir: &Path) -> Resu
         progress: plan.progress.clone(),
         label: id.to_string(),
     };
-    let pet_params = model.param_count(Role::Pet)? + if full { model.param_count(Role::Base)? } else { 0 };
+    let pet_params = model.param_count(Role::Pet)?
+        + if full {
+            model.param_count(Role::Base)?
+        } else {
+            0
+        };
     let head_params = model.param_count(Role::Head)?;
     let modules = plan.arch.map(|a| a.module_counts()).unwrap_or_default();
     let mut criterion = plan.criterion;
-    let trained = train::train(&model, &inp.train, &spec.recipe, spec.seed, &ctx, criterion.as_deref_mut());
+    let trained = train::train(
+        &model,
+        &inp.train,
+        &spec.recipe,
+        spec.seed,
+        &ctx,
+        criterion.as_deref_mut(),
+    );
     let mut log = String::new();
     let (result, model) = match trained {
         Ok(stats) => {
@@ -171,7 +215,9 @@ pub fn execute(inp: &RunInputs, plan: RunPlan, id: &str, out_dir: &Path) -> Resu
         Err(e @ TrainError::Diverged { .. }) => {
             log.push_str(&format!("failed: {e}\n"));
             let r = RunResult {
-                status: RunStatus::Failed { reason: e.to_string() },
+                status: RunStatus::Failed {
+                    reason: e.to_string(),
+                },
                 primary_metric: Some(inp.task.primary_metric().to_string()),
                 metrics: Default::default(),
                 pet_params,
@@ -190,13 +236,27 @@ pub fn execute(inp: &RunInputs, plan: RunPlan, id: &str, out_dir: &Path) -> Resu
     // The criterion sums go into the run folder before it appears: a search resumed after a kill
     // must never find its maximal run done but without the scores to prune from.
     let criterion = criterion.as_deref().filter(|_| model.is_some());
-    write_dir(out_dir, id, &record, plan.arch, model.as_ref(), criterion, Some(&inp.data_dir), &log)?;
+    write_dir(
+        out_dir,
+        id,
+        &record,
+        plan.arch,
+        model.as_ref(),
+        criterion,
+        Some(&inp.data_dir),
+        &log,
+    )?;
     Ok(RunOutcome { record, model })
 }
 
 /// One line per finished run: id, status, PET params, steps, time, metrics.
 pub fn summary_line(r: &RunRecord) -> String {
-    let m: Vec<String> = r.result.metrics.iter().map(|(k, v)| format!("{k} {v:.4}")).collect();
+    let m: Vec<String> = r
+        .result
+        .metrics
+        .iter()
+        .map(|(k, v)| format!("{k} {v:.4}"))
+        .collect();
     let status = match &r.result.status {
         RunStatus::Completed => "completed".to_string(),
         RunStatus::Failed { reason } => format!("FAILED ({reason})"),
@@ -215,7 +275,8 @@ pub fn summary_line(r: &RunRecord) -> String {
 /// The trained PET values saved in a run directory (for `Reinit::Keep`).
 pub fn load_pet_values(run_dir: &Path) -> Result<HashMap<String, Vec<f32>>> {
     let p = run_dir.join("weights.safetensors");
-    let t = candle_core::safetensors::load(&p, &Device::Cpu).map_err(|e| TrainError::Invalid(format!("{}: {e}", p.display())))?;
+    let t = candle_core::safetensors::load(&p, &Device::Cpu)
+        .map_err(|e| TrainError::Invalid(format!("{}: {e}", p.display())))?;
     let mut out = HashMap::new();
     for (name, v) in t {
         if name.ends_with(".bias_delta") || name.ends_with(".lora_u") || name.ends_with(".lora_v") {
@@ -232,7 +293,14 @@ pub fn git_commit() -> Option<String> {
 
 /// Writes a run's directory under a temporary name, then renames it into place (replacing an
 /// older directory of the same id).
-pub fn write_run_dir(out_dir: &Path, id: &str, record: &RunRecord, arch: Option<&Architecture>, model: Option<&EncoderModel>, log: &str) -> Result<PathBuf> {
+pub fn write_run_dir(
+    out_dir: &Path,
+    id: &str,
+    record: &RunRecord,
+    arch: Option<&Architecture>,
+    model: Option<&EncoderModel>,
+    log: &str,
+) -> Result<PathBuf> {
     write_dir(out_dir, id, record, arch, model, None, None, log)
 }
 
@@ -257,7 +325,13 @@ fn write_dir(
     if let Some(m) = model {
         let mut tensors = Vec::new();
         for t in m.trainables() {
-            tensors.push((t.name.clone(), t.var.as_tensor().to_dtype(DType::F32)?.to_device(&Device::Cpu)?));
+            tensors.push((
+                t.name.clone(),
+                t.var
+                    .as_tensor()
+                    .to_dtype(DType::F32)?
+                    .to_device(&Device::Cpu)?,
+            ));
         }
         let map: HashMap<String, candle_core::Tensor> = tensors.into_iter().collect();
         let p = tmp.join("weights.safetensors");

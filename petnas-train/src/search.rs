@@ -83,12 +83,24 @@ pub struct PrunedRun {
 
 /// Initial values of every PET tensor of `arch` at maximal shape.
 pub fn init_map(arch: &Architecture, seed: u64, init: LoraInit) -> HashMap<String, Vec<f32>> {
-    arch.modules.iter().flat_map(|m| initial_values(seed, m, init)).collect()
+    arch.modules
+        .iter()
+        .flat_map(|m| initial_values(seed, m, init))
+        .collect()
 }
 
 /// A file-name-safe version of a space name or method (specs contain `=;@,`).
 pub fn slug(s: &str) -> String {
-    let mut out: String = s.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' }).collect();
+    let mut out: String = s
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
     while out.contains("__") {
         out = out.replace("__", "_");
     }
@@ -96,7 +108,10 @@ pub fn slug(s: &str) -> String {
 }
 
 fn enum_str<T: serde::Serialize>(v: &T) -> String {
-    serde_json::to_value(v).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default()
+    serde_json::to_value(v)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default()
 }
 
 impl SearchConfig {
@@ -105,10 +120,13 @@ impl SearchConfig {
     /// LoRA init with `reinit = keep` (the offset would be taken from the trained factors, so
     /// the retraining would restart from the pre-trained function).
     pub fn validate(&self, maximal: &Architecture) -> Result<()> {
-        let what = |e: String| TrainError::Invalid(format!("search {} on {}: {e}", self.space.name, self.task));
+        let what = |e: String| {
+            TrainError::Invalid(format!("search {} on {}: {e}", self.space.name, self.task))
+        };
         self.recipe.validate().map_err(what)?;
         if let Some(r) = &self.search_recipe {
-            r.validate().map_err(|e| what(format!("search_lr recipe: {e}")))?;
+            r.validate()
+                .map_err(|e| what(format!("search_lr recipe: {e}")))?;
         }
         let size = maximal.pet_params();
         let mut seen = std::collections::BTreeSet::new();
@@ -120,13 +138,18 @@ impl SearchConfig {
                 return Err(what("budget 0 keeps no parameter".into()));
             }
             if b > size {
-                return Err(what(format!("budget {b} is above the space's {size} parameters: nothing to prune")));
+                return Err(what(format!(
+                    "budget {b} is above the space's {size} parameters: nothing to prune"
+                )));
             }
             if !seen.insert(b) {
                 return Err(what(format!("budget {b} is given twice")));
             }
         }
-        if self.lora_init == LoraInit::PaperZeroOffset && self.reinits.contains(&Reinit::Keep) && maximal.modules.iter().any(|m| m.lora.is_some()) {
+        if self.lora_init == LoraInit::PaperZeroOffset
+            && self.reinits.contains(&Reinit::Keep)
+            && maximal.modules.iter().any(|m| m.lora.is_some())
+        {
             return Err(what("lora_init paper_zero_offset with reinit keep is not supported: the frozen offset is the initial product, which keep discards".into()));
         }
         Ok(())
@@ -152,7 +175,10 @@ impl SearchConfig {
             mode: None,
             budget: None,
             seed: self.seed,
-            recipe: self.search_recipe.clone().unwrap_or_else(|| self.recipe.clone()),
+            recipe: self
+                .search_recipe
+                .clone()
+                .unwrap_or_else(|| self.recipe.clone()),
             criterion: None,
             reinit: None,
             lora_init: self.lora_init,
@@ -178,20 +204,39 @@ impl SearchConfig {
                                 PruneMode::Structured => "s",
                                 PruneMode::Unstructured => "u",
                             };
-                            let it = if rounds > 1 { format!("-it{rounds}") } else { String::new() };
-                            let id = format!("{}-{m}{budget}{it}-{}-{}-s{}", self.base(), enum_str(&criterion), enum_str(&reinit), self.seed);
+                            let it = if rounds > 1 {
+                                format!("-it{rounds}")
+                            } else {
+                                String::new()
+                            };
+                            let id = format!(
+                                "{}-{m}{budget}{it}-{}-{}-s{}",
+                                self.base(),
+                                enum_str(&criterion),
+                                enum_str(&reinit),
+                                self.seed
+                            );
                             let spec = RunSpec {
                                 mode: Some(mode),
                                 budget: Some(budget),
                                 recipe: self.recipe.clone(),
                                 criterion: Some(criterion),
                                 reinit: Some(reinit),
-                                rank_group: (mode == PruneMode::Structured).then_some(self.rank_group),
+                                rank_group: (mode == PruneMode::Structured)
+                                    .then_some(self.rank_group),
                                 maximal_hash: Some(maximal_hash.clone()),
                                 prune_rounds: (rounds > 1).then_some(rounds),
                                 ..maximal_spec.clone()
                             };
-                            out.push(PrunedRun { id, spec, criterion, reinit, mode, budget, rounds });
+                            out.push(PrunedRun {
+                                id,
+                                spec,
+                                criterion,
+                                reinit,
+                                mode,
+                                budget,
+                                rounds,
+                            });
                         }
                     }
                 }
@@ -225,18 +270,34 @@ fn iterate(
     for (i, &b) in between.iter().enumerate() {
         arch = prune(&arch, &scores, p.mode, b, cfg.rank_group)?;
         let mut crit = CriterionAccumulator::new();
-        let spec = RunSpec { budget: Some(b), ..p.spec.clone() };
+        let spec = RunSpec {
+            budget: Some(b),
+            ..p.spec.clone()
+        };
         let o = run::execute(
             inp,
-            RunPlan { spec, arch: Some(&arch), start, criterion: Some(&mut crit), progress: progress.clone() },
+            RunPlan {
+                spec,
+                arch: Some(&arch),
+                start,
+                criterion: Some(&mut crit),
+                progress: progress.clone(),
+            },
             &format!("round{}", i + 1),
             &scratch,
         )?;
         if let RunStatus::Failed { reason } = &o.record.result.status {
             let _ = std::fs::remove_dir_all(&scratch);
-            return Err(TrainError::Invalid(format!("{}: round {} of iterative pruning (budget {b}) failed: {reason}", p.id, i + 1)));
+            return Err(TrainError::Invalid(format!(
+                "{}: round {} of iterative pruning (budget {b}) failed: {reason}",
+                p.id,
+                i + 1
+            )));
         }
-        scores = scores_at_maximal_shape(&arch, &crit.scores(p.criterion, cfg.seed.wrapping_add(i as u64 + 1)));
+        scores = scores_at_maximal_shape(
+            &arch,
+            &crit.scores(p.criterion, cfg.seed.wrapping_add(i as u64 + 1)),
+        );
     }
     let _ = std::fs::remove_dir_all(&scratch);
     Ok(prune(&arch, &scores, p.mode, *last, cfg.rank_group)?)
@@ -254,8 +315,17 @@ pub struct SearchHooks<'a> {
 
 /// Runs the search: the maximal training (unless done), then every pruned retraining not done yet.
 /// Returns the records made by this call.
-pub fn search(inp: &RunInputs, cfg: &SearchConfig, out_dir: &Path, hooks: SearchHooks) -> Result<Vec<RunRecord>> {
-    let SearchHooks { is_done, on_record, progress } = hooks;
+pub fn search(
+    inp: &RunInputs,
+    cfg: &SearchConfig,
+    out_dir: &Path,
+    hooks: SearchHooks,
+) -> Result<Vec<RunRecord>> {
+    let SearchHooks {
+        is_done,
+        on_record,
+        progress,
+    } = hooks;
     let model_cfg = &inp.model.config;
     let maximal = Architecture::maximal(&cfg.space, model_cfg)?;
     let init = init_map(&maximal, cfg.seed, cfg.lora_init);
@@ -270,11 +340,16 @@ pub fn search(inp: &RunInputs, cfg: &SearchConfig, out_dir: &Path, hooks: Search
     // A maximal run that completed but has no criterion file (written by an older version, or
     // damaged) is trained again rather than silently skipping every pruned run.
     let max_failed = max_done
-        && RunRecord::load(&max_dir.join("record.json")).is_ok_and(|r| matches!(r.result.status, RunStatus::Failed { .. }));
+        && RunRecord::load(&max_dir.join("record.json"))
+            .is_ok_and(|r| matches!(r.result.status, RunStatus::Failed { .. }));
     let (crit, trained): (CriterionAccumulator, Option<HashMap<String, Vec<f32>>>) =
         if max_done && max_dir.join(CRITERION_FILE).exists() {
             let crit = CriterionAccumulator::load(&max_dir.join(CRITERION_FILE))?;
-            let trained = if need_trained { Some(run::load_pet_values(&max_dir)?) } else { None };
+            let trained = if need_trained {
+                Some(run::load_pet_values(&max_dir)?)
+            } else {
+                None
+            };
             (crit, trained)
         } else if max_failed {
             // Done but failed (diverged): nothing to prune from.
@@ -283,7 +358,13 @@ pub fn search(inp: &RunInputs, cfg: &SearchConfig, out_dir: &Path, hooks: Search
             let mut crit = CriterionAccumulator::new();
             let outcome = run::execute(
                 inp,
-                RunPlan { spec: max_spec, arch: Some(&maximal), start: &init, criterion: Some(&mut crit), progress: progress.clone() },
+                RunPlan {
+                    spec: max_spec,
+                    arch: Some(&maximal),
+                    start: &init,
+                    criterion: Some(&mut crit),
+                    progress: progress.clone(),
+                },
                 &max_id,
                 out_dir,
             )?;
@@ -296,7 +377,11 @@ pub fn search(inp: &RunInputs, cfg: &SearchConfig, out_dir: &Path, hooks: Search
             if failed {
                 return Ok(records);
             }
-            let trained = if need_trained { Some(model.pet_values()?.into_iter().collect()) } else { None };
+            let trained = if need_trained {
+                Some(model.pet_values()?.into_iter().collect())
+            } else {
+                None
+            };
             (crit, trained)
         };
 
@@ -306,20 +391,39 @@ pub fn search(inp: &RunInputs, cfg: &SearchConfig, out_dir: &Path, hooks: Search
         if is_done(&p.id, &p.spec) {
             continue;
         }
-        let scores = scores_by_kind.entry(p.criterion.as_str()).or_insert_with(|| crit.scores(p.criterion, cfg.seed));
+        let scores = scores_by_kind
+            .entry(p.criterion.as_str())
+            .or_insert_with(|| crit.scores(p.criterion, cfg.seed));
         let start = match p.reinit {
             Reinit::Same => &init,
             Reinit::Fresh => &fresh,
-            Reinit::Keep => trained.as_ref().ok_or_else(|| TrainError::Invalid("trained values of the maximal run are missing".into()))?,
+            Reinit::Keep => trained.as_ref().ok_or_else(|| {
+                TrainError::Invalid("trained values of the maximal run are missing".into())
+            })?,
         };
         let arch = if p.rounds > 1 {
-            iterate(inp, cfg, &maximal, scores, &p, start, out_dir, progress.clone())?
+            iterate(
+                inp,
+                cfg,
+                &maximal,
+                scores,
+                &p,
+                start,
+                out_dir,
+                progress.clone(),
+            )?
         } else {
             prune(&maximal, scores, p.mode, p.budget, cfg.rank_group)?
         };
         let o = run::execute(
             inp,
-            RunPlan { spec: p.spec.clone(), arch: Some(&arch), start, criterion: None, progress: progress.clone() },
+            RunPlan {
+                spec: p.spec.clone(),
+                arch: Some(&arch),
+                start,
+                criterion: None,
+                progress: progress.clone(),
+            },
             &p.id,
             out_dir,
         )?;

@@ -157,13 +157,21 @@ impl<'de> Deserialize<'de> for BudgetValue {
                 Ok(BudgetValue::Count(v))
             }
             fn visit_i64<E: Error>(self, v: i64) -> std::result::Result<BudgetValue, E> {
-                u64::try_from(v).map(BudgetValue::Count).map_err(|_| E::custom(format!("bad parameter budget {v}: a budget cannot be negative")))
+                u64::try_from(v).map(BudgetValue::Count).map_err(|_| {
+                    E::custom(format!(
+                        "bad parameter budget {v}: a budget cannot be negative"
+                    ))
+                })
             }
             fn visit_f64<E: Error>(self, v: f64) -> std::result::Result<BudgetValue, E> {
                 if v < 0.0 {
-                    Err(E::custom(format!("bad parameter budget {v}: a budget cannot be negative")))
+                    Err(E::custom(format!(
+                        "bad parameter budget {v}: a budget cannot be negative"
+                    )))
                 } else if v.fract() != 0.0 || v > u64::MAX as f64 {
-                    Err(E::custom(format!("bad parameter budget {v}: not a whole number of parameters")))
+                    Err(E::custom(format!(
+                        "bad parameter budget {v}: not a whole number of parameters"
+                    )))
                 } else {
                     Ok(BudgetValue::Count(v as u64))
                 }
@@ -216,7 +224,9 @@ pub struct SearchEntry {
 /// A config's `lora_init` by its CLI name: the records' alias `lora` (the old name of `u_zero`)
 /// is refused here as on the command line, since a new config saying `lora` most likely means
 /// Hu et al.'s init.
-fn lora_init_from_str<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<LoraInit, D::Error> {
+fn lora_init_from_str<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> std::result::Result<LoraInit, D::Error> {
     let s = String::deserialize(d)?;
     s.parse().map_err(serde::de::Error::custom)
 }
@@ -239,27 +249,58 @@ impl SweepConfig {
     /// Reads and checks a sweep file; errors name the file and the key.
     pub fn load(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(io_err(path))?;
-        let cfg: SweepConfig = toml::from_str(&text).map_err(|e| TrainError::Invalid(format!("{}: {e}", path.display())))?;
+        let cfg: SweepConfig = toml::from_str(&text)
+            .map_err(|e| TrainError::Invalid(format!("{}: {e}", path.display())))?;
         if cfg.tasks.is_empty() || cfg.seeds.is_empty() {
-            return Err(TrainError::Invalid(format!("{}: `tasks` and `seeds` must not be empty", path.display())));
+            return Err(TrainError::Invalid(format!(
+                "{}: `tasks` and `seeds` must not be empty",
+                path.display()
+            )));
         }
-        for t in cfg.tasks.iter().chain(cfg.recipe.epochs_per_task.keys()).chain(cfg.recipe.max_train_per_task.keys()) {
-            t.parse::<Task>().map_err(|e| TrainError::Invalid(format!("{}: task `{t}`: {e}", path.display())))?;
+        for t in cfg
+            .tasks
+            .iter()
+            .chain(cfg.recipe.epochs_per_task.keys())
+            .chain(cfg.recipe.max_train_per_task.keys())
+        {
+            t.parse::<Task>()
+                .map_err(|e| TrainError::Invalid(format!("{}: task `{t}`: {e}", path.display())))?;
         }
         if cfg.baselines.is_empty() && cfg.searches.is_empty() {
-            return Err(TrainError::Invalid(format!("{}: no [[baselines]] and no [[searches]]: nothing to run", path.display())));
+            return Err(TrainError::Invalid(format!(
+                "{}: no [[baselines]] and no [[searches]]: nothing to run",
+                path.display()
+            )));
         }
         for b in &cfg.baselines {
             if !(b.lr > 0.0 && b.lr.is_finite()) {
-                return Err(TrainError::Invalid(format!("{}: baseline {}: lr must be positive", path.display(), b.method)));
+                return Err(TrainError::Invalid(format!(
+                    "{}: baseline {}: lr must be positive",
+                    path.display(),
+                    b.method
+                )));
             }
         }
         for s in &cfg.searches {
-            if !(s.lr > 0.0 && s.lr.is_finite()) || s.search_lr.is_some_and(|l| !(l > 0.0 && l.is_finite())) {
-                return Err(TrainError::Invalid(format!("{}: search {}: lr must be positive", path.display(), s.space)));
+            if !(s.lr > 0.0 && s.lr.is_finite())
+                || s.search_lr.is_some_and(|l| !(l > 0.0 && l.is_finite()))
+            {
+                return Err(TrainError::Invalid(format!(
+                    "{}: search {}: lr must be positive",
+                    path.display(),
+                    s.space
+                )));
             }
-            if s.budgets.is_empty() || s.modes.is_empty() || s.criteria.is_empty() || s.reinit.is_empty() {
-                return Err(TrainError::Invalid(format!("{}: search {}: budgets, modes, criteria and reinit must not be empty", path.display(), s.space)));
+            if s.budgets.is_empty()
+                || s.modes.is_empty()
+                || s.criteria.is_empty()
+                || s.reinit.is_empty()
+            {
+                return Err(TrainError::Invalid(format!(
+                    "{}: search {}: budgets, modes, criteria and reinit must not be empty",
+                    path.display(),
+                    s.space
+                )));
             }
         }
         Ok(cfg)
@@ -299,13 +340,19 @@ impl SweepConfig {
 
     /// The batch size every run of this sweep uses.
     pub fn batch_size(&self) -> usize {
-        self.recipe.batch_size.unwrap_or(Recipe::new(1.0, 1.0).batch_size)
+        self.recipe
+            .batch_size
+            .unwrap_or(Recipe::new(1.0, 1.0).batch_size)
     }
 
     /// The cap on training examples for `task` (per-task value, else the global one).
     pub fn max_train_for(&self, task: Task) -> Option<usize> {
         let r = &self.recipe;
-        r.max_train_per_task.iter().find(|(k, _)| k.parse::<Task>().ok() == Some(task)).map(|(_, v)| *v).or(r.max_train)
+        r.max_train_per_task
+            .iter()
+            .find(|(k, _)| k.parse::<Task>().ok() == Some(task))
+            .map(|(_, v)| *v)
+            .or(r.max_train)
     }
 }
 
@@ -370,7 +417,10 @@ impl Plan {
     /// folder or in the records folder; changed if either holds it with another hash.
     pub fn state(&self, out: &Path, id: &str, hash: &str) -> RunState {
         let here = run_state(out, id, hash);
-        let kept = self.records.as_deref().map_or(RunState::Missing, |r| run_state_in(r, id, hash));
+        let kept = self
+            .records
+            .as_deref()
+            .map_or(RunState::Missing, |r| run_state_in(r, id, hash));
         match (here, kept) {
             (RunState::Done, _) | (_, RunState::Done) => RunState::Done,
             (RunState::Changed, _) | (_, RunState::Changed) => RunState::Changed,
@@ -397,13 +447,19 @@ pub fn keep_record(records: &Path, run_dir: &Path, id: &str) -> Result<()> {
 pub fn find_data(given: Option<&Path>) -> Result<PathBuf> {
     if let Some(d) = given {
         if !d.is_dir() {
-            return Err(TrainError::Invalid(format!("data folder {} does not exist", d.display())));
+            return Err(TrainError::Invalid(format!(
+                "data folder {} does not exist",
+                d.display()
+            )));
         }
         return Ok(d.to_path_buf());
     }
     let mut tried = Vec::new();
     let env = std::env::var_os("PETNAS_DATA").map(PathBuf::from);
-    for c in env.into_iter().chain([PathBuf::from("data/glue"), PathBuf::from("../shared/data/glue")]) {
+    for c in env.into_iter().chain([
+        PathBuf::from("data/glue"),
+        PathBuf::from("../shared/data/glue"),
+    ]) {
         if c.is_dir() {
             return Ok(c);
         }
@@ -426,7 +482,9 @@ pub fn plan(cfg: &SweepConfig, data_override: Option<&Path>) -> Result<Plan> {
     let mut runs: Vec<PlannedRun> = Vec::new();
     let mut train_rows: HashMap<Task, usize> = HashMap::new();
     for t in &cfg.tasks {
-        let task: Task = t.parse().map_err(|e| TrainError::Invalid(format!("task `{t}`: {e}")))?;
+        let task: Task = t
+            .parse()
+            .map_err(|e| TrainError::Invalid(format!("task `{t}`: {e}")))?;
         let n = match train_rows.get(&task) {
             Some(n) => *n,
             None => {
@@ -441,7 +499,9 @@ pub fn plan(cfg: &SweepConfig, data_override: Option<&Path>) -> Result<Plan> {
                 let (arch, space) = if b.method == "full" {
                     (None, None)
                 } else {
-                    let sp = SearchSpace::from_spec(&b.method, &inv).map_err(|e| TrainError::Invalid(format!("baseline `{}`: {e}", b.method)))?;
+                    let sp = SearchSpace::from_spec(&b.method, &inv).map_err(|e| {
+                        TrainError::Invalid(format!("baseline `{}`: {e}", b.method))
+                    })?;
                     (Some(Architecture::maximal(&sp, mc)?), Some(sp.name.clone()))
                 };
                 let spec = RunSpec {
@@ -463,15 +523,33 @@ pub fn plan(cfg: &SweepConfig, data_override: Option<&Path>) -> Result<Plan> {
                     precision: cfg.precision,
                     prune_rounds: None,
                 };
-                spec.recipe.validate().map_err(|e| TrainError::Invalid(format!("baseline `{}` on {}: {e}", b.method, task.name())))?;
+                spec.recipe.validate().map_err(|e| {
+                    TrainError::Invalid(format!("baseline `{}` on {}: {e}", b.method, task.name()))
+                })?;
                 let id = baseline_id(task, &b.method, b.tag.as_deref(), seed);
-                runs.push(PlannedRun { id: id.clone(), task: task.name().into(), job: jobs.len(), hash: spec.hash(), steps: crate::train::total_steps(&spec.recipe, n), spec: spec.clone() });
-                jobs.push(Job::Baseline { task, id, spec, arch });
+                runs.push(PlannedRun {
+                    id: id.clone(),
+                    task: task.name().into(),
+                    job: jobs.len(),
+                    hash: spec.hash(),
+                    steps: crate::train::total_steps(&spec.recipe, n),
+                    spec: spec.clone(),
+                });
+                jobs.push(Job::Baseline {
+                    task,
+                    id,
+                    spec,
+                    arch,
+                });
             }
             for s in &cfg.searches {
-                let space = SearchSpace::from_spec(&s.space, &inv).map_err(|e| TrainError::Invalid(format!("search space `{}`: {e}", s.space)))?;
+                let space = SearchSpace::from_spec(&s.space, &inv)
+                    .map_err(|e| TrainError::Invalid(format!("search space `{}`: {e}", s.space)))?;
                 if space.full_finetune {
-                    return Err(TrainError::Invalid(format!("search space `{}` has no PET parameters", s.space)));
+                    return Err(TrainError::Invalid(format!(
+                        "search space `{}` has no PET parameters",
+                        s.space
+                    )));
                 }
                 let budgets = s
                     .budgets
@@ -486,11 +564,18 @@ pub fn plan(cfg: &SweepConfig, data_override: Option<&Path>) -> Result<Plan> {
                     task: task.name().into(),
                     model: cfg.model.clone(),
                     space,
-                    tag: s.tag.as_deref().map(|t| format!("-{}", slug(t))).unwrap_or_default(),
+                    tag: s
+                        .tag
+                        .as_deref()
+                        .map(|t| format!("-{}", slug(t)))
+                        .unwrap_or_default(),
                     modes: s.modes.clone(),
                     budgets,
                     seed,
-                    search_recipe: s.search_lr.map(|lr| Recipe { lr, ..recipe.clone() }),
+                    search_recipe: s.search_lr.map(|lr| Recipe {
+                        lr,
+                        ..recipe.clone()
+                    }),
                     recipe,
                     criteria: s.criteria.clone(),
                     reinits: s.reinit.clone(),
@@ -503,21 +588,47 @@ pub fn plan(cfg: &SweepConfig, data_override: Option<&Path>) -> Result<Plan> {
                 let maximal = Architecture::maximal(&sc.space, mc)?;
                 sc.validate(&maximal)?;
                 let ms = sc.maximal_spec(&maximal);
-                runs.push(PlannedRun { id: sc.maximal_id(), task: task.name().into(), job: jobs.len(), hash: ms.hash(), steps: crate::train::total_steps(&ms.recipe, n), spec: ms });
+                runs.push(PlannedRun {
+                    id: sc.maximal_id(),
+                    task: task.name().into(),
+                    job: jobs.len(),
+                    hash: ms.hash(),
+                    steps: crate::train::total_steps(&ms.recipe, n),
+                    spec: ms,
+                });
                 for p in sc.pruned_runs(&maximal) {
-                    runs.push(PlannedRun { id: p.id, task: task.name().into(), job: jobs.len(), hash: p.spec.hash(), steps: crate::train::total_steps(&p.spec.recipe, n), spec: p.spec });
+                    runs.push(PlannedRun {
+                        id: p.id,
+                        task: task.name().into(),
+                        job: jobs.len(),
+                        hash: p.spec.hash(),
+                        steps: crate::train::total_steps(&p.spec.recipe, n),
+                        spec: p.spec,
+                    });
                 }
-                jobs.push(Job::Search { task, cfg: Box::new(sc) });
+                jobs.push(Job::Search {
+                    task,
+                    cfg: Box::new(sc),
+                });
             }
         }
     }
     let mut seen = BTreeSet::new();
     for r in &runs {
         if !seen.insert(r.id.clone()) {
-            return Err(TrainError::Invalid(format!("two planned runs share the id `{}`: give one of the entries a `tag`", r.id)));
+            return Err(TrainError::Invalid(format!(
+                "two planned runs share the id `{}`: give one of the entries a `tag`",
+                r.id
+            )));
         }
     }
-    Ok(Plan { jobs, runs, model: md, data, records: cfg.records.clone() })
+    Ok(Plan {
+        jobs,
+        runs,
+        model: md,
+        data,
+        records: cfg.records.clone(),
+    })
 }
 
 /// `K/N`: shard K (0-based) of N.
@@ -532,9 +643,17 @@ pub struct Shard {
 impl std::str::FromStr for Shard {
     type Err = String;
     fn from_str(s: &str) -> std::result::Result<Self, String> {
-        let (k, n) = s.split_once('/').ok_or_else(|| format!("--shard `{s}`: expected K/N, e.g. 0/4"))?;
-        let k: usize = k.trim().parse().map_err(|_| format!("--shard `{s}`: K is not a number"))?;
-        let n: usize = n.trim().parse().map_err(|_| format!("--shard `{s}`: N is not a number"))?;
+        let (k, n) = s
+            .split_once('/')
+            .ok_or_else(|| format!("--shard `{s}`: expected K/N, e.g. 0/4"))?;
+        let k: usize = k
+            .trim()
+            .parse()
+            .map_err(|_| format!("--shard `{s}`: K is not a number"))?;
+        let n: usize = n
+            .trim()
+            .parse()
+            .map_err(|_| format!("--shard `{s}`: N is not a number"))?;
         if n == 0 || k >= n {
             return Err(format!("--shard `{s}`: need 0 <= K < N"));
         }
@@ -588,7 +707,11 @@ pub fn run_state_in(dir: &Path, id: &str, hash: &str) -> RunState {
 }
 
 /// Rebuilds `index.jsonl` (or the shard's index) atomically from the finished run folders.
-pub fn write_index(out: &Path, shard: Option<Shard>, ids: Option<&BTreeSet<String>>) -> Result<usize> {
+pub fn write_index(
+    out: &Path,
+    shard: Option<Shard>,
+    ids: Option<&BTreeSet<String>>,
+) -> Result<usize> {
     let dir = runs_dir(out);
     let mut lines = String::new();
     let mut n = 0;
@@ -598,12 +721,17 @@ pub fn write_index(out: &Path, shard: Option<Shard>, ids: Option<&BTreeSet<Strin
     };
     entries.sort();
     for p in entries {
-        let name = p.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default();
+        let name = p
+            .file_name()
+            .map(|f| f.to_string_lossy().into_owned())
+            .unwrap_or_default();
         if name.starts_with('.') || ids.is_some_and(|ids| !ids.contains(&name)) {
             continue;
         }
         if let Ok(r) = RunRecord::load(&p.join("record.json")) {
-            lines.push_str(&serde_json::to_string(&r).map_err(|e| TrainError::Invalid(e.to_string()))?);
+            lines.push_str(
+                &serde_json::to_string(&r).map_err(|e| TrainError::Invalid(e.to_string()))?,
+            );
             lines.push('\n');
             n += 1;
         }
@@ -621,14 +749,23 @@ pub fn write_index(out: &Path, shard: Option<Shard>, ids: Option<&BTreeSet<Strin
 /// shard's files are left alone: it may be writing them right now.
 pub fn clean_temp_files(out: &Path, shard: Option<Shard>) -> usize {
     let own = match shard {
-        Some(s) => vec![format!("index.{}-of-{}.jsonl", s.k, s.n), format!("plan.{}-of-{}.json", s.k, s.n)],
-        None => vec!["index.jsonl".to_string(), "plan.json".to_string(), "sweep.toml".to_string()],
+        Some(s) => vec![
+            format!("index.{}-of-{}.jsonl", s.k, s.n),
+            format!("plan.{}-of-{}.json", s.k, s.n),
+        ],
+        None => vec![
+            "index.jsonl".to_string(),
+            "plan.json".to_string(),
+            "sweep.toml".to_string(),
+        ],
     };
     let mut n = 0;
     if let Ok(rd) = std::fs::read_dir(out) {
         for e in rd.flatten() {
             let name = e.file_name().to_string_lossy().into_owned();
-            if own.iter().any(|f| name.starts_with(&format!(".{f}.tmp."))) && std::fs::remove_file(e.path()).is_ok() {
+            if own.iter().any(|f| name.starts_with(&format!(".{f}.tmp.")))
+                && std::fs::remove_file(e.path()).is_ok()
+            {
                 n += 1;
             }
         }
@@ -643,7 +780,9 @@ pub fn clean_partials(out: &Path, ids: Option<&BTreeSet<String>>) -> usize {
     if let Ok(rd) = std::fs::read_dir(runs_dir(out)) {
         for e in rd.flatten() {
             let name = e.file_name().to_string_lossy().into_owned();
-            let Some(rest) = name.strip_prefix(".partial-") else { continue };
+            let Some(rest) = name.strip_prefix(".partial-") else {
+                continue;
+            };
             let id = rest.rsplit_once('-').map_or(rest, |(id, _pid)| id);
             if ids.is_none_or(|ids| ids.contains(id)) && std::fs::remove_dir_all(e.path()).is_ok() {
                 n += 1;
@@ -668,7 +807,12 @@ pub fn lock(out: &Path, shard: Option<Shard>) -> Result<SweepLock> {
     std::fs::create_dir_all(out).map_err(io_err(out))?;
     let open = |name: &str| {
         let p = out.join(name);
-        std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&p).map_err(io_err(&p))
+        std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&p)
+            .map_err(io_err(&p))
     };
     let busy = |what: &str| {
         TrainError::Invalid(format!(
@@ -679,15 +823,20 @@ pub fn lock(out: &Path, shard: Option<Shard>) -> Result<SweepLock> {
     let main = open(".sweep.lock")?;
     match shard {
         None => {
-            main.try_lock().map_err(|_| busy("a sweep or shard holds .sweep.lock"))?;
+            main.try_lock()
+                .map_err(|_| busy("a sweep or shard holds .sweep.lock"))?;
             Ok(SweepLock { _files: vec![main] })
         }
         Some(s) => {
-            main.try_lock_shared().map_err(|_| busy("an unsharded sweep holds .sweep.lock"))?;
+            main.try_lock_shared()
+                .map_err(|_| busy("an unsharded sweep holds .sweep.lock"))?;
             let name = format!(".sweep.{}-of-{}.lock", s.k, s.n);
             let own = open(&name)?;
-            own.try_lock().map_err(|_| busy(&format!("shard {}/{} is already running", s.k, s.n)))?;
-            Ok(SweepLock { _files: vec![main, own] })
+            own.try_lock()
+                .map_err(|_| busy(&format!("shard {}/{} is already running", s.k, s.n)))?;
+            Ok(SweepLock {
+                _files: vec![main, own],
+            })
         }
     }
 }
@@ -718,17 +867,31 @@ pub struct SweepSummary {
 }
 
 /// Runs every missing run of the plan (this shard's part), writing as it goes.
-pub fn execute(cfg: &SweepConfig, config_text: &str, plan: &Plan, opts: &SweepOptions, device: &Device) -> Result<SweepSummary> {
+pub fn execute(
+    cfg: &SweepConfig,
+    config_text: &str,
+    plan: &Plan,
+    opts: &SweepOptions,
+    device: &Device,
+) -> Result<SweepSummary> {
     let out = &opts.out;
     let _lock = lock(out, opts.shard)?;
     std::fs::create_dir_all(runs_dir(out)).map_err(io_err(out))?;
-    let mine: Vec<&PlannedRun> = plan.runs.iter().filter(|r| opts.shard.is_none_or(|s| s.owns(r.job))).collect();
+    let mine: Vec<&PlannedRun> = plan
+        .runs
+        .iter()
+        .filter(|r| opts.shard.is_none_or(|s| s.owns(r.job)))
+        .collect();
     let my_ids: BTreeSet<String> = mine.iter().map(|r| r.id.clone()).collect();
     let cleaned = clean_partials(out, Some(&my_ids)) + clean_temp_files(out, opts.shard);
     if cleaned > 0 {
         tracing::info!(cleaned, "removed what interrupted runs and writes left");
     }
-    let changed: Vec<&str> = mine.iter().filter(|r| plan.state(out, &r.id, &r.hash) == RunState::Changed).map(|r| r.id.as_str()).collect();
+    let changed: Vec<&str> = mine
+        .iter()
+        .filter(|r| plan.state(out, &r.id, &r.hash) == RunState::Changed)
+        .map(|r| r.id.as_str())
+        .collect();
     if !changed.is_empty() && !opts.rerun_changed {
         return Err(TrainError::Invalid(format!(
             "{} finished run(s) in {} were made with a different config (e.g. {}); use another --out, or --rerun-changed to redo them",
@@ -739,25 +902,48 @@ pub fn execute(cfg: &SweepConfig, config_text: &str, plan: &Plan, opts: &SweepOp
     }
     // Only now: a refused config must not replace the copy of the one the runs were made with.
     petnas_core::io::write_atomic(&out.join("sweep.toml"), config_text.as_bytes())?;
-    let plan_json: Vec<_> = mine.iter().map(|r| serde_json::json!({"id": r.id, "hash": r.hash, "steps": r.steps})).collect();
+    let plan_json: Vec<_> = mine
+        .iter()
+        .map(|r| serde_json::json!({"id": r.id, "hash": r.hash, "steps": r.steps}))
+        .collect();
     let pname = match opts.shard {
         Some(s) => format!("plan.{}-of-{}.json", s.k, s.n),
         None => "plan.json".into(),
     };
-    petnas_core::io::write_atomic(&out.join(pname), serde_json::to_string_pretty(&plan_json).unwrap_or_default().as_bytes())?;
+    petnas_core::io::write_atomic(
+        &out.join(pname),
+        serde_json::to_string_pretty(&plan_json)
+            .unwrap_or_default()
+            .as_bytes(),
+    )?;
     let ids: BTreeSet<String> = mine.iter().map(|r| r.id.clone()).collect();
-    let hashes: HashMap<String, String> = mine.iter().map(|r| (r.id.clone(), r.hash.clone())).collect();
-    let mut summary = SweepSummary { planned: mine.len(), ..Default::default() };
-    summary.skipped = mine.iter().filter(|r| plan.state(out, &r.id, &r.hash) == RunState::Done).count();
+    let hashes: HashMap<String, String> = mine
+        .iter()
+        .map(|r| (r.id.clone(), r.hash.clone()))
+        .collect();
+    let mut summary = SweepSummary {
+        planned: mine.len(),
+        ..Default::default()
+    };
+    summary.skipped = mine
+        .iter()
+        .filter(|r| plan.state(out, &r.id, &r.hash) == RunState::Done)
+        .count();
 
-    let multi = if opts.progress { Some(indicatif::MultiProgress::new()) } else { None };
+    let multi = if opts.progress {
+        Some(indicatif::MultiProgress::new())
+    } else {
+        None
+    };
     let overall = match &multi {
         Some(m) => {
             let b = m.add(indicatif::ProgressBar::new(mine.len() as u64));
             b.set_style(
-                indicatif::ProgressStyle::with_template("sweep [{bar:30}] {pos}/{len} runs, ETA {eta}")
-                    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
-                    .progress_chars("=> "),
+                indicatif::ProgressStyle::with_template(
+                    "sweep [{bar:30}] {pos}/{len} runs, ETA {eta}",
+                )
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+                .progress_chars("=> "),
             );
             b.set_position(summary.skipped as u64);
             b
@@ -792,8 +978,14 @@ pub fn execute(cfg: &SweepConfig, config_text: &str, plan: &Plan, opts: &SweepOp
         };
         if inputs.as_ref().is_none_or(|(t, _)| *t != task) {
             drop(inputs.take()); // free the previous task's data first
-            let limits = DataLimits { max_train: cfg.max_train_for(task), max_dev: cfg.recipe.max_dev };
-            inputs = Some((task, RunInputs::load(&cfg.model, &plan.data, task, max_len, limits, device)?));
+            let limits = DataLimits {
+                max_train: cfg.max_train_for(task),
+                max_dev: cfg.recipe.max_dev,
+            };
+            inputs = Some((
+                task,
+                RunInputs::load(&cfg.model, &plan.data, task, max_len, limits, device)?,
+            ));
         }
         let inp = &inputs.as_ref().expect("loaded above").1;
         let mut on_record = |r: &RunRecord| {
@@ -805,7 +997,11 @@ pub fn execute(cfg: &SweepConfig, config_text: &str, plan: &Plan, opts: &SweepOp
             overall.inc(1);
             if let Some(records) = &plan.records {
                 if let Err(e) = keep_record(records, &runs_dir(out).join(&r.id), &r.id) {
-                    say(format!("warning: record of {} not kept in {}: {e}", r.id, records.display()));
+                    say(format!(
+                        "warning: record of {} not kept in {}: {e}",
+                        r.id,
+                        records.display()
+                    ));
                 }
             }
             if let Err(e) = write_index(out, opts.shard, Some(&ids)) {
@@ -814,17 +1010,35 @@ pub fn execute(cfg: &SweepConfig, config_text: &str, plan: &Plan, opts: &SweepOp
         };
         match job {
             Job::Baseline { id, spec, arch, .. } => {
-                let start = arch.as_ref().map(|a| init_map(a, spec.seed, spec.lora_init)).unwrap_or_default();
+                let start = arch
+                    .as_ref()
+                    .map(|a| init_map(a, spec.seed, spec.lora_init))
+                    .unwrap_or_default();
                 let o = run::execute(
                     inp,
-                    RunPlan { spec: spec.clone(), arch: arch.as_ref(), start: &start, criterion: None, progress: multi.clone() },
+                    RunPlan {
+                        spec: spec.clone(),
+                        arch: arch.as_ref(),
+                        start: &start,
+                        criterion: None,
+                        progress: multi.clone(),
+                    },
                     id,
                     &runs_dir(out),
                 )?;
                 on_record(&o.record);
             }
             Job::Search { cfg: sc, .. } => {
-                search::search(inp, sc, &runs_dir(out), SearchHooks { is_done: &is_done, on_record: &mut on_record, progress: multi.clone() })?;
+                search::search(
+                    inp,
+                    sc,
+                    &runs_dir(out),
+                    SearchHooks {
+                        is_done: &is_done,
+                        on_record: &mut on_record,
+                        progress: multi.clone(),
+                    },
+                )?;
             }
         }
     }
@@ -842,13 +1056,37 @@ pub fn is_full(spec: &RunSpec) -> bool {
 }
 
 /// Human summary of a plan: counts, trainings, steps and an estimated cost.
-pub fn describe(plan: &Plan, out: &Path, shard: Option<Shard>, examples_per_s: Option<&Throughput>, batch: usize) -> String {
-    let mine: Vec<&PlannedRun> = plan.runs.iter().filter(|r| shard.is_none_or(|s| s.owns(r.job))).collect();
-    let done = mine.iter().filter(|r| plan.state(out, &r.id, &r.hash) == RunState::Done).count();
-    let changed = mine.iter().filter(|r| plan.state(out, &r.id, &r.hash) == RunState::Changed).count();
-    let todo: Vec<&&PlannedRun> = mine.iter().filter(|r| plan.state(out, &r.id, &r.hash) != RunState::Done).collect();
+pub fn describe(
+    plan: &Plan,
+    out: &Path,
+    shard: Option<Shard>,
+    examples_per_s: Option<&Throughput>,
+    batch: usize,
+) -> String {
+    let mine: Vec<&PlannedRun> = plan
+        .runs
+        .iter()
+        .filter(|r| shard.is_none_or(|s| s.owns(r.job)))
+        .collect();
+    let done = mine
+        .iter()
+        .filter(|r| plan.state(out, &r.id, &r.hash) == RunState::Done)
+        .count();
+    let changed = mine
+        .iter()
+        .filter(|r| plan.state(out, &r.id, &r.hash) == RunState::Changed)
+        .count();
+    let todo: Vec<&&PlannedRun> = mine
+        .iter()
+        .filter(|r| plan.state(out, &r.id, &r.hash) != RunState::Done)
+        .collect();
     let steps: usize = todo.iter().map(|r| r.steps).sum();
-    let searches = plan.jobs.iter().enumerate().filter(|(i, j)| matches!(j, Job::Search { .. }) && shard.is_none_or(|s| s.owns(*i))).count();
+    let searches = plan
+        .jobs
+        .iter()
+        .enumerate()
+        .filter(|(i, j)| matches!(j, Job::Search { .. }) && shard.is_none_or(|s| s.owns(*i)))
+        .count();
     let mut by_task: BTreeMap<&str, usize> = BTreeMap::new();
     for r in &mine {
         *by_task.entry(r.task.as_str()).or_default() += 1;
@@ -865,7 +1103,9 @@ pub fn describe(plan: &Plan, out: &Path, shard: Option<Shard>, examples_per_s: O
     for (t, n) in by_task {
         s.push_str(&format!("  {t}: {n} runs\n"));
     }
-    s.push_str(&format!("  optimizer steps to do: {steps} (batch {batch})\n"));
+    s.push_str(&format!(
+        "  optimizer steps to do: {steps} (batch {batch})\n"
+    ));
     if let Some(eps) = examples_per_s {
         let mut secs = 0.0;
         let mut unknown = 0usize;
@@ -875,12 +1115,23 @@ pub fn describe(plan: &Plan, out: &Path, shard: Option<Shard>, examples_per_s: O
                 None => unknown += 1,
             }
         }
-        let t = if secs < 3600.0 { format!("{:.1} min", secs / 60.0) } else { format!("{:.1} h", secs / 3600.0) };
-        let rates: Vec<String> =
-            eps.iter().map(|((task, full), e)| format!("{task}{} {e:.0}", if *full { " full" } else { "" })).collect();
-        s.push_str(&format!("  estimated training time: {t}, plus evaluation (measured examples/s: {})\n", rates.join(", ")));
+        let t = if secs < 3600.0 {
+            format!("{:.1} min", secs / 60.0)
+        } else {
+            format!("{:.1} h", secs / 3600.0)
+        };
+        let rates: Vec<String> = eps
+            .iter()
+            .map(|((task, full), e)| format!("{task}{} {e:.0}", if *full { " full" } else { "" }))
+            .collect();
+        s.push_str(&format!(
+            "  estimated training time: {t}, plus evaluation (measured examples/s: {})\n",
+            rates.join(", ")
+        ));
         if unknown > 0 {
-            s.push_str(&format!("  ({unknown} runs without a throughput figure are not counted)\n"));
+            s.push_str(&format!(
+                "  ({unknown} runs without a throughput figure are not counted)\n"
+            ));
         }
     }
     s

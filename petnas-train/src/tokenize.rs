@@ -4,7 +4,9 @@
 use std::path::{Path, PathBuf};
 
 use petnas_core::inventory::Family;
-use tokenizers::{PaddingParams, Tokenizer, TruncationDirection, TruncationParams, TruncationStrategy};
+use tokenizers::{
+    PaddingParams, Tokenizer, TruncationDirection, TruncationParams, TruncationStrategy,
+};
 
 use crate::error::{Result, TrainError};
 use crate::glue::Example;
@@ -28,7 +30,10 @@ pub struct TextTokenizer {
 impl TextTokenizer {
     /// Loads `tokenizer.json` and sets truncation to `max_len` (longest first, as transformers).
     pub fn from_file(path: &Path, family: Family, max_len: usize) -> Result<Self> {
-        let err = |m: String| TrainError::Tokenizer { path: path.to_path_buf(), message: m };
+        let err = |m: String| TrainError::Tokenizer {
+            path: path.to_path_buf(),
+            message: m,
+        };
         let mut tok = Tokenizer::from_file(path).map_err(|e| err(e.to_string()))?;
         // The family decides position ids and segment ids: a tokenizer of the other family means
         // a config.json that does not describe these files.
@@ -43,7 +48,9 @@ impl TextTokenizer {
         }
         // Truncation needs room for the special tokens of a pair and one token of each text;
         // below that the tokenizers crate silently stops truncating.
-        let specials = tok.get_post_processor().map_or(0, |p| tokenizers::PostProcessor::added_tokens(p, true));
+        let specials = tok
+            .get_post_processor()
+            .map_or(0, |p| tokenizers::PostProcessor::added_tokens(p, true));
         if max_len < specials + 2 {
             return Err(err(format!("max length {max_len} leaves no room for text: a pair takes {specials} special tokens (use at least {})", specials + 2)));
         }
@@ -55,7 +62,11 @@ impl TextTokenizer {
         }))
         .map_err(|e| err(e.to_string()))?;
         tok.with_padding(None::<PaddingParams>);
-        Ok(Self { tok, family, path: path.to_path_buf() })
+        Ok(Self {
+            tok,
+            family,
+            path: path.to_path_buf(),
+        })
     }
 
     /// Encodes one text or text pair.
@@ -64,7 +75,10 @@ impl TextTokenizer {
             Some(b) => self.tok.encode((a, b), true),
             None => self.tok.encode(a, true),
         }
-        .map_err(|e| TrainError::Tokenizer { path: self.path.clone(), message: format!("{e} (text: {a:.60})") })?;
+        .map_err(|e| TrainError::Tokenizer {
+            path: self.path.clone(),
+            message: format!("{e} (text: {a:.60})"),
+        })?;
         let ids = enc.get_ids().to_vec();
         let type_ids = match self.family {
             Family::Bert => enc.get_type_ids().to_vec(),
@@ -76,6 +90,9 @@ impl TextTokenizer {
     /// Encodes examples in parallel (order kept).
     pub fn encode_all(&self, examples: &[Example]) -> Result<Vec<Encoded>> {
         use rayon::prelude::*;
-        examples.par_iter().map(|e| self.encode(&e.text_a, e.text_b.as_deref())).collect()
+        examples
+            .par_iter()
+            .map(|e| self.encode(&e.text_a, e.text_b.as_deref()))
+            .collect()
     }
 }

@@ -25,7 +25,8 @@ pub fn lr_at(peak: f64, step: usize, total: usize, warmup: usize) -> f64 {
     if step < warmup {
         peak * step as f64 / warmup.max(1) as f64
     } else {
-        peak * ((total.saturating_sub(step)) as f64 / (total.saturating_sub(warmup)).max(1) as f64).max(0.0)
+        peak * ((total.saturating_sub(step)) as f64 / (total.saturating_sub(warmup)).max(1) as f64)
+            .max(0.0)
     }
 }
 
@@ -84,7 +85,10 @@ fn labels_tensor(task: Task, labels: &[&Label], device: &Device) -> Result<Tenso
             .iter()
             .map(|l| match l {
                 Label::Score(s) => Ok(*s),
-                Label::Class(_) => Err(TrainError::Invalid(format!("{}: class label in a regression task", task.name()))),
+                Label::Class(_) => Err(TrainError::Invalid(format!(
+                    "{}: class label in a regression task",
+                    task.name()
+                ))),
             })
             .collect::<Result<_>>()?;
         Ok(Tensor::from_vec(v, labels.len(), device)?)
@@ -93,7 +97,10 @@ fn labels_tensor(task: Task, labels: &[&Label], device: &Device) -> Result<Tenso
             .iter()
             .map(|l| match l {
                 Label::Class(c) => Ok(*c as u32),
-                Label::Score(_) => Err(TrainError::Invalid(format!("{}: score label in a classification task", task.name()))),
+                Label::Score(_) => Err(TrainError::Invalid(format!(
+                    "{}: score label in a classification task",
+                    task.name()
+                ))),
             })
             .collect::<Result<_>>()?;
         Ok(Tensor::from_vec(v, labels.len(), device)?)
@@ -110,9 +117,18 @@ pub fn task_loss(task: Task, logits: &Tensor, labels: &Tensor) -> candle_core::R
 }
 
 /// Reads each PET tensor's gradient and feeds −θ·g to the criterion accumulator.
-pub fn observe_criterion(model: &EncoderModel, grads: &candle_core::backprop::GradStore, crit: &mut CriterionAccumulator) -> Result<()> {
+pub fn observe_criterion(
+    model: &EncoderModel,
+    grads: &candle_core::backprop::GradStore,
+    crit: &mut CriterionAccumulator,
+) -> Result<()> {
     for t in model.trainables().iter().filter(|t| t.role == Role::Pet) {
-        let theta: Vec<f32> = t.var.as_tensor().flatten_all()?.to_dtype(DType::F32)?.to_vec1()?;
+        let theta: Vec<f32> = t
+            .var
+            .as_tensor()
+            .flatten_all()?
+            .to_dtype(DType::F32)?
+            .to_vec1()?;
         let g: Vec<f32> = match grads.get(t.var.as_tensor()) {
             Some(g) => g.flatten_all()?.to_dtype(DType::F32)?.to_vec1()?,
             None => vec![0.0; theta.len()],
@@ -133,7 +149,13 @@ pub fn train(
     mut crit: Option<&mut CriterionAccumulator>,
 ) -> Result<TrainStats> {
     let vars: Vec<candle_core::Var> = model.trainables().iter().map(|t| t.var.clone()).collect();
-    let params = ParamsAdamW { lr: recipe.lr, beta1: recipe.adam_beta1, beta2: recipe.adam_beta2, eps: recipe.adam_eps, weight_decay: recipe.weight_decay };
+    let params = ParamsAdamW {
+        lr: recipe.lr,
+        beta1: recipe.adam_beta1,
+        beta2: recipe.adam_beta2,
+        eps: recipe.adam_eps,
+        weight_decay: recipe.weight_decay,
+    };
     let mut opt = AdamW::new(vars.clone(), params)?;
     let n = data.encoded.len();
     if n == 0 {
@@ -185,24 +207,45 @@ pub fn train(
             bar.set_position(step as u64);
             if step % 10 == 0 || step == total {
                 let k = losses.len().min(20);
-                bar.set_message(format!("loss {:.4}", losses[losses.len() - k..].iter().sum::<f64>() / k as f64));
+                bar.set_message(format!(
+                    "loss {:.4}",
+                    losses[losses.len() - k..].iter().sum::<f64>() / k as f64
+                ));
             }
         }
     }
     bar.finish_and_clear();
     let tail = (losses.len() / 10).max(1).min(losses.len());
     let final_loss = losses[losses.len() - tail..].iter().sum::<f64>() / tail as f64;
-    let padded_fraction = if positions == 0 { 0.0 } else { (positions - real) as f64 / positions as f64 };
-    Ok(TrainStats { steps: step, final_loss, seconds: start.elapsed().as_secs_f64(), examples, padded_fraction })
+    let padded_fraction = if positions == 0 {
+        0.0
+    } else {
+        (positions - real) as f64 / positions as f64
+    };
+    Ok(TrainStats {
+        steps: step,
+        final_loss,
+        seconds: start.elapsed().as_secs_f64(),
+        examples,
+        padded_fraction,
+    })
 }
 
 /// Scales all gradients by `max_norm / (‖g‖ + 1e-6)` when their global L2 norm ‖g‖ exceeds
 /// `max_norm`: `torch.nn.utils.clip_grad_norm_` as transformers' Trainer calls it. Returns ‖g‖.
-pub fn clip_grad_norm(vars: &[candle_core::Var], grads: &mut candle_core::backprop::GradStore, max_norm: f64) -> Result<f64> {
+pub fn clip_grad_norm(
+    vars: &[candle_core::Var],
+    grads: &mut candle_core::backprop::GradStore,
+    max_norm: f64,
+) -> Result<f64> {
     let mut sq = 0f64;
     for v in vars {
         if let Some(g) = grads.get(v.as_tensor()) {
-            sq += g.sqr()?.sum_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+            sq += g
+                .sqr()?
+                .sum_all()?
+                .to_dtype(DType::F64)?
+                .to_scalar::<f64>()?;
         }
     }
     let norm = sq.sqrt();
@@ -223,16 +266,23 @@ fn progress_bar(ctx: &TrainContext, total: u64) -> indicatif::ProgressBar {
     };
     let bar = multi.add(indicatif::ProgressBar::new(total));
     bar.set_style(
-        indicatif::ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} steps {msg} ETA {eta}")
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
-            .progress_chars("=> "),
+        indicatif::ProgressStyle::with_template(
+            "{prefix} [{bar:30}] {pos}/{len} steps {msg} ETA {eta}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+        .progress_chars("=> "),
     );
     bar.set_prefix(ctx.label.clone());
     bar
 }
 
 /// Predictions of `model` on `data` (evaluation mode: no dropout).
-pub fn predict(model: &EncoderModel, data: &Dataset, ctx: &TrainContext, batch_size: usize) -> Result<Predictions> {
+pub fn predict(
+    model: &EncoderModel,
+    data: &Dataset,
+    ctx: &TrainContext,
+    batch_size: usize,
+) -> Result<Predictions> {
     // Sort by length so evaluation batches carry little padding; results go back in input order.
     let mut order: Vec<usize> = (0..data.encoded.len()).collect();
     order.sort_by_key(|&i| data.encoded[i].ids.len());
@@ -255,11 +305,20 @@ pub fn predict(model: &EncoderModel, data: &Dataset, ctx: &TrainContext, batch_s
             }
         }
     }
-    Ok(if ctx.task.is_regression() { Predictions::Scores(scores) } else { Predictions::Classes(classes) })
+    Ok(if ctx.task.is_regression() {
+        Predictions::Scores(scores)
+    } else {
+        Predictions::Classes(classes)
+    })
 }
 
 /// GLUE metrics of `model` on `data`.
-pub fn evaluate(model: &EncoderModel, data: &Dataset, ctx: &TrainContext, batch_size: usize) -> Result<std::collections::BTreeMap<String, f64>> {
+pub fn evaluate(
+    model: &EncoderModel,
+    data: &Dataset,
+    ctx: &TrainContext,
+    batch_size: usize,
+) -> Result<std::collections::BTreeMap<String, f64>> {
     let p = predict(model, data, ctx, batch_size)?;
     Ok(glue_metrics(ctx.task, &p, &data.labels))
 }

@@ -43,8 +43,18 @@ impl Tolerances {
     /// so petnas in bf16 stays as close to fp32 PyTorch as a PyTorch user's mixed precision does.
     pub fn for_precision(p: Precision) -> Self {
         match p {
-            Precision::Fp32 => Self { hidden_abs: 1e-4, logits_rel: 1e-5, loss_rel: 1e-5, grad_rel: 1e-4 },
-            Precision::Bf16 => Self { hidden_abs: 0.44, logits_rel: 1.4e-2, loss_rel: 2e-4, grad_rel: 6.4e-2 },
+            Precision::Fp32 => Self {
+                hidden_abs: 1e-4,
+                logits_rel: 1e-5,
+                loss_rel: 1e-5,
+                grad_rel: 1e-4,
+            },
+            Precision::Bf16 => Self {
+                hidden_abs: 0.44,
+                logits_rel: 1.4e-2,
+                loss_rel: 2e-4,
+                grad_rel: 6.4e-2,
+            },
         }
     }
 }
@@ -90,7 +100,6 @@ pub struct VerifyReport {
     pub pass: bool,
 }
 
-
 fn vec_of(t: &Tensor) -> Result<Vec<f32>> {
     Ok(t.flatten_all()?.to_dtype(DType::F32)?.to_vec1()?)
 }
@@ -98,14 +107,25 @@ fn vec_of(t: &Tensor) -> Result<Vec<f32>> {
 /// Runs the parity check of `model_dir` against `fixture` (its `.json` beside it gives the texts).
 /// A fixture with `delta.<bias>` tensors (a trained point) sets those bias deltas and compares
 /// the bias criterion `crit.<bias>` too.
-pub fn verify(model_dir: &str, fixture: &Path, device: &Device, precision: Precision) -> Result<VerifyReport> {
+pub fn verify(
+    model_dir: &str,
+    fixture: &Path,
+    device: &Device,
+    precision: Precision,
+) -> Result<VerifyReport> {
     let md = ModelDir::open(model_dir)?;
     let cfg = &md.config;
     let family = cfg.family()?;
-    let fx = candle_core::safetensors::load(fixture, &Device::Cpu)
-        .map_err(|e| TrainError::Invalid(format!("{}: not a readable fixture: {e}", fixture.display())))?;
+    let fx = candle_core::safetensors::load(fixture, &Device::Cpu).map_err(|e| {
+        TrainError::Invalid(format!(
+            "{}: not a readable fixture: {e}",
+            fixture.display()
+        ))
+    })?;
     let get = |k: &str| -> Result<&Tensor> {
-        fx.get(k).ok_or_else(|| TrainError::Invalid(format!("{}: fixture lacks tensor `{k}`", fixture.display())))
+        fx.get(k).ok_or_else(|| {
+            TrainError::Invalid(format!("{}: fixture lacks tensor `{k}`", fixture.display()))
+        })
     };
     let prefix = match family {
         petnas_core::inventory::Family::Bert => "bert.",
@@ -130,7 +150,8 @@ pub fn verify(model_dir: &str, fixture: &Path, device: &Device, precision: Preci
         let n = mask_fx[i].iter().filter(|&&m| m == 1).count();
         let want: Vec<u32> = ids_fx[i][..n].iter().map(|&x| x as u32).collect();
         let want_t: Vec<u32> = types_fx[i][..n].iter().map(|&x| x as u32).collect();
-        tokens_equal &= e.ids == want && (family != petnas_core::inventory::Family::Bert || e.type_ids == want_t);
+        tokens_equal &= e.ids == want
+            && (family != petnas_core::inventory::Family::Bert || e.type_ids == want_t);
     }
 
     // 2. The model: all biases get a delta, query/key get LoRA at the fixture's rank with its factors.
@@ -155,13 +176,23 @@ pub fn verify(model_dir: &str, fixture: &Path, device: &Device, precision: Preci
             }
         }
         if m.lora.is_some() {
-            start.insert(lora_u_name(&m.path), vec_of(get(&format!("lora.{prefix}{}.U", m.path))?)?);
-            start.insert(lora_v_name(&m.path), vec_of(get(&format!("lora.{prefix}{}.V", m.path))?)?);
+            start.insert(
+                lora_u_name(&m.path),
+                vec_of(get(&format!("lora.{prefix}{}.U", m.path))?)?,
+            );
+            start.insert(
+                lora_v_name(&m.path),
+                vec_of(get(&format!("lora.{prefix}{}.V", m.path))?)?,
+            );
         }
     }
     let mut weights = md.weights()?;
     for name in head_names(family) {
-        let key = if name.starts_with("pooler.") { format!("head.{prefix}{name}") } else { format!("head.{name}") };
+        let key = if name.starts_with("pooler.") {
+            format!("head.{prefix}{name}")
+        } else {
+            format!("head.{name}")
+        };
         weights.insert(name, get(&key)?.clone());
     }
     let labels_fx: Vec<i64> = get("labels")?.to_vec1()?;
@@ -197,44 +228,82 @@ pub fn verify(model_dir: &str, fixture: &Path, device: &Device, precision: Preci
         input_ids: to_u32(get("input_ids")?)?,
         type_ids: to_u32(get("token_type_ids")?)?,
         position_ids: Tensor::from_vec(pos, (b, l), device)?,
-        attention_mask: get("attention_mask")?.to_dtype(DType::F32)?.to_device(device)?,
+        attention_mask: get("attention_mask")?
+            .to_dtype(DType::F32)?
+            .to_device(device)?,
     };
     let (hidden, logits) = model.forward(&batch, None)?;
-    let y = Tensor::from_vec(labels_fx.iter().map(|&x| x as u32).collect::<Vec<_>>(), b, device)?;
+    let y = Tensor::from_vec(
+        labels_fx.iter().map(|&x| x as u32).collect::<Vec<_>>(),
+        b,
+        device,
+    )?;
     let loss = crate::train::task_loss(crate::glue::Task::Rte, &logits, &y)?;
     let grads = loss.backward()?;
 
     // 4. Compare.
     let hid = hidden.to_dtype(DType::F32)?.to_device(&Device::Cpu)?;
     let mask3 = get("attention_mask")?.to_dtype(DType::F32)?.unsqueeze(2)?;
-    let hidden_max_abs = hid.sub(get("last_hidden_state")?)?.broadcast_mul(&mask3)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()? as f64;
+    let hidden_max_abs = hid
+        .sub(get("last_hidden_state")?)?
+        .broadcast_mul(&mask3)?
+        .abs()?
+        .flatten_all()?
+        .max(0)?
+        .to_scalar::<f32>()? as f64;
     let lo = vec_of(&logits)?;
     let lo_fx = vec_of(get("logits")?)?;
     let lo_scale = lo_fx.iter().fold(0f32, |m, x| m.max(x.abs())) as f64;
-    let logits_max_rel = lo.iter().zip(&lo_fx).map(|(a, b)| (a - b).abs() as f64).fold(0.0, f64::max) / lo_scale.max(1e-12);
+    let logits_max_rel = lo
+        .iter()
+        .zip(&lo_fx)
+        .map(|(a, b)| (a - b).abs() as f64)
+        .fold(0.0, f64::max)
+        / lo_scale.max(1e-12);
     let loss_v = loss.to_scalar::<f32>()? as f64;
     let loss_fx = get("loss")?.to_dtype(DType::F32)?.to_scalar::<f32>()? as f64;
     let loss_rel = (loss_v - loss_fx).abs() / loss_fx.abs().max(1e-12);
 
-    let by_name: BTreeMap<&str, &crate::model::pet::Trainable> = model.trainables().iter().map(|t| (t.name.as_str(), t)).collect();
+    let by_name: BTreeMap<&str, &crate::model::pet::Trainable> = model
+        .trainables()
+        .iter()
+        .map(|t| (t.name.as_str(), t))
+        .collect();
     let mut pairs: Vec<(String, Vec<f32>, Vec<f32>)> = Vec::new();
     let mut collect = |ours: &str, theirs: &str| -> Result<()> {
-        let t = by_name.get(ours).ok_or_else(|| TrainError::Invalid(format!("no trainable `{ours}`")))?;
-        let g = grads.get(t.var.as_tensor()).ok_or_else(|| TrainError::Invalid(format!("no gradient reached `{ours}`")))?;
+        let t = by_name
+            .get(ours)
+            .ok_or_else(|| TrainError::Invalid(format!("no trainable `{ours}`")))?;
+        let g = grads
+            .get(t.var.as_tensor())
+            .ok_or_else(|| TrainError::Invalid(format!("no gradient reached `{ours}`")))?;
         pairs.push((ours.to_string(), vec_of(g)?, vec_of(get(theirs)?)?));
         Ok(())
     };
     for m in &arch.modules {
         if m.bias.is_some() {
-            collect(&bias_delta_name(&m.path), &format!("grad.{prefix}{}.bias", m.path))?;
+            collect(
+                &bias_delta_name(&m.path),
+                &format!("grad.{prefix}{}.bias", m.path),
+            )?;
         }
         if m.lora.is_some() {
-            collect(&lora_u_name(&m.path), &format!("grad.lora.{prefix}{}.U", m.path))?;
-            collect(&lora_v_name(&m.path), &format!("grad.lora.{prefix}{}.V", m.path))?;
+            collect(
+                &lora_u_name(&m.path),
+                &format!("grad.lora.{prefix}{}.U", m.path),
+            )?;
+            collect(
+                &lora_v_name(&m.path),
+                &format!("grad.lora.{prefix}{}.V", m.path),
+            )?;
         }
     }
     for name in head_names(family).iter().filter(|n| n.ends_with(".bias")) {
-        let key = if name.starts_with("pooler.") { format!("grad.{prefix}{name}") } else { format!("grad.{name}") };
+        let key = if name.starts_with("pooler.") {
+            format!("grad.{prefix}{name}")
+        } else {
+            format!("grad.{name}")
+        };
         if fx.contains_key(&key) {
             collect(name, &key)?;
         }
@@ -249,7 +318,12 @@ pub fn verify(model_dir: &str, fixture: &Path, device: &Device, precision: Preci
     let mut grad_worst = String::new();
     let mut grad_near_zero = 0;
     for (name, a, b) in &pairs {
-        let diff = a.iter().zip(b).map(|(x, y)| ((*x as f64) - (*y as f64)).powi(2)).sum::<f64>().sqrt();
+        let diff = a
+            .iter()
+            .zip(b)
+            .map(|(x, y)| ((*x as f64) - (*y as f64)).powi(2))
+            .sum::<f64>()
+            .sqrt();
         let nb = norm(b);
         if nb < floor {
             grad_near_zero += 1;
@@ -272,23 +346,42 @@ pub fn verify(model_dir: &str, fixture: &Path, device: &Device, precision: Preci
         let key = format!("crit.{prefix}{}.bias", m.path);
         let Some(want) = fx.get(&key) else { continue };
         if !fx.contains_key(&format!("delta.{prefix}{}.bias", m.path)) {
-            return Err(TrainError::Invalid(format!("{}: `{key}` without its delta", fixture.display())));
+            return Err(TrainError::Invalid(format!(
+                "{}: `{key}` without its delta",
+                fixture.display()
+            )));
         }
         let name = bias_delta_name(&m.path);
-        let s = scores.get(&name).ok_or_else(|| TrainError::Invalid(format!("no criterion for `{name}`")))?;
+        let s = scores
+            .get(&name)
+            .ok_or_else(|| TrainError::Invalid(format!("no criterion for `{name}`")))?;
         crit_pairs.push((s.clone(), vec_of(want)?));
         bias_deltas += 1;
     }
     for m in arch.modules.iter().filter(|m| m.lora.is_some()) {
         for (ours, suffix) in [(lora_u_name(&m.path), "U"), (lora_v_name(&m.path), "V")] {
-            let s = scores.get(&ours).ok_or_else(|| TrainError::Invalid(format!("no criterion for `{ours}`")))?;
-            crit_pairs.push((s.clone(), vec_of(get(&format!("crit.lora.{prefix}{}.{suffix}", m.path))?)?));
+            let s = scores
+                .get(&ours)
+                .ok_or_else(|| TrainError::Invalid(format!("no criterion for `{ours}`")))?;
+            crit_pairs.push((
+                s.clone(),
+                vec_of(get(&format!("crit.lora.{prefix}{}.{suffix}", m.path))?)?,
+            ));
         }
     }
     let c_max = crit_pairs.iter().map(|(_, b)| norm(b)).fold(0.0, f64::max);
     let crit_floor = GRAD_FLOOR * c_max;
-    let diff_norm = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(x, y)| ((*x as f64) - (*y as f64)).powi(2)).sum::<f64>().sqrt();
-    let crit_max_rel = crit_pairs.iter().map(|(a, b)| diff_norm(a, b) / norm(b).max(crit_floor).max(1e-30)).fold(0.0, f64::max);
+    let diff_norm = |a: &[f32], b: &[f32]| {
+        a.iter()
+            .zip(b)
+            .map(|(x, y)| ((*x as f64) - (*y as f64)).powi(2))
+            .sum::<f64>()
+            .sqrt()
+    };
+    let crit_max_rel = crit_pairs
+        .iter()
+        .map(|(a, b)| diff_norm(a, b) / norm(b).max(crit_floor).max(1e-30))
+        .fold(0.0, f64::max);
     let crit_tensors = crit_pairs.len();
     let tol = Tolerances::for_precision(precision);
     let pass = tokens_equal

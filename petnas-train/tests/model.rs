@@ -17,18 +17,35 @@ use petnas_train::search::init_map;
 use petnas_train::tokenize::Encoded;
 
 fn opts(init: LoraInit) -> BuildOptions {
-    BuildOptions { num_labels: 2, seed: 3, lora_init: init, full_finetune: false, dtype: DType::F32, precision: Default::default() }
+    BuildOptions {
+        num_labels: 2,
+        seed: 3,
+        lora_init: init,
+        full_finetune: false,
+        dtype: DType::F32,
+        precision: Default::default(),
+    }
 }
 
 fn batch(cfg: &EncoderConfig, family: Family) -> petnas_train::model::Batch {
     let t = if family == Family::Bert { 1 } else { 0 }; // RoBERTa has one token type
-    let a = Encoded { ids: vec![2, 10, 11, 12, 3], type_ids: vec![0, 0, 0, t, t] };
-    let b = Encoded { ids: vec![2, 20, 3], type_ids: vec![0, 0, 0] };
+    let a = Encoded {
+        ids: vec![2, 10, 11, 12, 3],
+        type_ids: vec![0, 0, 0, t, t],
+    };
+    let b = Encoded {
+        ids: vec![2, 20, 3],
+        type_ids: vec![0, 0, 0],
+    };
     let pad = cfg.pad_token_id as u32;
     make_batch(&[&a, &b], family, pad, &Device::Cpu).unwrap()
 }
 
-fn model(family: Family, space: &str, init: LoraInit) -> (EncoderConfig, EncoderModel, Architecture) {
+fn model(
+    family: Family,
+    space: &str,
+    init: LoraInit,
+) -> (EncoderConfig, EncoderModel, Architecture) {
     let cfg = EncoderConfig::tiny(family);
     let w = Weights::random(&cfg, 1).unwrap();
     let sp = SearchSpace::from_spec(space, &inventory(&cfg)).unwrap();
@@ -39,7 +56,16 @@ fn model(family: Family, space: &str, init: LoraInit) -> (EncoderConfig, Encoder
 }
 
 fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-    a.sub(b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap()
+    a.sub(b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
 }
 
 #[test]
@@ -57,9 +83,21 @@ fn gradients_reach_layer_zero_and_embeddings() {
             lora_u_name("encoder.layer.0.attention.self.key"),
             lora_u_name("encoder.layer.0.intermediate.dense"),
         ] {
-            let t = m.trainables().iter().find(|t| t.name == name).unwrap_or_else(|| panic!("{name} missing"));
-            let g = grads.get(t.var.as_tensor()).unwrap_or_else(|| panic!("{family:?}: no gradient reached {name}"));
-            let n = g.abs().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap();
+            let t = m
+                .trainables()
+                .iter()
+                .find(|t| t.name == name)
+                .unwrap_or_else(|| panic!("{name} missing"));
+            let g = grads
+                .get(t.var.as_tensor())
+                .unwrap_or_else(|| panic!("{family:?}: no gradient reached {name}"));
+            let n = g
+                .abs()
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
             assert!(n > 0.0, "{family:?}: zero gradient at {name}");
         }
     }
@@ -70,14 +108,28 @@ fn zero_deltas_equal_the_base_model() {
     for family in [Family::Bert, Family::Roberta] {
         let cfg = EncoderConfig::tiny(family);
         let w = Weights::random(&cfg, 1).unwrap();
-        let base = EncoderModel::build(&cfg, &w, None, &HashMap::new(), &opts(LoraInit::Paper), &Device::Cpu).unwrap();
+        let base = EncoderModel::build(
+            &cfg,
+            &w,
+            None,
+            &HashMap::new(),
+            &opts(LoraInit::Paper),
+            &Device::Cpu,
+        )
+        .unwrap();
         let b = batch(&cfg, family);
         let (h0, l0) = base.forward(&b, None).unwrap();
         for init in [LoraInit::Hu, LoraInit::UZero, LoraInit::PaperZeroOffset] {
             let (_, m, _) = model(family, "mam", init);
             let (h1, l1) = m.forward(&b, None).unwrap();
-            assert!(max_abs_diff(&h0, &h1) < 1e-5, "{family:?} {init:?}: hidden differs");
-            assert!(max_abs_diff(&l0, &l1) < 1e-5, "{family:?} {init:?}: logits differ");
+            assert!(
+                max_abs_diff(&h0, &h1) < 1e-5,
+                "{family:?} {init:?}: hidden differs"
+            );
+            assert!(
+                max_abs_diff(&l0, &l1) < 1e-5,
+                "{family:?} {init:?}: logits differ"
+            );
         }
         // The paper's init is not zero: outputs move.
         let (_, m, _) = model(family, "mam", LoraInit::Paper);
@@ -107,13 +159,32 @@ fn masking_a_rank_equals_dropping_it() {
     }
     ranks.mode = Some(PruneMode::Structured);
     entries.mode = Some(PruneMode::Unstructured);
-    let a = EncoderModel::build(&cfg, &w, Some(&ranks), &start, &opts(LoraInit::Paper), &Device::Cpu).unwrap();
-    let b = EncoderModel::build(&cfg, &w, Some(&entries), &start, &opts(LoraInit::Paper), &Device::Cpu).unwrap();
+    let a = EncoderModel::build(
+        &cfg,
+        &w,
+        Some(&ranks),
+        &start,
+        &opts(LoraInit::Paper),
+        &Device::Cpu,
+    )
+    .unwrap();
+    let b = EncoderModel::build(
+        &cfg,
+        &w,
+        Some(&entries),
+        &start,
+        &opts(LoraInit::Paper),
+        &Device::Cpu,
+    )
+    .unwrap();
     let x = batch(&cfg, family);
     let (ha, _) = a.forward(&x, None).unwrap();
     let (hb, _) = b.forward(&x, None).unwrap();
     assert!(max_abs_diff(&ha, &hb) < 1e-5);
-    assert_eq!(a.param_count(Role::Pet).unwrap(), b.param_count(Role::Pet).unwrap());
+    assert_eq!(
+        a.param_count(Role::Pet).unwrap(),
+        b.param_count(Role::Pet).unwrap()
+    );
     assert_eq!(a.param_count(Role::Pet).unwrap(), ranks.pet_params());
 }
 
@@ -123,16 +194,29 @@ fn merged_weights_give_the_same_outputs() {
         let (cfg, m, _) = model(family, "mam", LoraInit::PaperZeroOffset);
         // Move every PET tensor away from its init so the merge has something to fold in.
         for (i, t) in m.trainables().iter().enumerate() {
-            let noise = (t.var.as_tensor().ones_like().unwrap() * (0.01 * (i % 7) as f64 - 0.03)).unwrap();
+            let noise =
+                (t.var.as_tensor().ones_like().unwrap() * (0.01 * (i % 7) as f64 - 0.03)).unwrap();
             t.var.set(&(t.var.as_tensor() + noise).unwrap()).unwrap();
         }
         let x = batch(&cfg, family);
         let (h0, l0) = m.forward(&x, None).unwrap();
         let merged: HashMap<String, Tensor> = m.merged_weights().unwrap().into_iter().collect();
         let w = Weights::from_map(merged, &cfg);
-        let plain = EncoderModel::build(&cfg, &w, None, &HashMap::new(), &opts(LoraInit::Paper), &Device::Cpu).unwrap();
+        let plain = EncoderModel::build(
+            &cfg,
+            &w,
+            None,
+            &HashMap::new(),
+            &opts(LoraInit::Paper),
+            &Device::Cpu,
+        )
+        .unwrap();
         let (h1, l1) = plain.forward(&x, None).unwrap();
-        assert!(max_abs_diff(&h0, &h1) < 1e-4, "{family:?}: merged hidden differs by {}", max_abs_diff(&h0, &h1));
+        assert!(
+            max_abs_diff(&h0, &h1) < 1e-4,
+            "{family:?}: merged hidden differs by {}",
+            max_abs_diff(&h0, &h1)
+        );
         assert!(max_abs_diff(&l0, &l1) < 1e-4);
     }
 }
@@ -145,8 +229,20 @@ fn architecture_for_another_model_is_rejected() {
     other.num_hidden_layers = 3;
     let w = Weights::random(&other, 1).unwrap();
     let start = init_map(&arch, 0, LoraInit::Paper);
-    let err = EncoderModel::build(&other, &w, Some(&arch), &start, &opts(LoraInit::Paper), &Device::Cpu).err().expect("must fail");
-    assert!(err.to_string().contains("hidden") || err.to_string().contains("layer"), "{err}");
+    let err = EncoderModel::build(
+        &other,
+        &w,
+        Some(&arch),
+        &start,
+        &opts(LoraInit::Paper),
+        &Device::Cpu,
+    )
+    .err()
+    .expect("must fail");
+    assert!(
+        err.to_string().contains("hidden") || err.to_string().contains("layer"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -155,11 +251,33 @@ fn missing_and_misshaped_tensors_are_named() {
     let good = Weights::random(&cfg, 1).unwrap();
     let mut wrong = cfg.clone();
     wrong.hidden_size = 48;
-    let err = EncoderModel::build(&wrong, &good, None, &HashMap::new(), &opts(LoraInit::Paper), &Device::Cpu).err().unwrap();
-    assert!(err.to_string().contains("embeddings.word_embeddings.weight"), "{err}");
+    let err = EncoderModel::build(
+        &wrong,
+        &good,
+        None,
+        &HashMap::new(),
+        &opts(LoraInit::Paper),
+        &Device::Cpu,
+    )
+    .err()
+    .unwrap();
+    assert!(
+        err.to_string()
+            .contains("embeddings.word_embeddings.weight"),
+        "{err}"
+    );
     let mut deeper = cfg.clone();
     deeper.num_hidden_layers = 3;
-    let err = EncoderModel::build(&deeper, &good, None, &HashMap::new(), &opts(LoraInit::Paper), &Device::Cpu).err().unwrap();
+    let err = EncoderModel::build(
+        &deeper,
+        &good,
+        None,
+        &HashMap::new(),
+        &opts(LoraInit::Paper),
+        &Device::Cpu,
+    )
+    .err()
+    .unwrap();
     assert!(err.to_string().contains("encoder.layer.2"), "{err}");
 }
 
@@ -172,21 +290,50 @@ fn search_criterion_prunes_to_budget_and_training_is_deterministic() {
     let w = Weights::random(&cfg, 1).unwrap();
     let sp = SearchSpace::preset("mam", &inventory(&cfg)).unwrap();
     let arch = Architecture::maximal(&sp, &cfg).unwrap();
-    let mut data = Dataset { encoded: vec![], labels: vec![] };
+    let mut data = Dataset {
+        encoded: vec![],
+        labels: vec![],
+    };
     for i in 0..40u32 {
         let len = 3 + (i % 7) as usize;
         let ids: Vec<u32> = (0..len as u32).map(|j| 4 + (i * 7 + j * 3) % 90).collect();
         data.labels.push(Label::Class((ids[1] % 2) as usize));
-        data.encoded.push(Encoded { type_ids: vec![0; ids.len()], ids });
+        data.encoded.push(Encoded {
+            type_ids: vec![0; ids.len()],
+            ids,
+        });
     }
-    let recipe = petnas_core::record::Recipe { batch_size: 8, max_len: 16, ..petnas_core::record::Recipe::new(2.0, 1e-2) };
-    let ctx = TrainContext { task: Task::Rte, family, pad_id: 0, device: &Device::Cpu, progress: None, label: String::new() };
+    let recipe = petnas_core::record::Recipe {
+        batch_size: 8,
+        max_len: 16,
+        ..petnas_core::record::Recipe::new(2.0, 1e-2)
+    };
+    let ctx = TrainContext {
+        task: Task::Rte,
+        family,
+        pad_id: 0,
+        device: &Device::Cpu,
+        progress: None,
+        label: String::new(),
+    };
     let run = || {
         let start = init_map(&arch, 9, LoraInit::Paper);
-        let m = EncoderModel::build(&cfg, &w, Some(&arch), &start, &opts(LoraInit::Paper), &Device::Cpu).unwrap();
+        let m = EncoderModel::build(
+            &cfg,
+            &w,
+            Some(&arch),
+            &start,
+            &opts(LoraInit::Paper),
+            &Device::Cpu,
+        )
+        .unwrap();
         let mut crit = CriterionAccumulator::new();
         let stats = train(&m, &data, &recipe, 9, &ctx, Some(&mut crit)).unwrap();
-        (m.pet_values().unwrap(), crit.scores(CriterionKind::Mean, 0), stats.steps)
+        (
+            m.pet_values().unwrap(),
+            crit.scores(CriterionKind::Mean, 0),
+            stats.steps,
+        )
     };
     let (v1, s1, steps) = run();
     let (v2, s2, _) = run();
@@ -198,7 +345,15 @@ fn search_criterion_prunes_to_budget_and_training_is_deterministic() {
         let p = prune(&arch, &s1, mode, budget, RankGroup::UV).unwrap();
         assert!(p.pet_params() <= budget && p.pet_params() > 0);
         let start = init_map(&arch, 9, LoraInit::Paper);
-        let m = EncoderModel::build(&cfg, &w, Some(&p), &start, &opts(LoraInit::Paper), &Device::Cpu).unwrap();
+        let m = EncoderModel::build(
+            &cfg,
+            &w,
+            Some(&p),
+            &start,
+            &opts(LoraInit::Paper),
+            &Device::Cpu,
+        )
+        .unwrap();
         assert_eq!(m.param_count(Role::Pet).unwrap(), p.pet_params());
     }
 }
@@ -217,40 +372,105 @@ fn the_criterion_is_observed_after_backward_and_before_the_step() {
     cfg.hidden_dropout_prob = 0.0;
     cfg.attention_probs_dropout_prob = 0.0;
     let w = Weights::random(&cfg, 1).unwrap();
-    let arch = Architecture::maximal(&SearchSpace::preset("mam", &inventory(&cfg)).unwrap(), &cfg).unwrap();
-    let mut data = Dataset { encoded: vec![], labels: vec![] };
+    let arch = Architecture::maximal(&SearchSpace::preset("mam", &inventory(&cfg)).unwrap(), &cfg)
+        .unwrap();
+    let mut data = Dataset {
+        encoded: vec![],
+        labels: vec![],
+    };
     for i in 0..16u32 {
         let ids: Vec<u32> = (0..5u32).map(|j| 4 + (i * 7 + j * 3) % 90).collect();
         data.labels.push(Label::Class((i % 2) as usize));
-        data.encoded.push(Encoded { type_ids: vec![0; ids.len()], ids });
+        data.encoded.push(Encoded {
+            type_ids: vec![0; ids.len()],
+            ids,
+        });
     }
-    let recipe = petnas_core::record::Recipe { batch_size: 16, max_len: 16, warmup_frac: 0.0, max_steps: Some(1), ..petnas_core::record::Recipe::new(1.0, 1e-2) };
-    let ctx = TrainContext { task: Task::Rte, family, pad_id: 0, device: &Device::Cpu, progress: None, label: String::new() };
+    let recipe = petnas_core::record::Recipe {
+        batch_size: 16,
+        max_len: 16,
+        warmup_frac: 0.0,
+        max_steps: Some(1),
+        ..petnas_core::record::Recipe::new(1.0, 1e-2)
+    };
+    let ctx = TrainContext {
+        task: Task::Rte,
+        family,
+        pad_id: 0,
+        device: &Device::Cpu,
+        progress: None,
+        label: String::new(),
+    };
     let start = init_map(&arch, 9, LoraInit::Paper);
-    let m = EncoderModel::build(&cfg, &w, Some(&arch), &start, &opts(LoraInit::Paper), &Device::Cpu).unwrap();
+    let m = EncoderModel::build(
+        &cfg,
+        &w,
+        Some(&arch),
+        &start,
+        &opts(LoraInit::Paper),
+        &Device::Cpu,
+    )
+    .unwrap();
     let mut crit = CriterionAccumulator::new();
     train(&m, &data, &recipe, 9, &ctx, Some(&mut crit)).unwrap();
     let scores = crit.scores(CriterionKind::Mean, 0);
     let after = m.pet_values().unwrap();
     let bias = bias_delta_name("encoder.layer.0.attention.self.query");
-    assert!(after[&bias].iter().any(|&v| v != 0.0), "the step moved the bias delta");
-    assert!(scores[&bias].iter().all(|&s| s == 0.0), "bias criterion observed after the step: {:?}", &scores[&bias][..4]);
+    assert!(
+        after[&bias].iter().any(|&v| v != 0.0),
+        "the step moved the bias delta"
+    );
+    assert!(
+        scores[&bias].iter().all(|&s| s == 0.0),
+        "bias criterion observed after the step: {:?}",
+        &scores[&bias][..4]
+    );
     // −U₀·g₀ on the same batch (the loop's first batch order), from a fresh model at θ₀.
-    let m0 = EncoderModel::build(&cfg, &w, Some(&arch), &start, &opts(LoraInit::Paper), &Device::Cpu).unwrap();
+    let m0 = EncoderModel::build(
+        &cfg,
+        &w,
+        Some(&arch),
+        &start,
+        &opts(LoraInit::Paper),
+        &Device::Cpu,
+    )
+    .unwrap();
     let lengths: Vec<usize> = data.encoded.iter().map(|e| e.ids.len()).collect();
-    let order = &petnas_train::batch::epoch_batches(&lengths, 16, &mut Rng::new(9).fork(0x5348_5546), 1)[0];
+    let order =
+        &petnas_train::batch::epoch_batches(&lengths, 16, &mut Rng::new(9).fork(0x5348_5546), 1)[0];
     let items: Vec<&Encoded> = order.iter().map(|&i| &data.encoded[i]).collect();
     let b = make_batch(&items, family, 0, &Device::Cpu).unwrap();
-    let y = Tensor::from_vec(order.iter().map(|&i| (i % 2) as u32).collect::<Vec<_>>(), 16, &Device::Cpu).unwrap();
+    let y = Tensor::from_vec(
+        order.iter().map(|&i| (i % 2) as u32).collect::<Vec<_>>(),
+        16,
+        &Device::Cpu,
+    )
+    .unwrap();
     let (_, logits) = m0.forward(&b, None).unwrap();
-    let grads = petnas_train::model::ops::cross_entropy(&logits, &y).unwrap().backward().unwrap();
+    let grads = petnas_train::model::ops::cross_entropy(&logits, &y)
+        .unwrap()
+        .backward()
+        .unwrap();
     let u = lora_u_name("encoder.layer.0.attention.self.query");
     let t = m0.trainables().iter().find(|t| t.name == u).unwrap();
-    let g: Vec<f32> = grads.get(t.var.as_tensor()).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+    let g: Vec<f32> = grads
+        .get(t.var.as_tensor())
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap();
     let want: Vec<f32> = start[&u].iter().zip(&g).map(|(th, g)| -th * g).collect();
-    let err = scores[&u].iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+    let err = scores[&u]
+        .iter()
+        .zip(&want)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max);
     let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
-    assert!(scale > 0.0 && err <= 1e-4 * scale, "LoRA criterion {err} away from −U₀·g₀ (scale {scale})");
+    assert!(
+        scale > 0.0 && err <= 1e-4 * scale,
+        "LoRA criterion {err} away from −U₀·g₀ (scale {scale})"
+    );
 }
 
 /// `max_grad_norm`: gradients above the norm are scaled to it (as torch's clip_grad_norm_),
@@ -261,19 +481,41 @@ fn gradient_clipping_scales_to_the_max_norm() {
     let vars: Vec<candle_core::Var> = m.trainables().iter().map(|t| t.var.clone()).collect();
     let y = Tensor::new(&[1u32, 0], &Device::Cpu).unwrap();
     let norm_of = |g: &candle_core::backprop::GradStore| -> f64 {
-        vars.iter().filter_map(|v| g.get(v.as_tensor())).map(|t| t.sqr().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap() as f64).sum::<f64>().sqrt()
+        vars.iter()
+            .filter_map(|v| g.get(v.as_tensor()))
+            .map(|t| {
+                t.sqr()
+                    .unwrap()
+                    .sum_all()
+                    .unwrap()
+                    .to_scalar::<f32>()
+                    .unwrap() as f64
+            })
+            .sum::<f64>()
+            .sqrt()
     };
     let grads = || {
         let (_, logits) = m.forward(&batch(&cfg, Family::Bert), None).unwrap();
-        petnas_train::model::ops::cross_entropy(&logits, &y).unwrap().backward().unwrap()
+        petnas_train::model::ops::cross_entropy(&logits, &y)
+            .unwrap()
+            .backward()
+            .unwrap()
     };
     let mut g = grads();
     let before = norm_of(&g);
     assert!(before > 0.0);
     let reported = petnas_train::train::clip_grad_norm(&vars, &mut g, before / 4.0).unwrap();
     assert!((reported - before).abs() <= 1e-6 * before);
-    assert!((norm_of(&g) - before / 4.0).abs() <= 1e-4 * before, "clipped norm {} vs {}", norm_of(&g), before / 4.0);
+    assert!(
+        (norm_of(&g) - before / 4.0).abs() <= 1e-4 * before,
+        "clipped norm {} vs {}",
+        norm_of(&g),
+        before / 4.0
+    );
     let mut g2 = grads();
     petnas_train::train::clip_grad_norm(&vars, &mut g2, before * 4.0).unwrap();
-    assert!((norm_of(&g2) - before).abs() <= 1e-6 * before, "a norm below the limit must not change");
+    assert!(
+        (norm_of(&g2) - before).abs() <= 1e-6 * before,
+        "a norm below the limit must not change"
+    );
 }

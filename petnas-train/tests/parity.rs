@@ -18,19 +18,44 @@ fn root() -> PathBuf {
 }
 
 fn check(fixture_name: &str, precision: Precision, crit_tensors: usize) {
-    let model = std::env::var("PETNAS_TEST_MODEL").map(PathBuf::from).unwrap_or_else(|_| root().join("data/models/all-MiniLM-L6-v2"));
-    let dir = std::env::var("PETNAS_FIXTURE_DIR").map(PathBuf::from).unwrap_or_else(|_| root().join("../shared/reference"));
+    let model = std::env::var("PETNAS_TEST_MODEL")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| root().join("data/models/all-MiniLM-L6-v2"));
+    let dir = std::env::var("PETNAS_FIXTURE_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| root().join("../shared/reference"));
     let fixture = dir.join(format!("{fixture_name}.safetensors"));
     if !model.join("model.safetensors").exists() || !fixture.exists() {
         if std::env::var("PETNAS_ALLOW_MISSING_MODEL").as_deref() == Ok("1") {
-            eprintln!("skipping: {} or {} missing", model.display(), fixture.display());
+            eprintln!(
+                "skipping: {} or {} missing",
+                model.display(),
+                fixture.display()
+            );
             return;
         }
-        panic!("{} or {} missing: run data/fetch-model (scripts/test does)", model.display(), fixture.display());
+        panic!(
+            "{} or {} missing: run data/fetch-model (scripts/test does)",
+            model.display(),
+            fixture.display()
+        );
     }
-    let rep = petnas_train::verify::verify(model.to_str().unwrap(), &fixture, &candle_core::Device::Cpu, precision).unwrap();
-    eprintln!("{fixture_name} {}: {}", precision.as_str(), serde_json::to_string(&rep).unwrap());
-    assert!(rep.tokens_equal, "tokenizer ids differ from the HF tokenizer's");
+    let rep = petnas_train::verify::verify(
+        model.to_str().unwrap(),
+        &fixture,
+        &candle_core::Device::Cpu,
+        precision,
+    )
+    .unwrap();
+    eprintln!(
+        "{fixture_name} {}: {}",
+        precision.as_str(),
+        serde_json::to_string(&rep).unwrap()
+    );
+    assert!(
+        rep.tokens_equal,
+        "tokenizer ids differ from the HF tokenizer's"
+    );
     assert!(rep.grad_tensors >= 6 * 8 + 1 + 2, "{rep:?}");
     assert_eq!(rep.crit_tensors, crit_tensors, "{rep:?}");
     assert!(rep.pass, "{rep:?}");

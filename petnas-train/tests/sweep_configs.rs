@@ -14,24 +14,35 @@ fn shipped_sweep_configs_are_valid() {
             continue;
         }
         let cfg = SweepConfig::load(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
-        let family = if cfg.model.contains("roberta") { Family::Roberta } else { Family::Bert };
+        let family = if cfg.model.contains("roberta") {
+            Family::Roberta
+        } else {
+            Family::Bert
+        };
         let inv = inventory(&EncoderConfig::tiny(family));
         for b in &cfg.baselines {
             if b.method != "full" {
-                SearchSpace::from_spec(&b.method, &inv).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+                SearchSpace::from_spec(&b.method, &inv)
+                    .unwrap_or_else(|e| panic!("{}: {e}", p.display()));
             }
         }
         for s in &cfg.searches {
-            SearchSpace::from_spec(&s.space, &inv).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+            SearchSpace::from_spec(&s.space, &inv)
+                .unwrap_or_else(|e| panic!("{}: {e}", p.display()));
             for b in &s.budgets {
                 if let BudgetValue::Text(t) = b {
-                    petnas_core::prune::parse_budget(t).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+                    petnas_core::prune::parse_budget(t)
+                        .unwrap_or_else(|e| panic!("{}: {e}", p.display()));
                 }
             }
         }
         n += 1;
     }
-    assert!(n >= 3, "expected the paper and MiniLM configs in {}", dir.display());
+    assert!(
+        n >= 3,
+        "expected the paper and MiniLM configs in {}",
+        dir.display()
+    );
 }
 
 /// The MiniLM configs plan on the real model and GLUE data (as `--dry-run` does): the Table 1
@@ -43,24 +54,48 @@ fn minilm_configs_plan_on_the_real_model_and_price_full_runs_apart() {
     use petnas_train::sweep::{describe, plan, Throughput};
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let model = root.join("data/models/all-MiniLM-L6-v2");
-    assert!(model.join("model.safetensors").exists(), "{} missing: run data/fetch-model (scripts/test does)", model.display());
-    let data = std::env::var_os("PETNAS_DATA").map(std::path::PathBuf::from).unwrap_or_else(|| root.join("../shared/data/glue"));
+    assert!(
+        model.join("model.safetensors").exists(),
+        "{} missing: run data/fetch-model (scripts/test does)",
+        model.display()
+    );
+    let data = std::env::var_os("PETNAS_DATA")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| root.join("../shared/data/glue"));
     let empty = tempfile::tempdir().unwrap();
-    for name in ["minilm-demo", "minilm-mrpc-search", "minilm-lr-search", "minilm-table1", "minilm-table2"] {
+    for name in [
+        "minilm-demo",
+        "minilm-mrpc-search",
+        "minilm-lr-search",
+        "minilm-table1",
+        "minilm-table2",
+    ] {
         let mut cfg = SweepConfig::load(&root.join(format!("sweeps/{name}.toml"))).unwrap();
         cfg.model = model.to_string_lossy().into_owned();
         let p = plan(&cfg, Some(&data)).unwrap_or_else(|e| panic!("{name}: {e}"));
         let mc = &p.model.config;
         let inv = inventory(mc);
-        let size = |spec: &str| Architecture::maximal(&SearchSpace::from_spec(spec, &inv).unwrap(), mc).unwrap().pet_params();
+        let size = |spec: &str| {
+            Architecture::maximal(&SearchSpace::from_spec(spec, &inv).unwrap(), mc)
+                .unwrap()
+                .pet_params()
+        };
         for r in &p.runs {
             if let (Some(space), Some(budget)) = (&r.spec.space, r.spec.budget) {
-                assert!(budget < size(space), "{name}: {} budget {budget} does not prune {space}", r.id);
+                assert!(
+                    budget < size(space),
+                    "{name}: {} budget {budget} does not prune {space}",
+                    r.id
+                );
             }
         }
         if name == "minilm-table1" {
             let b: Vec<usize> = p.runs.iter().filter_map(|r| r.spec.budget).collect();
-            assert!(!b.is_empty() && b.iter().all(|&x| 2 * x == size("mam16")), "{name}: budgets {b:?} vs mam16 {}", size("mam16"));
+            assert!(
+                !b.is_empty() && b.iter().all(|&x| 2 * x == size("mam16")),
+                "{name}: budgets {b:?} vs mam16 {}",
+                size("mam16")
+            );
         }
         // 100 examples/s for PETs, 10 for full fine-tuning, on every task.
         let mut eps = Throughput::new();
@@ -68,9 +103,20 @@ fn minilm_configs_plan_on_the_real_model_and_price_full_runs_apart() {
             eps.insert((r.task.clone(), false), 100.0);
             eps.insert((r.task.clone(), true), 10.0);
         }
-        let secs: f64 = p.runs.iter().map(|r| r.steps as f64 * 16.0 / if r.spec.method == "full" { 10.0 } else { 100.0 }).sum();
+        let secs: f64 = p
+            .runs
+            .iter()
+            .map(|r| r.steps as f64 * 16.0 / if r.spec.method == "full" { 10.0 } else { 100.0 })
+            .sum();
         let text = describe(&p, empty.path(), None, Some(&eps), 16);
-        let want = if secs < 3600.0 { format!("{:.1} min", secs / 60.0) } else { format!("{:.1} h", secs / 3600.0) };
-        assert!(text.contains(&format!("estimated training time: {want},")), "{name}: want {want}\n{text}");
+        let want = if secs < 3600.0 {
+            format!("{:.1} min", secs / 60.0)
+        } else {
+            format!("{:.1} h", secs / 3600.0)
+        };
+        assert!(
+            text.contains(&format!("estimated training time: {want},")),
+            "{name}: want {want}\n{text}"
+        );
     }
 }

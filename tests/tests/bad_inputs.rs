@@ -12,23 +12,45 @@ fn small_glue(dir: &Path, rows: usize) -> PathBuf {
     for task in ["RTE", "STS-B"] {
         std::fs::create_dir_all(dir.join(task)).unwrap();
         for split in ["train", "dev"] {
-            let text = std::fs::read_to_string(glue().join(task).join(format!("{split}.tsv"))).unwrap();
+            let text =
+                std::fs::read_to_string(glue().join(task).join(format!("{split}.tsv"))).unwrap();
             let head: Vec<&str> = text.lines().take(rows + 1).collect();
-            std::fs::write(dir.join(task).join(format!("{split}.tsv")), head.join("\n") + "\n").unwrap();
+            std::fs::write(
+                dir.join(task).join(format!("{split}.tsv")),
+                head.join("\n") + "\n",
+            )
+            .unwrap();
         }
     }
     dir.to_path_buf()
 }
 
 fn train_bitfit(task: &str, model: &Path, data: &Path, out: &Path) -> Run {
-    let mut args = vec!["train", "--task", task, "--model", s(model), "--data", s(data), "--method", "bitfit", "--out", s(out)];
+    let mut args = vec![
+        "train",
+        "--task",
+        task,
+        "--model",
+        s(model),
+        "--data",
+        s(data),
+        "--method",
+        "bitfit",
+        "--out",
+        s(out),
+    ];
     args.extend(TINY);
     train(&args)
 }
 
 #[track_caller]
 fn assert_nothing_written(out: &Path) {
-    assert!(!out.exists(), "a failed command created {}: {:?}", out.display(), std::fs::read_dir(out).map(|r| r.count()));
+    assert!(
+        !out.exists(),
+        "a failed command created {}: {:?}",
+        out.display(),
+        std::fs::read_dir(out).map(|r| r.count())
+    );
 }
 
 #[test]
@@ -39,15 +61,76 @@ fn malformed_tsv_rows_are_named_by_file_and_line() {
     // (task, split, what to append to 20 good rows or how to replace the file, expected message)
     type Edit = fn(&str) -> String;
     let cases: Vec<(&str, &str, &str, Edit, Vec<&str>)> = vec![
-        ("missing column", "RTE", "train", |t| format!("{t}7\tonly one sentence\n"), vec!["RTE/train.tsv:22:", "missing column 2 (sentence2)", "2 tab-separated fields"]),
-        ("extra tab", "RTE", "train", |t| format!("{t}7\ta\tb\tentailment\tstray\n"), vec!["RTE/train.tsv:22:", "5 tab-separated fields but the header has 4"]),
-        ("bad label", "RTE", "train", |t| format!("{t}7\ta\tb\tmaybe\n"), vec!["RTE/train.tsv:22:", "bad label \"maybe\"", "not_entailment"]),
-        ("bad label in dev", "RTE", "dev", |t| format!("{t}7\ta\tb\tyes\n"), vec!["RTE/dev.tsv:22:", "bad label \"yes\""]),
-        ("non-numeric score", "STS-B", "train", |t| format!("{t}9\tmain-captions\tMSRvid\t2012test\t0001\tnone\tnone\ta\tb\tfive\n"), vec!["STS-B/train.tsv:22:", "bad score \"five\"", "not a number"]),
-        ("score out of range", "STS-B", "train", |t| format!("{t}9\tmain-captions\tMSRvid\t2012test\t0001\tnone\tnone\ta\tb\t7.5\n"), vec!["STS-B/train.tsv:22:", "bad score \"7.5\"", "0..=5"]),
-        ("empty line between rows", "RTE", "train", |t| format!("{t}\n7\ta\tb\tentailment\n"), vec!["RTE/train.tsv:22:", "empty line between rows"]),
-        ("empty file", "RTE", "train", |_| String::new(), vec!["RTE/train.tsv", "file is empty"]),
-        ("header only", "RTE", "dev", |t| t.lines().next().unwrap().to_string() + "\n", vec!["RTE/dev.tsv", "header but no examples"]),
+        (
+            "missing column",
+            "RTE",
+            "train",
+            |t| format!("{t}7\tonly one sentence\n"),
+            vec![
+                "RTE/train.tsv:22:",
+                "missing column 2 (sentence2)",
+                "2 tab-separated fields",
+            ],
+        ),
+        (
+            "extra tab",
+            "RTE",
+            "train",
+            |t| format!("{t}7\ta\tb\tentailment\tstray\n"),
+            vec![
+                "RTE/train.tsv:22:",
+                "5 tab-separated fields but the header has 4",
+            ],
+        ),
+        (
+            "bad label",
+            "RTE",
+            "train",
+            |t| format!("{t}7\ta\tb\tmaybe\n"),
+            vec!["RTE/train.tsv:22:", "bad label \"maybe\"", "not_entailment"],
+        ),
+        (
+            "bad label in dev",
+            "RTE",
+            "dev",
+            |t| format!("{t}7\ta\tb\tyes\n"),
+            vec!["RTE/dev.tsv:22:", "bad label \"yes\""],
+        ),
+        (
+            "non-numeric score",
+            "STS-B",
+            "train",
+            |t| format!("{t}9\tmain-captions\tMSRvid\t2012test\t0001\tnone\tnone\ta\tb\tfive\n"),
+            vec!["STS-B/train.tsv:22:", "bad score \"five\"", "not a number"],
+        ),
+        (
+            "score out of range",
+            "STS-B",
+            "train",
+            |t| format!("{t}9\tmain-captions\tMSRvid\t2012test\t0001\tnone\tnone\ta\tb\t7.5\n"),
+            vec!["STS-B/train.tsv:22:", "bad score \"7.5\"", "0..=5"],
+        ),
+        (
+            "empty line between rows",
+            "RTE",
+            "train",
+            |t| format!("{t}\n7\ta\tb\tentailment\n"),
+            vec!["RTE/train.tsv:22:", "empty line between rows"],
+        ),
+        (
+            "empty file",
+            "RTE",
+            "train",
+            |_| String::new(),
+            vec!["RTE/train.tsv", "file is empty"],
+        ),
+        (
+            "header only",
+            "RTE",
+            "dev",
+            |t| t.lines().next().unwrap().to_string() + "\n",
+            vec!["RTE/dev.tsv", "header but no examples"],
+        ),
     ];
     for (what, task_dir, split, edit, needles) in cases {
         let data = small_glue(&tmp.path().join(what.replace(' ', "-")), 20);
@@ -56,7 +139,10 @@ fn malformed_tsv_rows_are_named_by_file_and_line() {
         std::fs::write(&file, edit(&text)).unwrap();
         let task = if task_dir == "RTE" { "rte" } else { "stsb" };
         let err = train_bitfit(task, &model, &data, &out).fails_with(&needles);
-        assert!(err.lines().count() <= 3, "{what}: a short message, not a backtrace:\n{err}");
+        assert!(
+            err.lines().count() <= 3,
+            "{what}: a short message, not a backtrace:\n{err}"
+        );
         assert_nothing_written(&out);
     }
 
@@ -82,12 +168,29 @@ fn sweep_with_bad_data_leaves_no_run_behind() {
     let text = std::fs::read_to_string(&dev).unwrap();
     std::fs::write(&dev, format!("{text}7\ta\tb\tperhaps\n")).unwrap();
     let cfg = tmp.path().join("bad-data.toml");
-    let toml = sweep_toml(&model, "tasks = [\"rte\"]\nseeds = [0]\n[[baselines]]\nmethod = \"bitfit\"\nlr = 1e-3\n");
+    let toml = sweep_toml(
+        &model,
+        "tasks = [\"rte\"]\nseeds = [0]\n[[baselines]]\nmethod = \"bitfit\"\nlr = 1e-3\n",
+    );
     std::fs::write(&cfg, toml).unwrap();
     let out = tmp.path().join("sweep");
-    train(&["sweep", "--config", s(&cfg), "--out", s(&out), "--data", s(&data), "--quiet", "--no-estimate"])
-        .fails_with(&["RTE/dev.tsv:22:", "bad label \"perhaps\""]);
-    assert!(run_names(&out.join("runs")).is_empty(), "{:?}", run_names(&out.join("runs")));
+    train(&[
+        "sweep",
+        "--config",
+        s(&cfg),
+        "--out",
+        s(&out),
+        "--data",
+        s(&data),
+        "--quiet",
+        "--no-estimate",
+    ])
+    .fails_with(&["RTE/dev.tsv:22:", "bad label \"perhaps\""]);
+    assert!(
+        run_names(&out.join("runs")).is_empty(),
+        "{:?}",
+        run_names(&out.join("runs"))
+    );
     assert!(leftovers(&out.join("runs")).is_empty() && leftovers(&out).is_empty());
 
     // A bad training file is found while planning: not even the output folder is made.
@@ -95,8 +198,18 @@ fn sweep_with_bad_data_leaves_no_run_behind() {
     let train_tsv = data.join("RTE/train.tsv");
     let text = std::fs::read_to_string(&train_tsv).unwrap();
     std::fs::write(&train_tsv, format!("{text}7\ta\n")).unwrap();
-    train(&["sweep", "--config", s(&cfg), "--out", s(&out2), "--data", s(&data), "--quiet", "--no-estimate"])
-        .fails_with(&["RTE/train.tsv:22:", "missing column"]);
+    train(&[
+        "sweep",
+        "--config",
+        s(&cfg),
+        "--out",
+        s(&out2),
+        "--data",
+        s(&data),
+        "--quiet",
+        "--no-estimate",
+    ])
+    .fails_with(&["RTE/train.tsv:22:", "missing column"]);
     assert_nothing_written(&out2);
 }
 
@@ -121,7 +234,10 @@ fn bom_and_crlf_just_work() {
         train_bitfit(task, &model, &plain, &a).ok();
         train_bitfit(task, &model, &windows, &b).ok();
         let id = format!("{task}-bitfit-s0");
-        assert_eq!(text(&json(&b.join(&id).join("record.json")), "/result/status"), "completed");
+        assert_eq!(
+            text(&json(&b.join(&id).join("record.json")), "/result/status"),
+            "completed"
+        );
         assert_same_run(&a.join(&id), &b.join(&id));
     }
 }
@@ -131,10 +247,27 @@ fn unknown_task_and_missing_model_are_refused() {
     let tmp = tempfile::tempdir().unwrap();
     let model = tiny(tmp.path(), "bert");
     let out = tmp.path().join("out");
-    train_bitfit("glue-ten", &model, glue(), &out).fails_with(&["unknown GLUE task \"glue-ten\"", "rte"]);
-    train_bitfit("rte", &tmp.path().join("no-such-model"), glue(), &out).fails_with(&["no-such-model", "does not exist"]);
-    train_bitfit("rte", &model, &tmp.path().join("no-such-data"), &out).fails_with(&["no-such-data", "does not exist"]);
-    let mut search = vec!["search", "--task", "nli9", "--model", s(&model), "--data", s(glue()), "--space", "bitfit", "--budget", "100", "--out", s(&out)];
+    train_bitfit("glue-ten", &model, glue(), &out)
+        .fails_with(&["unknown GLUE task \"glue-ten\"", "rte"]);
+    train_bitfit("rte", &tmp.path().join("no-such-model"), glue(), &out)
+        .fails_with(&["no-such-model", "does not exist"]);
+    train_bitfit("rte", &model, &tmp.path().join("no-such-data"), &out)
+        .fails_with(&["no-such-data", "does not exist"]);
+    let mut search = vec![
+        "search",
+        "--task",
+        "nli9",
+        "--model",
+        s(&model),
+        "--data",
+        s(glue()),
+        "--space",
+        "bitfit",
+        "--budget",
+        "100",
+        "--out",
+        s(&out),
+    ];
     search.extend(TINY);
     train(&search).fails_with(&["unknown GLUE task \"nli9\""]);
     assert_nothing_written(&out);
@@ -145,7 +278,11 @@ fn drop_tensor(model: &Path, name: &str) {
     let p = model.join("model.safetensors");
     let bytes = std::fs::read(&p).unwrap();
     let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    let kept: Vec<(String, safetensors::tensor::TensorView)> = st.tensors().into_iter().filter(|(n, _)| n != name).collect();
+    let kept: Vec<(String, safetensors::tensor::TensorView)> = st
+        .tensors()
+        .into_iter()
+        .filter(|(n, _)| n != name)
+        .collect();
     assert_eq!(kept.len() + 1, st.len(), "no tensor {name} to drop");
     let out = safetensors::serialize(kept, None).unwrap();
     std::fs::write(&p, out).unwrap();
@@ -155,7 +292,11 @@ fn drop_tensors(model: &Path, prefix: &str) {
     let p = model.join("model.safetensors");
     let bytes = std::fs::read(&p).unwrap();
     let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    let kept: Vec<(String, safetensors::tensor::TensorView)> = st.tensors().into_iter().filter(|(n, _)| !n.starts_with(prefix)).collect();
+    let kept: Vec<(String, safetensors::tensor::TensorView)> = st
+        .tensors()
+        .into_iter()
+        .filter(|(n, _)| !n.starts_with(prefix))
+        .collect();
     assert!(kept.len() < st.len(), "no tensor under {prefix} to drop");
     let out = safetensors::serialize(kept, None).unwrap();
     std::fs::write(&p, out).unwrap();
@@ -175,38 +316,120 @@ fn broken_model_folders_are_named() {
     let out = tmp.path().join("out");
     type Break = fn(&Path);
     let cases: Vec<(&str, Break, Vec<&str>)> = vec![
-        ("hidden size", |m| edit_config(m, "\"hidden_size\": 32", "\"hidden_size\": 48"), vec!["model.safetensors", "has shape [30522, 32] but config.json implies [30522, 48]"]),
-        ("layer count", |m| edit_config(m, "\"num_hidden_layers\": 2", "\"num_hidden_layers\": 3"), vec!["model.safetensors", "the checkpoint has 2 encoder layers, config.json's num_hidden_layers is 3"]),
+        (
+            "hidden size",
+            |m| edit_config(m, "\"hidden_size\": 32", "\"hidden_size\": 48"),
+            vec![
+                "model.safetensors",
+                "has shape [30522, 32] but config.json implies [30522, 48]",
+            ],
+        ),
+        (
+            "layer count",
+            |m| edit_config(m, "\"num_hidden_layers\": 2", "\"num_hidden_layers\": 3"),
+            vec![
+                "model.safetensors",
+                "the checkpoint has 2 encoder layers, config.json's num_hidden_layers is 3",
+            ],
+        ),
         // Fewer layers in the config than in the checkpoint used to drop layers silently.
-        ("fewer layers", |m| edit_config(m, "\"num_hidden_layers\": 2", "\"num_hidden_layers\": 1"), vec!["model.safetensors", "the checkpoint has 2 encoder layers, config.json's num_hidden_layers is 1"]),
+        (
+            "fewer layers",
+            |m| edit_config(m, "\"num_hidden_layers\": 2", "\"num_hidden_layers\": 1"),
+            vec![
+                "model.safetensors",
+                "the checkpoint has 2 encoder layers, config.json's num_hidden_layers is 1",
+            ],
+        ),
         // A RoBERTa config over BERT files (weights and a [CLS] tokenizer) used to train silently.
-        ("family", |m| edit_config(m, "\"model_type\": \"bert\"", "\"model_type\": \"roberta\""), vec!["tokenizer.json", "has [CLS], not <s>"]),
-        ("activation", |m| edit_config(m, "\"hidden_act\": \"gelu\"", "\"hidden_act\": \"bogus_act\""), vec!["hidden_act \"bogus_act\" is not supported"]),
-        ("dropped tensor", |m| drop_tensor(m, "encoder.layer.1.output.dense.weight"), vec!["model.safetensors", "missing tensor `encoder.layer.1.output.dense.weight`"]),
-        ("no tokenizer", |m| std::fs::remove_file(m.join("tokenizer.json")).unwrap(), vec!["missing tokenizer.json"]),
-        ("no weights", |m| std::fs::remove_file(m.join("model.safetensors")).unwrap(), vec!["model.safetensors"]),
-        ("no config", |m| std::fs::remove_file(m.join("config.json")).unwrap(), vec!["missing config.json"]),
-        ("config not JSON", |m| std::fs::write(m.join("config.json"), "{\"model_type\": \"bert\",").unwrap(), vec!["config.json"]),
-        ("truncated weights", |m| {
-            let p = m.join("model.safetensors");
-            let b = std::fs::read(&p).unwrap();
-            std::fs::write(&p, &b[..b.len() / 2]).unwrap();
-        }, vec!["model.safetensors"]),
-        ("tokenizer not JSON", |m| std::fs::write(m.join("tokenizer.json"), "not json").unwrap(), vec!["tokenizer.json"]),
+        (
+            "family",
+            |m| edit_config(m, "\"model_type\": \"bert\"", "\"model_type\": \"roberta\""),
+            vec!["tokenizer.json", "has [CLS], not <s>"],
+        ),
+        (
+            "activation",
+            |m| {
+                edit_config(
+                    m,
+                    "\"hidden_act\": \"gelu\"",
+                    "\"hidden_act\": \"bogus_act\"",
+                )
+            },
+            vec!["hidden_act \"bogus_act\" is not supported"],
+        ),
+        (
+            "dropped tensor",
+            |m| drop_tensor(m, "encoder.layer.1.output.dense.weight"),
+            vec![
+                "model.safetensors",
+                "missing tensor `encoder.layer.1.output.dense.weight`",
+            ],
+        ),
+        (
+            "no tokenizer",
+            |m| std::fs::remove_file(m.join("tokenizer.json")).unwrap(),
+            vec!["missing tokenizer.json"],
+        ),
+        (
+            "no weights",
+            |m| std::fs::remove_file(m.join("model.safetensors")).unwrap(),
+            vec!["model.safetensors"],
+        ),
+        (
+            "no config",
+            |m| std::fs::remove_file(m.join("config.json")).unwrap(),
+            vec!["missing config.json"],
+        ),
+        (
+            "config not JSON",
+            |m| std::fs::write(m.join("config.json"), "{\"model_type\": \"bert\",").unwrap(),
+            vec!["config.json"],
+        ),
+        (
+            "truncated weights",
+            |m| {
+                let p = m.join("model.safetensors");
+                let b = std::fs::read(&p).unwrap();
+                std::fs::write(&p, &b[..b.len() / 2]).unwrap();
+            },
+            vec!["model.safetensors"],
+        ),
+        (
+            "tokenizer not JSON",
+            |m| std::fs::write(m.join("tokenizer.json"), "not json").unwrap(),
+            vec!["tokenizer.json"],
+        ),
     ];
     for (what, brk, needles) in cases {
         let model = tmp.path().join(what.replace(' ', "-"));
         copy_dir(&good, &model);
         brk(&model);
         let err = train_bitfit("rte", &model, glue(), &out).fails_with(&needles);
-        assert!(err.contains(s(&model)), "{what}: the message does not name the model folder:\n{err}");
+        assert!(
+            err.contains(s(&model)),
+            "{what}: the message does not name the model folder:\n{err}"
+        );
         assert_nothing_written(&out);
     }
 }
 
 fn search(model: &Path, space: &str, budget: &str, out: &Path) -> Run {
     let budget = format!("--budget={budget}");
-    let mut args = vec!["search", "--task", "rte", "--model", s(model), "--data", s(glue()), "--space", space, &budget, "--out", s(out)];
+    let mut args = vec![
+        "search",
+        "--task",
+        "rte",
+        "--model",
+        s(model),
+        "--data",
+        s(glue()),
+        "--space",
+        space,
+        &budget,
+        "--out",
+        s(out),
+    ];
     args.extend(TINY);
     train(&args)
 }
@@ -237,7 +460,10 @@ fn budgets_bad_zero_huge_and_tiny() {
 
     for (budget, needles) in [
         ("0", vec!["budget 0 keeps no parameter"]),
-        ("1G", vec!["budget 1000000000 is above the space's", "nothing to prune"]),
+        (
+            "1G",
+            vec!["budget 1000000000 is above the space's", "nothing to prune"],
+        ),
         ("100,100", vec!["budget 100 is given twice"]),
     ] {
         search(&model, "bitfit", budget, &out).fails_with(&needles);
@@ -246,8 +472,20 @@ fn budgets_bad_zero_huge_and_tiny() {
 
     let below = tmp.path().join("below");
     search(&model, "bitfit", "31", &below).ok();
-    assert_eq!(num(&get(&below, "rte-bitfit-s31-mean-same-s0"), "/result/pet_params"), 0.0);
-    assert_eq!(num(&get(&below, "rte-bitfit-u31-mean-same-s0"), "/result/pet_params"), 31.0);
+    assert_eq!(
+        num(
+            &get(&below, "rte-bitfit-s31-mean-same-s0"),
+            "/result/pet_params"
+        ),
+        0.0
+    );
+    assert_eq!(
+        num(
+            &get(&below, "rte-bitfit-u31-mean-same-s0"),
+            "/result/pet_params"
+        ),
+        31.0
+    );
     assert!(maximal_params(&below) > 31.0);
 
     // The same rules in a sweep's TOML, refused at planning (so also by --dry-run).
@@ -255,7 +493,16 @@ fn budgets_bad_zero_huge_and_tiny() {
     let toml = sweep_toml(&model, "tasks = [\"rte\"]\nseeds = [0]\n[[searches]]\nspace = \"bitfit\"\nbudgets = [0]\nmodes = [\"structured\"]\nlr = 1e-3\n");
     std::fs::write(&cfg, toml).unwrap();
     let sw = tmp.path().join("sweep-zero");
-    train(&["sweep", "--config", s(&cfg), "--out", s(&sw), "--quiet", "--no-estimate"]).fails_with(&["budget 0 keeps no parameter"]);
+    train(&[
+        "sweep",
+        "--config",
+        s(&cfg),
+        "--out",
+        s(&sw),
+        "--quiet",
+        "--no-estimate",
+    ])
+    .fails_with(&["budget 0 keeps no parameter"]);
     assert_nothing_written(&sw);
 }
 
@@ -271,35 +518,99 @@ fn architecture_of_another_model_is_refused() {
     drop_tensors(&one, "encoder.layer.1.");
     let roberta = tiny(tmp.path(), "roberta");
     let out = tmp.path().join("out");
-    for (other, needle) in [(&one, "num_layers is 1 in the architecture but 2 in the model config"), (&roberta, "family is Roberta in the architecture but Bert")] {
-        let runs = tmp.path().join(format!("runs-{}", other.file_name().unwrap().to_string_lossy()));
+    for (other, needle) in [
+        (
+            &one,
+            "num_layers is 1 in the architecture but 2 in the model config",
+        ),
+        (&roberta, "family is Roberta in the architecture but Bert"),
+    ] {
+        let runs = tmp.path().join(format!(
+            "runs-{}",
+            other.file_name().unwrap().to_string_lossy()
+        ));
         train_mam(other, &runs).ok();
         let arch = runs.join("rte-mam-s0/architecture.json");
         assert!(arch.exists());
         let method = format!("arch:{}", s(&arch));
-        let mut args = vec!["train", "--task", "rte", "--model", s(&model), "--data", s(glue()), "--method", &method, "--out", s(&out)];
+        let mut args = vec![
+            "train",
+            "--task",
+            "rte",
+            "--model",
+            s(&model),
+            "--data",
+            s(glue()),
+            "--method",
+            &method,
+            "--out",
+            s(&out),
+        ];
         args.extend(TINY);
-        train(&args).fails_with(&["--method arch:", "architecture is for another model", needle]);
+        train(&args).fails_with(&[
+            "--method arch:",
+            "architecture is for another model",
+            needle,
+        ]);
         assert_nothing_written(&out);
     }
     // The architecture of this model works, by file or by run folder.
     let own = tmp.path().join("own");
     train_mam(&model, &own).ok();
-    for file in [own.join("rte-mam-s0/architecture.json"), own.join("rte-mam-s0")] {
+    for file in [
+        own.join("rte-mam-s0/architecture.json"),
+        own.join("rte-mam-s0"),
+    ] {
         let method = format!("arch:{}", s(&file));
-        let mut args = vec!["train", "--task", "rte", "--model", s(&model), "--data", s(glue()), "--method", &method, "--out", s(&out)];
+        let mut args = vec![
+            "train",
+            "--task",
+            "rte",
+            "--model",
+            s(&model),
+            "--data",
+            s(glue()),
+            "--method",
+            &method,
+            "--out",
+            s(&out),
+        ];
         args.extend(TINY);
         train(&args).ok();
     }
     let bad = format!("arch:{}", s(&tmp.path().join("missing.json")));
     let o2 = tmp.path().join("o2");
-    let mut args = vec!["train", "--task", "rte", "--model", s(&model), "--data", s(glue()), "--method", &bad, "--out", s(&o2)];
+    let mut args = vec![
+        "train",
+        "--task",
+        "rte",
+        "--model",
+        s(&model),
+        "--data",
+        s(glue()),
+        "--method",
+        &bad,
+        "--out",
+        s(&o2),
+    ];
     args.extend(TINY);
     train(&args).fails_with(&["missing.json"]);
 }
 
 fn train_mam(model: &Path, out: &Path) -> Run {
-    let mut args = vec!["train", "--task", "rte", "--model", s(model), "--data", s(glue()), "--method", "mam", "--out", s(out)];
+    let mut args = vec![
+        "train",
+        "--task",
+        "rte",
+        "--model",
+        s(model),
+        "--data",
+        s(glue()),
+        "--method",
+        "mam",
+        "--out",
+        s(out),
+    ];
     args.extend(TINY);
     train(&args)
 }
@@ -309,7 +620,16 @@ fn train_mam(model: &Path, out: &Path) -> Run {
 #[test]
 fn absurd_thread_counts_are_refused() {
     for n in ["0", "100000"] {
-        train(&["--threads", n, "tiny-model", "--tokenizer", "none.json", "--out", "/nonexistent/x"]).fails_with(&[&format!("--threads {n}: expected 1 to")]);
+        train(&[
+            "--threads",
+            n,
+            "tiny-model",
+            "--tokenizer",
+            "none.json",
+            "--out",
+            "/nonexistent/x",
+        ])
+        .fails_with(&[&format!("--threads {n}: expected 1 to")]);
     }
 }
 
@@ -321,10 +641,22 @@ fn recipe_options_reach_the_spec_and_bad_values_are_refused() {
     let tmp = tempfile::tempdir().unwrap();
     let model = tiny(tmp.path(), "bert");
     let base = |out: &Path| -> Vec<String> {
-        let mut a: Vec<String> = ["train", "--task", "rte", "--model", s(&model), "--data", s(glue()), "--method", "bitfit", "--out", s(out)]
-            .iter()
-            .map(|x| x.to_string())
-            .collect();
+        let mut a: Vec<String> = [
+            "train",
+            "--task",
+            "rte",
+            "--model",
+            s(&model),
+            "--data",
+            s(glue()),
+            "--method",
+            "bitfit",
+            "--out",
+            s(out),
+        ]
+        .iter()
+        .map(|x| x.to_string())
+        .collect();
         a.extend(TINY.iter().map(|x| x.to_string()));
         a
     };
@@ -357,7 +689,11 @@ fn recipe_options_reach_the_spec_and_bad_values_are_refused() {
         ("max_grad_norm", 0.5),
         ("bucket", 2.0),
     ] {
-        assert_eq!(num(&rec, &format!("/spec/recipe/{field}")), want, "recipe.{field}");
+        assert_eq!(
+            num(&rec, &format!("/spec/recipe/{field}")),
+            want,
+            "recipe.{field}"
+        );
     }
 
     // `none` is the default: no clipping, and the field stays out of the spec (old hashes hold).
@@ -366,12 +702,24 @@ fn recipe_options_reach_the_spec_and_bad_values_are_refused() {
     args.extend(["--max-grad-norm".into(), "none".into()]);
     train(&args.iter().map(String::as_str).collect::<Vec<_>>()).ok();
     let rec = json(&none.join("rte-bitfit-s0").join("record.json"));
-    assert!(rec.pointer("/spec/recipe/max_grad_norm").is_none_or(|v| v.is_null()), "{rec}");
+    assert!(
+        rec.pointer("/spec/recipe/max_grad_norm")
+            .is_none_or(|v| v.is_null()),
+        "{rec}"
+    );
 
     let never = tmp.path().join("never");
     for (flag, value, needles) in [
-        ("--max-grad-norm", "abc", vec!["--max-grad-norm", "a number or `none`"]),
-        ("--max-grad-norm", "0", vec!["--max-grad-norm", "must be a finite number above 0"]),
+        (
+            "--max-grad-norm",
+            "abc",
+            vec!["--max-grad-norm", "a number or `none`"],
+        ),
+        (
+            "--max-grad-norm",
+            "0",
+            vec!["--max-grad-norm", "must be a finite number above 0"],
+        ),
         ("--max-grad-norm", "nan", vec!["--max-grad-norm"]),
         ("--lr", "nan", vec!["--lr"]),
         ("--lr", "-1e-3", vec!["--lr"]),

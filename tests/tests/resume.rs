@@ -17,9 +17,18 @@ fn finished(runs: &Path) -> BTreeMap<String, (SystemTime, u64, String)> {
         .into_iter()
         .map(|n| {
             let p = runs.join(&n).join("record.json");
-            let t = std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{} is a run folder without a record: {e}", p.display()));
+            let t = std::fs::read_to_string(&p).unwrap_or_else(|e| {
+                panic!("{} is a run folder without a record: {e}", p.display())
+            });
             let v: serde_json::Value = serde_json::from_str(&t).unwrap();
-            (n, (std::fs::metadata(&p).unwrap().modified().unwrap(), v["created_unix"].as_u64().unwrap(), t))
+            (
+                n,
+                (
+                    std::fs::metadata(&p).unwrap().modified().unwrap(),
+                    v["created_unix"].as_u64().unwrap(),
+                    t,
+                ),
+            )
         })
         .collect()
 }
@@ -28,7 +37,15 @@ fn finished(runs: &Path) -> BTreeMap<String, (SystemTime, u64, String)> {
 /// how many existed when it died.
 fn start_and_kill(cfg: &Path, out: &Path, after: usize, delay: Duration) -> usize {
     let mut child = command("petnas-train")
-        .args(["sweep", "--config", s(cfg), "--out", s(out), "--quiet", "--no-estimate"])
+        .args([
+            "sweep",
+            "--config",
+            s(cfg),
+            "--out",
+            s(out),
+            "--quiet",
+            "--no-estimate",
+        ])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -42,7 +59,10 @@ fn start_and_kill(cfg: &Path, out: &Path, after: usize, delay: Duration) -> usiz
         if let Some(st) = child.try_wait().unwrap() {
             panic!("the sweep ended ({st}) before {after} runs were done");
         }
-        assert!(t0.elapsed() < Duration::from_secs(300), "no {after} runs after 5 minutes");
+        assert!(
+            t0.elapsed() < Duration::from_secs(300),
+            "no {after} runs after 5 minutes"
+        );
         std::thread::sleep(Duration::from_millis(2));
     }
     std::thread::sleep(delay);
@@ -59,7 +79,16 @@ fn killed_sweep_resumes_to_the_same_result() {
     std::fs::write(&cfg, study(&model)).unwrap();
 
     let reference = tmp.path().join("reference");
-    train(&["sweep", "--config", s(&cfg), "--out", s(&reference), "--quiet", "--no-estimate"]).ok();
+    train(&[
+        "sweep",
+        "--config",
+        s(&cfg),
+        "--out",
+        s(&reference),
+        "--quiet",
+        "--no-estimate",
+    ])
+    .ok();
     let all = run_names(&reference.join("runs"));
     assert_eq!(all.len(), 20);
 
@@ -69,11 +98,17 @@ fn killed_sweep_resumes_to_the_same_result() {
     for (after, delay_ms) in [(1, 0), (2, 0), (6, 30), (12, 0)] {
         let out = tmp.path().join(format!("killed-after-{after}"));
         let done = start_and_kill(&cfg, &out, after, Duration::from_millis(delay_ms));
-        assert!(done < all.len(), "the sweep finished before the kill; nothing was tested");
+        assert!(
+            done < all.len(),
+            "the sweep finished before the kill; nothing was tested"
+        );
         let runs = out.join("runs");
         let before = finished(&runs);
         assert_eq!(before.len(), done);
-        eprintln!("killed after {done} finished runs; left behind: {:?}", leftovers(&runs));
+        eprintln!(
+            "killed after {done} finished runs; left behind: {:?}",
+            leftovers(&runs)
+        );
         if after == 2 {
             // What a kill while a run folder is being written leaves (the window is too short to
             // hit reliably by timing): a half-written `.partial-*` folder.
@@ -82,9 +117,19 @@ fn killed_sweep_resumes_to_the_same_result() {
             std::fs::write(partial.join("record.json"), "{\"version\": 1, \"id\":").unwrap();
         }
 
-        let r = train(&["sweep", "--config", s(&cfg), "--out", s(&out), "--quiet", "--no-estimate"]).ok();
+        let r = train(&[
+            "sweep",
+            "--config",
+            s(&cfg),
+            "--out",
+            s(&out),
+            "--quiet",
+            "--no-estimate",
+        ])
+        .ok();
         assert!(
-            r.stdout.contains(&format!("20 planned, {done} already done")),
+            r.stdout
+                .contains(&format!("20 planned, {done} already done")),
             "kill after {after}: the resumed sweep should skip the {done} finished runs:\n{}",
             r.stdout
         );
@@ -94,11 +139,19 @@ fn killed_sweep_resumes_to_the_same_result() {
         let after_resume = finished(&runs);
         for (id, (mtime, created, text)) in &before {
             let (m2, c2, t2) = &after_resume[id];
-            assert_eq!((mtime, created), (m2, c2), "kill after {after}: {id} was redone");
+            assert_eq!(
+                (mtime, created),
+                (m2, c2),
+                "kill after {after}: {id} was redone"
+            );
             assert_eq!(text, t2, "kill after {after}: {id} changed");
         }
         assert_eq!(run_names(&runs), all);
-        assert!(leftovers(&runs).is_empty(), "kill after {after}: left {:?}", leftovers(&runs));
+        assert!(
+            leftovers(&runs).is_empty(),
+            "kill after {after}: left {:?}",
+            leftovers(&runs)
+        );
         let index = jsonl(&out.join("index.jsonl"));
         assert_eq!(index.len(), 20);
         for r in &index {
@@ -122,7 +175,16 @@ fn search_without_criterion_file_retrains_the_maximal_run() {
     let cfg = tmp.path().join("study.toml");
     std::fs::write(&cfg, study(&model)).unwrap();
     let out = tmp.path().join("sweep");
-    train(&["sweep", "--config", s(&cfg), "--out", s(&out), "--quiet", "--no-estimate"]).ok();
+    train(&[
+        "sweep",
+        "--config",
+        s(&cfg),
+        "--out",
+        s(&out),
+        "--quiet",
+        "--no-estimate",
+    ])
+    .ok();
     let runs = out.join("runs");
     let saved = tmp.path().join("saved");
     let id = "rte-mam16-u2000-random-same-s0";
@@ -130,9 +192,24 @@ fn search_without_criterion_file_retrains_the_maximal_run() {
     std::fs::remove_file(runs.join("rte-mam16-maximal-s0/criterion.safetensors")).unwrap();
     std::fs::remove_dir_all(runs.join(id)).unwrap();
 
-    let r = train(&["sweep", "--config", s(&cfg), "--out", s(&out), "--quiet", "--no-estimate"]).ok();
-    assert!(r.stdout.contains(&format!("{id}: completed")), "{}", r.stdout);
-    assert!(runs.join("rte-mam16-maximal-s0/criterion.safetensors").exists());
+    let r = train(&[
+        "sweep",
+        "--config",
+        s(&cfg),
+        "--out",
+        s(&out),
+        "--quiet",
+        "--no-estimate",
+    ])
+    .ok();
+    assert!(
+        r.stdout.contains(&format!("{id}: completed")),
+        "{}",
+        r.stdout
+    );
+    assert!(runs
+        .join("rte-mam16-maximal-s0/criterion.safetensors")
+        .exists());
     assert_same_run(&runs.join(id), &saved);
     assert_eq!(jsonl(&out.join("index.jsonl")).len(), 20);
 }

@@ -10,7 +10,12 @@ use common::*;
 use serde_json::Value;
 
 fn module_sum(r: &Value, field: &str) -> u64 {
-    r.pointer("/result/modules").and_then(Value::as_array).expect("modules").iter().map(|m| m[field].as_u64().unwrap_or(0)).sum()
+    r.pointer("/result/modules")
+        .and_then(Value::as_array)
+        .expect("modules")
+        .iter()
+        .map(|m| m[field].as_u64().unwrap_or(0))
+        .sum()
 }
 
 #[test]
@@ -23,10 +28,20 @@ fn sweep_end_to_end_then_report() {
 
     let r = train(&["sweep", "--config", s(&cfg), "--out", s(&out), "--quiet"]).ok();
     assert!(r.stdout.contains("plan: 20 runs"), "{}", r.stdout);
-    assert!(r.stdout.contains("20 planned, 0 already done, 20 completed now, 0 failed"), "{}", r.stdout);
+    assert!(
+        r.stdout
+            .contains("20 planned, 0 already done, 20 completed now, 0 failed"),
+        "{}",
+        r.stdout
+    );
 
     // The plan, the folders and the index agree on the 20 runs.
-    let plan: BTreeSet<String> = json(&out.join("plan.json")).as_array().unwrap().iter().map(|p| text(p, "/id").to_string()).collect();
+    let plan: BTreeSet<String> = json(&out.join("plan.json"))
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| text(p, "/id").to_string())
+        .collect();
     assert_eq!(plan.len(), 20);
     let folders: BTreeSet<String> = run_names(&out.join("runs")).into_iter().collect();
     assert_eq!(folders, plan);
@@ -41,40 +56,71 @@ fn sweep_end_to_end_then_report() {
     for r in &index {
         let id = text(r, "/id");
         let dir = out.join("runs").join(id);
-        assert_eq!(normalized(r.clone()), record(&dir), "{id}: index line and record.json differ");
+        assert_eq!(
+            normalized(r.clone()),
+            record(&dir),
+            "{id}: index line and record.json differ"
+        );
         assert_eq!(text(r, "/result/status"), "completed", "{id}");
         let metric = text(r, "/result/primary_metric");
         let v = num(r, &format!("/result/metrics/{metric}"));
         assert!(v.is_finite(), "{id}: {metric} = {v}");
         assert_eq!(num(r, "/result/steps"), 3.0, "{id}");
         // A PET run's count is the sum of what its modules keep.
-        assert_eq!(num(r, "/result/pet_params") as u64, module_sum(r, "bias_kept") + module_sum(r, "lora_kept"), "{id}");
-        assert!(dir.join("architecture.json").exists() && dir.join("weights.safetensors").exists(), "{id}");
+        assert_eq!(
+            num(r, "/result/pet_params") as u64,
+            module_sum(r, "bias_kept") + module_sum(r, "lora_kept"),
+            "{id}"
+        );
+        assert!(
+            dir.join("architecture.json").exists() && dir.join("weights.safetensors").exists(),
+            "{id}"
+        );
         by_id.insert(id.to_string(), r.clone());
     }
     for task in ["rte", "stsb"] {
         let bitfit = &by_id[&format!("{task}-bitfit-s0")];
-        assert_eq!(num(bitfit, "/result/pet_params") as u64, module_sum(bitfit, "bias_total"));
+        assert_eq!(
+            num(bitfit, "/result/pet_params") as u64,
+            module_sum(bitfit, "bias_total")
+        );
         assert_eq!(module_sum(bitfit, "lora_total"), 0);
         let maximal = &by_id[&format!("{task}-mam16-maximal-s0")];
         let full = num(maximal, "/result/pet_params") as u64;
-        assert_eq!(full, module_sum(maximal, "bias_total") + module_sum(maximal, "lora_total"));
-        assert!(out.join("runs").join(format!("{task}-mam16-maximal-s0")).join("criterion.safetensors").exists());
+        assert_eq!(
+            full,
+            module_sum(maximal, "bias_total") + module_sum(maximal, "lora_total")
+        );
+        assert!(out
+            .join("runs")
+            .join(format!("{task}-mam16-maximal-s0"))
+            .join("criterion.safetensors")
+            .exists());
         for crit in ["mean", "random"] {
             for budget in [2000u64, 5000] {
                 let st = &by_id[&format!("{task}-mam16-s{budget}-{crit}-same-s0")];
                 let un = &by_id[&format!("{task}-mam16-u{budget}-{crit}-same-s0")];
-                let (sp, up) = (num(st, "/result/pet_params") as u64, num(un, "/result/pet_params") as u64);
+                let (sp, up) = (
+                    num(st, "/result/pet_params") as u64,
+                    num(un, "/result/pet_params") as u64,
+                );
                 assert!(full > budget);
                 // Unstructured pruning removes single entries, so it lands on the budget exactly;
                 // structured removes whole vectors and rank components, so it may stay below.
                 assert_eq!(up, budget, "{task} U {crit} {budget}");
-                assert!(sp <= budget && sp <= up && sp > 0, "{task} S {crit} {budget}: {sp}");
+                assert!(
+                    sp <= budget && sp <= up && sp > 0,
+                    "{task} S {crit} {budget}: {sp}"
+                );
                 for (r, mode) in [(st, "structured"), (un, "unstructured")] {
                     assert_eq!(text(r, "/spec/mode"), mode);
                     assert_eq!(num(r, "/spec/budget") as u64, budget);
                     assert_eq!(text(r, "/spec/criterion"), crit);
-                    let arch = json(&out.join("runs").join(text(r, "/id")).join("architecture.json"));
+                    let arch = json(
+                        &out.join("runs")
+                            .join(text(r, "/id"))
+                            .join("architecture.json"),
+                    );
                     assert_eq!(text(&arch, "/mode"), mode);
                     assert_eq!(num(&arch, "/budget") as u64, budget);
                 }
@@ -88,28 +134,62 @@ fn sweep_end_to_end_then_report() {
     let readme_path = rep.join("README.md");
     assert!(a.stdout.contains("README.md"), "{}", a.stdout);
     let readme = std::fs::read_to_string(&readme_path).unwrap();
-    for needle in ["## Tables", "## Figures", "| BitFit |", "| S-MaM ", "| U-MaM ", "Random S-MaM", "Random U-MaM", "RTE", "STS-B"] {
-        assert!(readme.contains(needle), "README lacks {needle:?}:\n{readme}");
+    for needle in [
+        "## Tables",
+        "## Figures",
+        "| BitFit |",
+        "| S-MaM ",
+        "| U-MaM ",
+        "Random S-MaM",
+        "Random U-MaM",
+        "RTE",
+        "STS-B",
+    ] {
+        assert!(
+            readme.contains(needle),
+            "README lacks {needle:?}:\n{readme}"
+        );
     }
     // Table 1's BitFit row carries the records' scores × 100.
-    let row = readme.lines().find(|l| l.starts_with("| BitFit |")).expect("BitFit row");
-    let header = readme.lines().find(|l| l.starts_with("| Method | #params |")).expect("Table 1 header");
+    let row = readme
+        .lines()
+        .find(|l| l.starts_with("| BitFit |"))
+        .expect("BitFit row");
+    let header = readme
+        .lines()
+        .find(|l| l.starts_with("| Method | #params |"))
+        .expect("Table 1 header");
     let cols: Vec<&str> = header.split('|').map(str::trim).collect();
     let cells: Vec<&str> = row.split('|').map(str::trim).collect();
     for (task, col, key) in [("rte", "RTE", "accuracy"), ("stsb", "STS-B", "pearson")] {
-        let i = cols.iter().position(|c| *c == col).unwrap_or_else(|| panic!("no {col} column in {header}"));
-        let shown: f64 = cells[i].parse().unwrap_or_else(|_| panic!("cell {:?} of {row}", cells[i]));
-        let want = num(&by_id[&format!("{task}-bitfit-s0")], &format!("/result/metrics/{key}")) * 100.0;
-        assert!((shown - want).abs() <= 0.051, "{col}: table shows {shown}, record says {want}");
+        let i = cols
+            .iter()
+            .position(|c| *c == col)
+            .unwrap_or_else(|| panic!("no {col} column in {header}"));
+        let shown: f64 = cells[i]
+            .parse()
+            .unwrap_or_else(|_| panic!("cell {:?} of {row}", cells[i]));
+        let want = num(
+            &by_id[&format!("{task}-bitfit-s0")],
+            &format!("/result/metrics/{key}"),
+        ) * 100.0;
+        assert!(
+            (shown - want).abs() <= 0.051,
+            "{col}: table shows {shown}, record says {want}"
+        );
     }
     let mut pngs = 0;
     for line in readme.lines() {
         if let Some(start) = line.find("](figures/") {
             let rest = &line[start + 2..];
             let file = &rest[..rest.find(')').expect("closing parenthesis")];
-            let bytes = std::fs::read(rep.join(file)).unwrap_or_else(|e| panic!("README links {file}: {e}"));
+            let bytes = std::fs::read(rep.join(file))
+                .unwrap_or_else(|e| panic!("README links {file}: {e}"));
             if file.ends_with(".png") {
-                assert!(bytes.starts_with(b"\x89PNG\r\n\x1a\n") && bytes.len() > 1000, "{file} is not a PNG image");
+                assert!(
+                    bytes.starts_with(b"\x89PNG\r\n\x1a\n") && bytes.len() > 1000,
+                    "{file} is not a PNG image"
+                );
                 pngs += 1;
             }
         }
@@ -144,10 +224,16 @@ lr = 1e-3
 }
 
 fn mtimes(runs: &Path) -> BTreeMap<String, std::time::SystemTime> {
-    run_names(runs).into_iter().map(|n| {
-        let t = std::fs::metadata(runs.join(&n).join("record.json")).unwrap().modified().unwrap();
-        (n, t)
-    }).collect()
+    run_names(runs)
+        .into_iter()
+        .map(|n| {
+            let t = std::fs::metadata(runs.join(&n).join("record.json"))
+                .unwrap()
+                .modified()
+                .unwrap();
+            (n, t)
+        })
+        .collect()
 }
 
 #[test]
@@ -158,42 +244,129 @@ fn changed_config_needs_rerun_changed() {
     let out = tmp.path().join("sweep");
     let original = small(&model, "1e-3");
     std::fs::write(&cfg, &original).unwrap();
-    train(&["sweep", "--config", s(&cfg), "--out", s(&out), "--quiet", "--no-estimate"]).ok();
+    train(&[
+        "sweep",
+        "--config",
+        s(&cfg),
+        "--out",
+        s(&out),
+        "--quiet",
+        "--no-estimate",
+    ])
+    .ok();
     let runs = out.join("runs");
-    assert_eq!(run_names(&runs), ["rte-bitfit-maximal-s0", "rte-bitfit-s0", "rte-bitfit-u100-mean-same-s0"]);
+    assert_eq!(
+        run_names(&runs),
+        [
+            "rte-bitfit-maximal-s0",
+            "rte-bitfit-s0",
+            "rte-bitfit-u100-mean-same-s0"
+        ]
+    );
     let before = mtimes(&runs);
-    let old_hash = text(&json(&runs.join("rte-bitfit-s0/record.json")), "/config_hash").to_string();
+    let old_hash = text(
+        &json(&runs.join("rte-bitfit-s0/record.json")),
+        "/config_hash",
+    )
+    .to_string();
 
     // Same config again: nothing to do.
-    let r = train(&["sweep", "--config", s(&cfg), "--out", s(&out), "--quiet", "--no-estimate"]).ok();
-    assert!(r.stdout.contains("3 planned, 3 already done, 0 completed now"), "{}", r.stdout);
+    let r = train(&[
+        "sweep",
+        "--config",
+        s(&cfg),
+        "--out",
+        s(&out),
+        "--quiet",
+        "--no-estimate",
+    ])
+    .ok();
+    assert!(
+        r.stdout
+            .contains("3 planned, 3 already done, 0 completed now"),
+        "{}",
+        r.stdout
+    );
     assert_eq!(mtimes(&runs), before);
 
     // Another LR for the baseline: refused, naming the run and the way out; nothing touched.
     std::fs::write(&cfg, small(&model, "2e-3")).unwrap();
-    let dry = train(&["sweep", "--config", s(&cfg), "--out", s(&out), "--dry-run", "--no-estimate"]).ok();
+    let dry = train(&[
+        "sweep",
+        "--config",
+        s(&cfg),
+        "--out",
+        s(&out),
+        "--dry-run",
+        "--no-estimate",
+    ])
+    .ok();
     assert!(dry.stdout.contains("1 changed"), "{}", dry.stdout);
-    assert!(dry.stdout.contains("rte-bitfit-s0 (3 steps) [Changed]"), "{}", dry.stdout);
-    train(&["sweep", "--config", s(&cfg), "--out", s(&out), "--quiet", "--no-estimate"])
-        .fails_with(&["--rerun-changed", "rte-bitfit-s0", "different config"]);
+    assert!(
+        dry.stdout.contains("rte-bitfit-s0 (3 steps) [Changed]"),
+        "{}",
+        dry.stdout
+    );
+    train(&[
+        "sweep",
+        "--config",
+        s(&cfg),
+        "--out",
+        s(&out),
+        "--quiet",
+        "--no-estimate",
+    ])
+    .fails_with(&["--rerun-changed", "rte-bitfit-s0", "different config"]);
     assert_eq!(mtimes(&runs), before);
-    assert_eq!(std::fs::read_to_string(out.join("sweep.toml")).unwrap(), original, "a refused config replaced sweep.toml");
+    assert_eq!(
+        std::fs::read_to_string(out.join("sweep.toml")).unwrap(),
+        original,
+        "a refused config replaced sweep.toml"
+    );
 
     // --rerun-changed redoes that run only.
-    let r = train(&["sweep", "--config", s(&cfg), "--out", s(&out), "--quiet", "--no-estimate", "--rerun-changed"]).ok();
-    assert!(r.stdout.contains("3 planned, 2 already done, 1 completed now"), "{}", r.stdout);
+    let r = train(&[
+        "sweep",
+        "--config",
+        s(&cfg),
+        "--out",
+        s(&out),
+        "--quiet",
+        "--no-estimate",
+        "--rerun-changed",
+    ])
+    .ok();
+    assert!(
+        r.stdout
+            .contains("3 planned, 2 already done, 1 completed now"),
+        "{}",
+        r.stdout
+    );
     let after = mtimes(&runs);
     assert_ne!(after["rte-bitfit-s0"], before["rte-bitfit-s0"]);
-    assert_eq!(after["rte-bitfit-maximal-s0"], before["rte-bitfit-maximal-s0"]);
-    assert_eq!(after["rte-bitfit-u100-mean-same-s0"], before["rte-bitfit-u100-mean-same-s0"]);
+    assert_eq!(
+        after["rte-bitfit-maximal-s0"],
+        before["rte-bitfit-maximal-s0"]
+    );
+    assert_eq!(
+        after["rte-bitfit-u100-mean-same-s0"],
+        before["rte-bitfit-u100-mean-same-s0"]
+    );
     let redone = json(&runs.join("rte-bitfit-s0/record.json"));
     assert_eq!(num(&redone, "/spec/recipe/lr"), 2e-3);
     assert_ne!(text(&redone, "/config_hash"), old_hash);
     let index = jsonl(&out.join("index.jsonl"));
     assert_eq!(index.len(), 3);
     let line = index.iter().find(|r| r["id"] == "rte-bitfit-s0").unwrap();
-    assert_eq!(num(line, "/spec/recipe/lr"), 2e-3, "index.jsonl not rebuilt");
-    assert_eq!(std::fs::read_to_string(out.join("sweep.toml")).unwrap(), small(&model, "2e-3"));
+    assert_eq!(
+        num(line, "/spec/recipe/lr"),
+        2e-3,
+        "index.jsonl not rebuilt"
+    );
+    assert_eq!(
+        std::fs::read_to_string(out.join("sweep.toml")).unwrap(),
+        small(&model, "2e-3")
+    );
 }
 
 #[test]
@@ -228,9 +401,25 @@ fn unknown_and_bad_config_keys_are_named() {
     for (what, toml, needles) in cases {
         let cfg = tmp.path().join("bad.toml");
         std::fs::write(&cfg, &toml).unwrap();
-        let err = train(&["sweep", "--config", s(&cfg), "--out", s(&out), "--quiet", "--no-estimate"]).fails_with(&needles);
-        assert!(err.contains("bad.toml"), "{what}: the message does not name the file:\n{err}");
-        assert!(!out.exists(), "{what}: a refused config created {}", out.display());
+        let err = train(&[
+            "sweep",
+            "--config",
+            s(&cfg),
+            "--out",
+            s(&out),
+            "--quiet",
+            "--no-estimate",
+        ])
+        .fails_with(&needles);
+        assert!(
+            err.contains("bad.toml"),
+            "{what}: the message does not name the file:\n{err}"
+        );
+        assert!(
+            !out.exists(),
+            "{what}: a refused config created {}",
+            out.display()
+        );
     }
 }
 
@@ -245,8 +434,17 @@ fn dry_run_touches_nothing_and_shards_cover_the_plan() {
     // The dry run measures throughput for its estimate, prints the plan, and writes nothing.
     let dry = train(&["sweep", "--config", s(&cfg), "--out", s(&out), "--dry-run"]).ok();
     assert!(!out.exists(), "--dry-run created {}", out.display());
-    assert!(dry.stdout.contains("estimated training time"), "{}", dry.stdout);
-    let planned: Vec<String> = dry.stdout.lines().filter(|l| l.ends_with("[Missing]")).map(|l| l.trim().split(' ').next().unwrap().to_string()).collect();
+    assert!(
+        dry.stdout.contains("estimated training time"),
+        "{}",
+        dry.stdout
+    );
+    let planned: Vec<String> = dry
+        .stdout
+        .lines()
+        .filter(|l| l.ends_with("[Missing]"))
+        .map(|l| l.trim().split(' ').next().unwrap().to_string())
+        .collect();
     assert_eq!(planned.len(), 20, "{}", dry.stdout);
     let all: BTreeSet<String> = planned.iter().cloned().collect();
     assert_eq!(all.len(), 20);
@@ -256,20 +454,70 @@ fn dry_run_touches_nothing_and_shards_cover_the_plan() {
     for k in 0..2 {
         let shard = format!("{k}/2");
         let dir = tmp.path().join(format!("shard{k}"));
-        let d = train(&["sweep", "--config", s(&cfg), "--out", s(&dir), "--dry-run", "--no-estimate", "--shard", &shard]).ok();
-        let ids: Vec<String> = d.stdout.lines().filter(|l| l.ends_with("[Missing]")).map(|l| l.trim().split(' ').next().unwrap().to_string()).collect();
-        train(&["sweep", "--config", s(&cfg), "--out", s(&dir), "--quiet", "--no-estimate", "--shard", &shard]).ok();
-        let plan: Vec<String> = json(&dir.join(format!("plan.{k}-of-2.json"))).as_array().unwrap().iter().map(|p| text(p, "/id").to_string()).collect();
+        let d = train(&[
+            "sweep",
+            "--config",
+            s(&cfg),
+            "--out",
+            s(&dir),
+            "--dry-run",
+            "--no-estimate",
+            "--shard",
+            &shard,
+        ])
+        .ok();
+        let ids: Vec<String> = d
+            .stdout
+            .lines()
+            .filter(|l| l.ends_with("[Missing]"))
+            .map(|l| l.trim().split(' ').next().unwrap().to_string())
+            .collect();
+        train(&[
+            "sweep",
+            "--config",
+            s(&cfg),
+            "--out",
+            s(&dir),
+            "--quiet",
+            "--no-estimate",
+            "--shard",
+            &shard,
+        ])
+        .ok();
+        let plan: Vec<String> = json(&dir.join(format!("plan.{k}-of-2.json")))
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| text(p, "/id").to_string())
+            .collect();
         assert_eq!(plan, ids, "shard {k}: plan file and dry run disagree");
-        let index: Vec<String> = jsonl(&dir.join(format!("index.{k}-of-2.jsonl"))).iter().map(|r| text(r, "/id").to_string()).collect();
-        assert_eq!(index.iter().cloned().collect::<BTreeSet<_>>(), ids.iter().cloned().collect::<BTreeSet<_>>(), "shard {k} index");
-        assert_eq!(run_names(&dir.join("runs")).into_iter().collect::<BTreeSet<_>>(), ids.iter().cloned().collect::<BTreeSet<_>>());
-        assert!(!dir.join("index.jsonl").exists(), "a shard wrote the global index");
+        let index: Vec<String> = jsonl(&dir.join(format!("index.{k}-of-2.jsonl")))
+            .iter()
+            .map(|r| text(r, "/id").to_string())
+            .collect();
+        assert_eq!(
+            index.iter().cloned().collect::<BTreeSet<_>>(),
+            ids.iter().cloned().collect::<BTreeSet<_>>(),
+            "shard {k} index"
+        );
+        assert_eq!(
+            run_names(&dir.join("runs"))
+                .into_iter()
+                .collect::<BTreeSet<_>>(),
+            ids.iter().cloned().collect::<BTreeSet<_>>()
+        );
+        assert!(
+            !dir.join("index.jsonl").exists(),
+            "a shard wrote the global index"
+        );
         // A search's runs stay in one shard (they share its maximal training).
         for id in &ids {
             if id.contains("-mam16-") {
                 let task = id.split('-').next().unwrap();
-                assert!(ids.contains(&format!("{task}-mam16-maximal-s0")), "shard {k} has {id} without its maximal run");
+                assert!(
+                    ids.contains(&format!("{task}-mam16-maximal-s0")),
+                    "shard {k} has {id} without its maximal run"
+                );
             }
         }
         seen.extend(ids);
@@ -285,14 +533,39 @@ fn dry_run_touches_nothing_and_shards_cover_the_plan() {
             copy_dir(&runs.join(&n), &merged.join("runs").join(&n));
         }
     }
-    let r = train(&["sweep", "--config", s(&cfg), "--out", s(&merged), "--reindex"]).ok();
+    let r = train(&[
+        "sweep",
+        "--config",
+        s(&cfg),
+        "--out",
+        s(&merged),
+        "--reindex",
+    ])
+    .ok();
     assert!(r.stdout.contains("(20 runs)"), "{}", r.stdout);
     let index = jsonl(&merged.join("index.jsonl"));
     let ids: Vec<String> = index.iter().map(|r| text(r, "/id").to_string()).collect();
     assert_eq!(ids.len(), 20);
-    assert_eq!(ids.iter().cloned().collect::<BTreeSet<_>>(), all, "reindex lost or duplicated runs");
-    let again = train(&["sweep", "--config", s(&cfg), "--out", s(&merged), "--dry-run", "--no-estimate"]).ok();
-    assert!(again.stdout.contains("20 done, 0 to do"), "{}", again.stdout);
+    assert_eq!(
+        ids.iter().cloned().collect::<BTreeSet<_>>(),
+        all,
+        "reindex lost or duplicated runs"
+    );
+    let again = train(&[
+        "sweep",
+        "--config",
+        s(&cfg),
+        "--out",
+        s(&merged),
+        "--dry-run",
+        "--no-estimate",
+    ])
+    .ok();
+    assert!(
+        again.stdout.contains("20 done, 0 to do"),
+        "{}",
+        again.stdout
+    );
 }
 
 /// A study kept as records alone (no weights, no runs folder) resumes: every run whose record is
@@ -302,21 +575,59 @@ fn a_sweep_resumes_from_its_records_folder_alone() {
     let tmp = tempfile::tempdir().unwrap();
     let model = tiny(tmp.path(), "bert");
     let records = tmp.path().join("committed/records");
-    let toml = small(&model, "1e-3").replace("name = \"e2e\"\n", &format!("name = \"e2e\"\nrecords = {:?}\n", s(&records)));
+    let toml = small(&model, "1e-3").replace(
+        "name = \"e2e\"\n",
+        &format!("name = \"e2e\"\nrecords = {:?}\n", s(&records)),
+    );
     let cfg = tmp.path().join("study.toml");
     std::fs::write(&cfg, &toml).unwrap();
     let first = tmp.path().join("machine-a");
-    train(&["sweep", "--config", s(&cfg), "--out", s(&first), "--quiet", "--no-estimate"]).ok();
+    train(&[
+        "sweep",
+        "--config",
+        s(&cfg),
+        "--out",
+        s(&first),
+        "--quiet",
+        "--no-estimate",
+    ])
+    .ok();
     let kept = run_names(&records);
     assert_eq!(kept.len(), 3, "{kept:?}");
     for id in &kept {
-        assert!(records.join(id).join("record.json").exists() && !records.join(id).join("weights.safetensors").exists());
+        assert!(
+            records.join(id).join("record.json").exists()
+                && !records.join(id).join("weights.safetensors").exists()
+        );
     }
     // Another machine: no runs folder, only the records.
     let second = tmp.path().join("machine-b");
-    let out = train(&["sweep", "--config", s(&cfg), "--out", s(&second), "--quiet", "--no-estimate"]).ok().stdout;
+    let out = train(&[
+        "sweep",
+        "--config",
+        s(&cfg),
+        "--out",
+        s(&second),
+        "--quiet",
+        "--no-estimate",
+    ])
+    .ok()
+    .stdout;
     assert!(out.contains("3 already done, 0 completed now"), "{out}");
     // A changed recipe makes the kept record of that run a changed one.
-    std::fs::write(&cfg, toml.replace("lr = 1e-3\n\n[[searches]]", "lr = 2e-3\n\n[[searches]]")).unwrap();
-    train(&["sweep", "--config", s(&cfg), "--out", s(&second), "--quiet", "--no-estimate"]).fails_with(&["made with a different config"]);
+    std::fs::write(
+        &cfg,
+        toml.replace("lr = 1e-3\n\n[[searches]]", "lr = 2e-3\n\n[[searches]]"),
+    )
+    .unwrap();
+    train(&[
+        "sweep",
+        "--config",
+        s(&cfg),
+        "--out",
+        s(&second),
+        "--quiet",
+        "--no-estimate",
+    ])
+    .fails_with(&["made with a different config"]);
 }

@@ -7,7 +7,19 @@ use std::path::Path;
 use common::*;
 
 fn train_run(model: &Path, task: &str, method: &str, extra: &[&str], out: &Path) -> Run {
-    let mut args = vec!["train", "--task", task, "--model", s(model), "--data", s(glue()), "--method", method, "--out", s(out)];
+    let mut args = vec![
+        "train",
+        "--task",
+        task,
+        "--model",
+        s(model),
+        "--data",
+        s(glue()),
+        "--method",
+        method,
+        "--out",
+        s(out),
+    ];
     args.extend(TINY);
     args.extend(extra);
     train(&args)
@@ -20,16 +32,32 @@ fn divergence_is_recorded_and_the_sweep_goes_on() {
     let tmp = tempfile::tempdir().unwrap();
     let model = tiny(tmp.path(), "bert");
     let out = tmp.path().join("out");
-    let err = train_run(&model, "rte", "mam", &["--lr", "1e30"], &out).fails_with(&["rte-mam-s0 failed", "training diverged", "NaN", "lower the learning rate"]);
+    let err = train_run(&model, "rte", "mam", &["--lr", "1e30"], &out).fails_with(&[
+        "rte-mam-s0 failed",
+        "training diverged",
+        "NaN",
+        "lower the learning rate",
+    ]);
     assert!(!err.contains("panicked"));
     let dir = out.join("rte-mam-s0");
     let r = json(&dir.join("record.json"));
     assert_eq!(text(&r, "/result/status"), "failed");
     let reason = text(&r, "/result/reason");
-    assert!(reason.contains("diverged") && reason.contains("NaN"), "{reason}");
-    assert!(r["result"]["metrics"].as_object().unwrap().is_empty(), "a failed run has no scores: {r}");
-    assert!(std::fs::read_to_string(dir.join("log.txt")).unwrap().contains("diverged"));
-    assert!(!dir.join("weights.safetensors").exists(), "a diverged run saved weights");
+    assert!(
+        reason.contains("diverged") && reason.contains("NaN"),
+        "{reason}"
+    );
+    assert!(
+        r["result"]["metrics"].as_object().unwrap().is_empty(),
+        "a failed run has no scores: {r}"
+    );
+    assert!(std::fs::read_to_string(dir.join("log.txt"))
+        .unwrap()
+        .contains("diverged"));
+    assert!(
+        !dir.join("weights.safetensors").exists(),
+        "a diverged run saved weights"
+    );
     assert!(leftovers(&out).is_empty());
 
     // In a sweep: a diverging baseline, a diverging search (its maximal training), then two
@@ -65,12 +93,32 @@ lr = 1e-3
     );
     std::fs::write(&cfg, toml).unwrap();
     let sw = tmp.path().join("sweep");
-    let r = train(&["sweep", "--config", s(&cfg), "--out", s(&sw), "--quiet", "--no-estimate"]).ok();
-    assert!(r.stdout.contains("rte-mam-boom-s0: FAILED (training diverged"), "{}", r.stdout);
-    assert!(r.stdout.contains("rte-mam16-maximal-s0: FAILED (training diverged"), "{}", r.stdout);
+    let r = train(&[
+        "sweep",
+        "--config",
+        s(&cfg),
+        "--out",
+        s(&sw),
+        "--quiet",
+        "--no-estimate",
+    ])
+    .ok();
+    assert!(
+        r.stdout
+            .contains("rte-mam-boom-s0: FAILED (training diverged"),
+        "{}",
+        r.stdout
+    );
+    assert!(
+        r.stdout
+            .contains("rte-mam16-maximal-s0: FAILED (training diverged"),
+        "{}",
+        r.stdout
+    );
     assert!(r.stdout.contains("2 failed"), "{}", r.stdout);
     let runs = sw.join("runs");
-    let status = |id: &str| text(&json(&runs.join(id).join("record.json")), "/result/status").to_string();
+    let status =
+        |id: &str| text(&json(&runs.join(id).join("record.json")), "/result/status").to_string();
     assert_eq!(status("rte-mam-boom-s0"), "failed");
     assert_eq!(status("rte-mam16-maximal-s0"), "failed");
     assert_eq!(status("rte-bitfit-s0"), "completed");
@@ -81,11 +129,28 @@ lr = 1e-3
     assert_eq!(jsonl(&sw.join("index.jsonl")).len(), 5);
 
     // Rerunning does not retry diverged runs (they are results), and the report leaves them out.
-    let again = train(&["sweep", "--config", s(&cfg), "--out", s(&sw), "--quiet", "--no-estimate"]).ok();
-    assert!(again.stdout.contains("0 completed now, 0 failed"), "{}", again.stdout);
+    let again = train(&[
+        "sweep",
+        "--config",
+        s(&cfg),
+        "--out",
+        s(&sw),
+        "--quiet",
+        "--no-estimate",
+    ])
+    .ok();
+    assert!(
+        again.stdout.contains("0 completed now, 0 failed"),
+        "{}",
+        again.stdout
+    );
     let rep = tmp.path().join("report");
     let a = analyze(&["report", "--runs", s(&sw), "--out", s(&rep)]).ok();
-    assert!(a.stderr.contains("2 failed run(s) excluded") && a.stderr.contains("rte-mam-boom-s0"), "{}", a.stderr);
+    assert!(
+        a.stderr.contains("2 failed run(s) excluded") && a.stderr.contains("rte-mam-boom-s0"),
+        "{}",
+        a.stderr
+    );
     assert!(rep.join("README.md").exists());
 }
 
@@ -97,20 +162,58 @@ fn search_is_deterministic_per_seed() {
     let model = tiny(tmp.path(), "bert");
     let run = |seed: &str, out: &Path| {
         let mut args = vec![
-            "search", "--task", "stsb", "--model", s(&model), "--data", s(glue()), "--space", "mam16", "--mode", "both",
-            "--budget", "1000,3k", "--criterion", "random", "--seed", seed, "--out", s(out),
+            "search",
+            "--task",
+            "stsb",
+            "--model",
+            s(&model),
+            "--data",
+            s(glue()),
+            "--space",
+            "mam16",
+            "--mode",
+            "both",
+            "--budget",
+            "1000,3k",
+            "--criterion",
+            "random",
+            "--seed",
+            seed,
+            "--out",
+            s(out),
         ];
         args.extend(TINY);
         train(&args).ok();
         let mut args = vec![
-            "search", "--task", "stsb", "--model", s(&model), "--data", s(glue()), "--space", "mam16", "--mode", "unstructured",
-            "--budget", "1000", "--criterion", "mean", "--seed", seed, "--out", s(out),
+            "search",
+            "--task",
+            "stsb",
+            "--model",
+            s(&model),
+            "--data",
+            s(glue()),
+            "--space",
+            "mam16",
+            "--mode",
+            "unstructured",
+            "--budget",
+            "1000",
+            "--criterion",
+            "mean",
+            "--seed",
+            seed,
+            "--out",
+            s(out),
         ];
         args.extend(TINY);
         // The maximal run is trained again into the same folder: it must come out the same.
         train(&args).ok();
     };
-    let (a, b, c) = (tmp.path().join("a"), tmp.path().join("b"), tmp.path().join("c"));
+    let (a, b, c) = (
+        tmp.path().join("a"),
+        tmp.path().join("b"),
+        tmp.path().join("c"),
+    );
     run("7", &a);
     run("7", &b);
     run("8", &c);
@@ -120,13 +223,24 @@ fn search_is_deterministic_per_seed() {
     for n in &names {
         assert_same_run(&a.join(n), &b.join(n));
     }
-    for n in ["stsb-mam16-u1000-random-same-s7", "stsb-mam16-s3000-random-same-s7", "stsb-mam16-u1000-mean-same-s7"] {
+    for n in [
+        "stsb-mam16-u1000-random-same-s7",
+        "stsb-mam16-s3000-random-same-s7",
+        "stsb-mam16-u1000-mean-same-s7",
+    ] {
         let arch = |d: &Path, n: &str| std::fs::read(d.join(n).join("architecture.json")).unwrap();
         let other = n.replace("-s7", "-s8");
-        assert!(arch(&a, n) != arch(&c, &other), "seeds 7 and 8 give the same masks for {n}");
+        assert!(
+            arch(&a, n) != arch(&c, &other),
+            "seeds 7 and 8 give the same masks for {n}"
+        );
     }
-    let metric = |d: &Path, n: &str| json(&d.join(n).join("record.json"))["result"]["metrics"].clone();
-    assert_ne!(metric(&a, "stsb-mam16-maximal-s7"), metric(&c, "stsb-mam16-maximal-s8"));
+    let metric =
+        |d: &Path, n: &str| json(&d.join(n).join("record.json"))["result"]["metrics"].clone();
+    assert_ne!(
+        metric(&a, "stsb-mam16-maximal-s7"),
+        metric(&c, "stsb-mam16-maximal-s8")
+    );
 }
 
 /// RoBERTa (padding-offset positions, one token type) through `train` and `search`.
@@ -149,12 +263,34 @@ fn roberta_end_to_end() {
         let arch = json(&dir.join("architecture.json"));
         assert_eq!(text(&arch, "/model/family"), "Roberta");
         let (_, tensors) = safetensors_content(&dir.join("weights.safetensors"));
-        assert!(tensors.keys().any(|k| k.ends_with(".lora_u")) && tensors.keys().any(|k| k.ends_with(".bias_delta")), "{:?}", tensors.keys());
+        assert!(
+            tensors.keys().any(|k| k.ends_with(".lora_u"))
+                && tensors.keys().any(|k| k.ends_with(".bias_delta")),
+            "{:?}",
+            tensors.keys()
+        );
     }
-    let mut args = vec!["search", "--task", "rte", "--model", s(&model), "--data", s(glue()), "--space", "mam16", "--budget", "2000", "--out", s(&out)];
+    let mut args = vec![
+        "search",
+        "--task",
+        "rte",
+        "--model",
+        s(&model),
+        "--data",
+        s(glue()),
+        "--space",
+        "mam16",
+        "--budget",
+        "2000",
+        "--out",
+        s(&out),
+    ];
     args.extend(TINY);
     train(&args).ok();
-    for id in ["rte-mam16-s2000-mean-same-s0", "rte-mam16-u2000-mean-same-s0"] {
+    for id in [
+        "rte-mam16-s2000-mean-same-s0",
+        "rte-mam16-u2000-mean-same-s0",
+    ] {
         let r = json(&out.join(id).join("record.json"));
         assert_eq!(text(&r, "/result/status"), "completed", "{id}");
         assert!(num(&r, "/result/pet_params") <= 2000.0, "{id}");
@@ -170,7 +306,8 @@ fn verify_against_the_pytorch_fixture() {
         return;
     }
     let r = train(&["verify", "--model", s(&minilm()), "--fixture", s(&fixture)]).ok();
-    let rep: serde_json::Value = serde_json::from_str(r.stdout.trim()).unwrap_or_else(|e| panic!("{e}: {}", r.stdout));
+    let rep: serde_json::Value =
+        serde_json::from_str(r.stdout.trim()).unwrap_or_else(|e| panic!("{e}: {}", r.stdout));
     assert_eq!(rep["pass"], true, "{rep}");
 }
 
@@ -183,15 +320,34 @@ fn predict_uses_the_data_the_run_was_trained_on() {
     let data = tmp.path().join("my-glue");
     copy_dir(&glue().join("RTE"), &data.join("RTE"));
     let out = tmp.path().join("runs");
-    let mut args = vec!["train", "--task", "rte", "--model", s(&model), "--data", s(&data), "--method", "bitfit", "--out", s(&out)];
+    let mut args = vec![
+        "train",
+        "--task",
+        "rte",
+        "--model",
+        s(&model),
+        "--data",
+        s(&data),
+        "--method",
+        "bitfit",
+        "--out",
+        s(&out),
+    ];
     args.extend(TINY);
     train(&args).ok();
     let run = out.join("rte-bitfit-s0");
-    assert!(json(&run.join("inputs.json"))["data"].as_str().unwrap().ends_with("my-glue"));
+    assert!(json(&run.join("inputs.json"))["data"]
+        .as_str()
+        .unwrap()
+        .ends_with("my-glue"));
     // From a directory where the default search finds nothing.
     let elsewhere = tmp.path().join("elsewhere");
     std::fs::create_dir_all(&elsewhere).unwrap();
-    let o = command("petnas-train").current_dir(&elsewhere).args(["predict", "--run", s(&run), "--max-dev", "5"]).output().unwrap();
+    let o = command("petnas-train")
+        .current_dir(&elsewhere)
+        .args(["predict", "--run", s(&run), "--max-dev", "5"])
+        .output()
+        .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert_eq!(String::from_utf8_lossy(&o.stdout).lines().count(), 5);
 }
@@ -204,17 +360,45 @@ fn minilm_learns_sst2_above_the_majority_class() {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("runs");
     train(&[
-        "train", "--task", "sst2", "--model", s(&minilm()), "--data", s(glue()), "--method", "mam", "--lr", "1e-3", "--epochs", "2",
-        "--max-train", "512", "--max-dev", "300", "--bucket", "8", "--out", s(&out), "--quiet",
+        "train",
+        "--task",
+        "sst2",
+        "--model",
+        s(&minilm()),
+        "--data",
+        s(glue()),
+        "--method",
+        "mam",
+        "--lr",
+        "1e-3",
+        "--epochs",
+        "2",
+        "--max-train",
+        "512",
+        "--max-dev",
+        "300",
+        "--bucket",
+        "8",
+        "--out",
+        s(&out),
+        "--quiet",
     ])
     .ok();
     let r = json(&out.join("sst2-mam-s0").join("record.json"));
     let acc = num(&r, "/result/metrics/accuracy");
     let dev = std::fs::read_to_string(glue().join("SST-2/dev.tsv")).unwrap();
-    let labels: Vec<&str> = dev.lines().skip(1).take(300).map(|l| l.rsplit('\t').next().unwrap()).collect();
+    let labels: Vec<&str> = dev
+        .lines()
+        .skip(1)
+        .take(300)
+        .map(|l| l.rsplit('\t').next().unwrap())
+        .collect();
     let ones = labels.iter().filter(|&&l| l == "1").count() as f64 / labels.len() as f64;
     let majority = ones.max(1.0 - ones);
-    assert!(acc > majority + 0.10, "accuracy {acc:.3} is not clearly above the majority class {majority:.3}");
+    assert!(
+        acc > majority + 0.10,
+        "accuracy {acc:.3} is not clearly above the majority class {majority:.3}"
+    );
 }
 
 /// `--prune-rounds 1,3`: the one-shot runs and the iterative ones (3 rounds of prune → retrain
@@ -225,16 +409,47 @@ fn iterative_pruning_runs_beside_one_shot() {
     let tmp = tempfile::tempdir().unwrap();
     let model = tiny(tmp.path(), "bert");
     let out = tmp.path().join("runs");
-    let mut args = vec!["search", "--task", "rte", "--model", s(&model), "--data", s(glue()), "--space", "bitfit", "--budget", "200", "--prune-rounds", "1,3", "--out", s(&out)];
+    let mut args = vec![
+        "search",
+        "--task",
+        "rte",
+        "--model",
+        s(&model),
+        "--data",
+        s(glue()),
+        "--space",
+        "bitfit",
+        "--budget",
+        "200",
+        "--prune-rounds",
+        "1,3",
+        "--out",
+        s(&out),
+    ];
     args.extend(TINY);
     train(&args).ok();
     let names = run_names(&out);
-    for id in ["rte-bitfit-s200-mean-same-s0", "rte-bitfit-u200-mean-same-s0", "rte-bitfit-s200-it3-mean-same-s0", "rte-bitfit-u200-it3-mean-same-s0"] {
-        assert!(names.contains(&id.to_string()), "{id} missing from {names:?}");
+    for id in [
+        "rte-bitfit-s200-mean-same-s0",
+        "rte-bitfit-u200-mean-same-s0",
+        "rte-bitfit-s200-it3-mean-same-s0",
+        "rte-bitfit-u200-it3-mean-same-s0",
+    ] {
+        assert!(
+            names.contains(&id.to_string()),
+            "{id} missing from {names:?}"
+        );
         let r = json(&out.join(id).join("record.json"));
         assert!(num(&r, "/result/pet_params") <= 200.0, "{id}");
-        assert_eq!(r["spec"].get("prune_rounds").and_then(|v| v.as_u64()), id.contains("-it3-").then_some(3), "{id}");
+        assert_eq!(
+            r["spec"].get("prune_rounds").and_then(|v| v.as_u64()),
+            id.contains("-it3-").then_some(3),
+            "{id}"
+        );
     }
     assert!(leftovers(&out).is_empty(), "{:?}", leftovers(&out));
-    assert!(std::fs::read_dir(&out).unwrap().flatten().all(|e| !e.file_name().to_string_lossy().starts_with(".rounds")));
+    assert!(std::fs::read_dir(&out)
+        .unwrap()
+        .flatten()
+        .all(|e| !e.file_name().to_string_lossy().starts_with(".rounds")));
 }

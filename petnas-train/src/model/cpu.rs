@@ -70,10 +70,15 @@ pub const MAX_THREADS_PER_CORE: usize = 4;
 /// global pool with `threads` workers (default: all cores) that flush denormals, FTZ/DAZ on the
 /// calling thread, and the allocator thresholds. Returns the number of compute threads.
 pub fn init_process(threads: Option<usize>) -> Result<usize, String> {
-    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
     if let Some(n) = threads {
         if n == 0 || n > MAX_THREADS_PER_CORE * cores {
-            return Err(format!("--threads {n}: expected 1 to {} ({cores} cores here)", MAX_THREADS_PER_CORE * cores));
+            return Err(format!(
+                "--threads {n}: expected 1 to {} ({cores} cores here)",
+                MAX_THREADS_PER_CORE * cores
+            ));
         }
         // gemm and candle read the thread count from here (candle_core::utils::get_num_threads).
         std::env::set_var("RAYON_NUM_THREADS", n.to_string());

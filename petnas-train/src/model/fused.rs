@@ -60,20 +60,29 @@ fn unfused() -> &'static Vec<String> {
     static OFF: OnceLock<Vec<String>> = OnceLock::new();
     OFF.get_or_init(|| {
         std::env::var("PETNAS_UNFUSED")
-            .map(|s| s.split(',').map(|p| p.trim().to_ascii_lowercase()).filter(|p| !p.is_empty()).collect())
+            .map(|s| {
+                s.split(',')
+                    .map(|p| p.trim().to_ascii_lowercase())
+                    .filter(|p| !p.is_empty())
+                    .collect()
+            })
             .unwrap_or_default()
     })
 }
 
 /// Whether the fused PET linear is switched on (`PETNAS_UNFUSED` does not name it).
 pub fn linear_enabled() -> bool {
-    !unfused().iter().any(|o| o == "all" || o == Kind::Linear.name())
+    !unfused()
+        .iter()
+        .any(|o| o == "all" || o == Kind::Linear.name())
 }
 
 /// Whether the fused version of `kind` may run on `t` (CPU, f32, not switched off).
 pub fn enabled(kind: Kind, t: &Tensor) -> bool {
     let off = unfused();
-    t.device().is_cpu() && t.dtype() == DType::F32 && !off.iter().any(|o| o == "all" || o == kind.name())
+    t.device().is_cpu()
+        && t.dtype() == DType::F32
+        && !off.iter().any(|o| o == "all" || o == kind.name())
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -112,8 +121,23 @@ struct Mat(*const f32, isize, isize);
 /// # Safety
 /// The views must cover valid memory for the given sizes; `dst` must not alias the inputs.
 #[allow(clippy::too_many_arguments)]
-unsafe fn gemm_f32(m: usize, n: usize, k: usize, dst: *mut f32, dst_rs: isize, dst_cs: isize, acc: bool, lhs: Mat, rhs: Mat, beta: f32, par: Parallelism) {
-    gemm::gemm(m, n, k, dst, dst_cs, dst_rs, acc, lhs.0, lhs.2, lhs.1, rhs.0, rhs.2, rhs.1, 1.0f32, beta, false, false, false, par);
+unsafe fn gemm_f32(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: *mut f32,
+    dst_rs: isize,
+    dst_cs: isize,
+    acc: bool,
+    lhs: Mat,
+    rhs: Mat,
+    beta: f32,
+    par: Parallelism,
+) {
+    gemm::gemm(
+        m, n, k, dst, dst_cs, dst_rs, acc, lhs.0, lhs.2, lhs.1, rhs.0, rhs.2, rhs.1, 1.0f32, beta,
+        false, false, false, par,
+    );
 }
 
 fn parallelism() -> Parallelism {
@@ -162,7 +186,14 @@ fn simd_level() -> u8 {
     static LEVEL: OnceLock<u8> = OnceLock::new();
     *LEVEL.get_or_init(|| {
         use std::arch::is_x86_feature_detected as has;
-        if has!("avx512f") && has!("avx512dq") && has!("avx512vl") && has!("avx512bw") && has!("avx2") && has!("fma") && has!("bmi2") {
+        if has!("avx512f")
+            && has!("avx512dq")
+            && has!("avx512vl")
+            && has!("avx512bw")
+            && has!("avx2")
+            && has!("fma")
+            && has!("bmi2")
+        {
             4
         } else if has!("avx2") && has!("fma") && has!("bmi2") {
             3
@@ -223,7 +254,9 @@ fn erf_f32(x: f32) -> f32 {
 fn erf_and_gauss(x: f32) -> (f32, f32) {
     let a = x.abs();
     let t = 1.0 / (1.0 + 0.327_591_1 * a);
-    let poly = ((((1.061_405_4f32 * t - 1.453_152) * t + 1.421_413_7) * t - 0.284_496_72) * t + 0.254_829_6) * t;
+    let poly = ((((1.061_405_4f32 * t - 1.453_152) * t + 1.421_413_7) * t - 0.284_496_72) * t
+        + 0.254_829_6)
+        * t;
     let g = exp_f32(-a * a);
     ((1.0 - poly * g).copysign(x), g)
 }
@@ -359,13 +392,20 @@ impl PackedWeight {
     /// Packs a frozen weight tensor (CPU, f32).
     pub fn from_tensor(w: &Tensor) -> Result<Self> {
         let (o, k) = w.dims2()?;
-        with_slice(&w.contiguous()?, "bf16 pack", |s| Ok(Self::new(s, o, k, true)))
+        with_slice(&w.contiguous()?, "bf16 pack", |s| {
+            Ok(Self::new(s, o, k, true))
+        })
     }
 }
 
 impl std::fmt::Debug for PackedWeight {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "PackedWeight(bf16 [{} × {}])", self.fwd.n(), self.fwd.k())
+        write!(
+            f,
+            "PackedWeight(bf16 [{} × {}])",
+            self.fwd.n(),
+            self.fwd.k()
+        )
     }
 }
 
@@ -402,7 +442,12 @@ impl PetLinearOp {
     fn forward(&self, x: &[f32], n: usize, k: usize, b: &[f32], uv: &[f32]) -> Result<Vec<f32>> {
         let (o, k2) = self.w.dims2()?;
         if k != k2 || b.len() != o || uv.len() != (k + o) * self.rank {
-            bail!("fused linear: x [{n}, {k}], W [{o}, {k2}], b [{}], uv {} (rank {})", b.len(), uv.len(), self.rank);
+            bail!(
+                "fused linear: x [{n}, {k}], W [{o}, {k2}], b [{}], uv {} (rank {})",
+                b.len(),
+                uv.len(),
+                self.rank
+            );
         }
         // Start from the bias rows and let the GEMMs accumulate into them: one pass over y.
         let mut y = Vec::with_capacity(n * o);
@@ -423,13 +468,29 @@ impl PetLinearOp {
             };
             petnas_amx::gemm_bf16(n, o, k, x, k, &packed.fwd, &mut y, o, true);
             if self.keep {
-                *self.saved_packed.lock().map_err(|_| candle_core::Error::Msg("fused linear: poisoned lock".into()))? = Some(packed);
+                *self
+                    .saved_packed
+                    .lock()
+                    .map_err(|_| candle_core::Error::Msg("fused linear: poisoned lock".into()))? =
+                    Some(packed);
             }
             return self.activate(y);
         }
         let mut run = |w: &[f32]| unsafe {
             // rhs = W'ᵀ [in, out]: element (i, j) = W'[j, i].
-            gemm_f32(n, o, k, y.as_mut_ptr(), os, 1, true, xm, Mat(w.as_ptr(), 1, ks), 1.0, parallelism());
+            gemm_f32(
+                n,
+                o,
+                k,
+                y.as_mut_ptr(),
+                os,
+                1,
+                true,
+                xm,
+                Mat(w.as_ptr(), 1, ks),
+                1.0,
+                parallelism(),
+            );
         };
         match &w_eff {
             Some(w) => run(w),
@@ -439,7 +500,11 @@ impl PetLinearOp {
             })?,
         }
         if self.keep {
-            *self.saved_w.lock().map_err(|_| candle_core::Error::Msg("fused linear: poisoned lock".into()))? = w_eff;
+            *self
+                .saved_w
+                .lock()
+                .map_err(|_| candle_core::Error::Msg("fused linear: poisoned lock".into()))? =
+                w_eff;
         }
         self.activate(y)
     }
@@ -450,9 +515,15 @@ impl PetLinearOp {
             return Ok(y);
         }
         let mut a = vec![0f32; y.len()];
-        a.par_chunks_mut(ELEMS_PER_TASK).zip(y.par_chunks(ELEMS_PER_TASK)).for_each(|(ac, yc)| gelu_fwd_chunk(yc, ac));
+        a.par_chunks_mut(ELEMS_PER_TASK)
+            .zip(y.par_chunks(ELEMS_PER_TASK))
+            .for_each(|(ac, yc)| gelu_fwd_chunk(yc, ac));
         if self.keep {
-            *self.saved.lock().map_err(|_| candle_core::Error::Msg("fused linear: poisoned lock".into()))? = Some(y);
+            *self
+                .saved
+                .lock()
+                .map_err(|_| candle_core::Error::Msg("fused linear: poisoned lock".into()))? =
+                Some(y);
         }
         Ok(a)
     }
@@ -466,7 +537,19 @@ impl PetLinearOp {
         let add = |w: &mut [f32], u: &[f32], v: &[f32], r: usize, beta: f32| unsafe {
             let rs = r as isize;
             // V [out, r] · Uᵀ [r, in], Uᵀ element (i, j) = U[j, i].
-            gemm_f32(o, k, r, w.as_mut_ptr(), k as isize, 1, true, Mat(v.as_ptr(), rs, 1), Mat(u.as_ptr(), 1, rs), beta, parallelism());
+            gemm_f32(
+                o,
+                k,
+                r,
+                w.as_mut_ptr(),
+                k as isize,
+                1,
+                true,
+                Mat(v.as_ptr(), rs, 1),
+                Mat(u.as_ptr(), 1, rs),
+                beta,
+                parallelism(),
+            );
         };
         if self.rank > 0 {
             let (u, v) = uv.split_at(k * self.rank);
@@ -485,18 +568,34 @@ impl PetLinearOp {
     }
 
     /// Backward on slices: (dx if `want_x`, db, d[U; V]).
-    fn backward(&self, x: &[f32], n: usize, k: usize, uv: &[f32], grad: &[f32], want_x: bool) -> Result<LinearGrads> {
+    fn backward(
+        &self,
+        x: &[f32],
+        n: usize,
+        k: usize,
+        uv: &[f32],
+        grad: &[f32],
+        want_x: bool,
+    ) -> Result<LinearGrads> {
         let o = self.w.dim(0)?;
         let (ks, os) = (k as isize, o as isize);
         let par = parallelism();
         // Through the GELU first: g ← g ⊙ gelu'(z).
         let gz_own;
         let g: &[f32] = if self.gelu {
-            let guard = self.saved.lock().map_err(|_| candle_core::Error::Msg("fused linear: poisoned lock".into()))?;
-            let Some(z) = guard.as_ref() else { bail!("fused linear: backward without the saved pre-activation") };
+            let guard = self
+                .saved
+                .lock()
+                .map_err(|_| candle_core::Error::Msg("fused linear: poisoned lock".into()))?;
+            let Some(z) = guard.as_ref() else {
+                bail!("fused linear: backward without the saved pre-activation")
+            };
             let mut t = vec![0f32; z.len()];
             t.par_chunks_mut(ELEMS_PER_TASK)
-                .zip(z.par_chunks(ELEMS_PER_TASK).zip(grad.par_chunks(ELEMS_PER_TASK)))
+                .zip(
+                    z.par_chunks(ELEMS_PER_TASK)
+                        .zip(grad.par_chunks(ELEMS_PER_TASK)),
+                )
                 .for_each(|(tc, (zc, gc))| gelu_bwd_chunk(zc, gc, tc));
             gz_own = t;
             &gz_own
@@ -506,8 +605,13 @@ impl PetLinearOp {
         let db = column_sums(g, n, o);
         let gm = Mat(g.as_ptr(), os, 1);
         let dx = if want_x && self.bf16 {
-            let saved = self.saved_packed.lock().map_err(|_| candle_core::Error::Msg("fused linear: poisoned lock".into()))?;
-            let Some(bwd) = saved.as_ref().and_then(|p| p.bwd.as_ref()) else { bail!("fused linear: backward without the packed weight") };
+            let saved = self
+                .saved_packed
+                .lock()
+                .map_err(|_| candle_core::Error::Msg("fused linear: poisoned lock".into()))?;
+            let Some(bwd) = saved.as_ref().and_then(|p| p.bwd.as_ref()) else {
+                bail!("fused linear: backward without the packed weight")
+            };
             let mut dx = vec![0f32; n * k];
             petnas_amx::gemm_bf16(n, k, o, g, o, bwd, &mut dx, k, false);
             Some(dx)
@@ -517,16 +621,33 @@ impl PetLinearOp {
             let mut run = |w: &[f32]| unsafe {
                 // Uninitialised is fine: with `acc = false` gemm never reads dst (alpha_status 0
                 // in gemm-common's microkernels), and every element is written.
-                gemm_f32(n, k, o, dx.as_mut_ptr(), ks, 1, false, gm, Mat(w.as_ptr(), ks, 1), 1.0, par);
+                gemm_f32(
+                    n,
+                    k,
+                    o,
+                    dx.as_mut_ptr(),
+                    ks,
+                    1,
+                    false,
+                    gm,
+                    Mat(w.as_ptr(), ks, 1),
+                    1.0,
+                    par,
+                );
                 dx.set_len(n * k);
             };
-            let saved = self.saved_w.lock().map_err(|_| candle_core::Error::Msg("fused linear: poisoned lock".into()))?;
+            let saved = self
+                .saved_w
+                .lock()
+                .map_err(|_| candle_core::Error::Msg("fused linear: poisoned lock".into()))?;
             match saved.as_ref() {
                 Some(w) => run(w),
-                None if self.rank == 0 && self.offset.is_none() => with_slice(&self.w, "linear", |w| {
-                    run(w);
-                    Ok(())
-                })?,
+                None if self.rank == 0 && self.offset.is_none() => {
+                    with_slice(&self.w, "linear", |w| {
+                        run(w);
+                        Ok(())
+                    })?
+                }
                 None => bail!("fused linear: backward without the saved effective weight"),
             }
             Some(dx)
@@ -559,7 +680,13 @@ impl candle_core::CustomOp2 for PetLinearOp {
         "petnas-pet-linear"
     }
 
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
         let x = cpu_slice(s1, l1, "linear")?;
         let b = cpu_slice(s2, l2, "linear")?;
         let (n, k) = l1.shape().dims2()?;
@@ -567,15 +694,29 @@ impl candle_core::CustomOp2 for PetLinearOp {
         Ok((CpuStorage::F32(y), Shape::from((n, self.w.dim(0)?))))
     }
 
-    fn bwd(&self, x: &Tensor, b: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+    fn bwd(
+        &self,
+        x: &Tensor,
+        b: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let grad = grad.contiguous()?;
         let (n, k) = x.dims2()?;
-        let (dx, db, _) = with_slice(x, "linear", |xs| with_slice(&grad, "linear", |g| self.backward(xs, n, k, &[], g, x.track_op())))?;
+        let (dx, db, _) = with_slice(x, "linear", |xs| {
+            with_slice(&grad, "linear", |g| {
+                self.backward(xs, n, k, &[], g, x.track_op())
+            })
+        })?;
         let dx = match dx {
             Some(d) => Some(Tensor::from_vec(d, (n, k), x.device())?),
             None => None,
         };
-        let db = if b.track_op() { Some(Tensor::from_vec(db, b.dims(), b.device())?) } else { None };
+        let db = if b.track_op() {
+            Some(Tensor::from_vec(db, b.dims(), b.device())?)
+        } else {
+            None
+        };
         Ok((dx, db))
     }
 }
@@ -585,7 +726,15 @@ impl candle_core::CustomOp3 for PetLinearOp {
         "petnas-pet-linear-lora"
     }
 
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout, s3: &CpuStorage, l3: &Layout) -> Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
         let x = cpu_slice(s1, l1, "linear")?;
         let b = cpu_slice(s2, l2, "linear")?;
         let uv = cpu_slice(s3, l3, "linear")?;
@@ -594,18 +743,37 @@ impl candle_core::CustomOp3 for PetLinearOp {
         Ok((CpuStorage::F32(y), Shape::from((n, self.w.dim(0)?))))
     }
 
-    fn bwd(&self, x: &Tensor, b: &Tensor, uv: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+    fn bwd(
+        &self,
+        x: &Tensor,
+        b: &Tensor,
+        uv: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let grad = grad.contiguous()?;
         let (n, k) = x.dims2()?;
         let (dx, db, duv) = with_slice(x, "linear", |xs| {
-            with_slice(uv, "linear", |uvs| with_slice(&grad, "linear", |g| self.backward(xs, n, k, uvs, g, x.track_op())))
+            with_slice(uv, "linear", |uvs| {
+                with_slice(&grad, "linear", |g| {
+                    self.backward(xs, n, k, uvs, g, x.track_op())
+                })
+            })
         })?;
         let dx = match dx {
             Some(d) => Some(Tensor::from_vec(d, (n, k), x.device())?),
             None => None,
         };
-        let db = if b.track_op() { Some(Tensor::from_vec(db, b.dims(), b.device())?) } else { None };
-        let duv = if uv.track_op() { Some(Tensor::from_vec(duv, uv.dims(), uv.device())?) } else { None };
+        let db = if b.track_op() {
+            Some(Tensor::from_vec(db, b.dims(), b.device())?)
+        } else {
+            None
+        };
+        let duv = if uv.track_op() {
+            Some(Tensor::from_vec(duv, uv.dims(), uv.device())?)
+        } else {
+            None
+        };
         Ok((dx, db, duv))
     }
 }
@@ -619,10 +787,25 @@ fn rows_times_small(a: &[f32], k: usize, m: &[f32], r: usize, out: &mut [f32]) {
         _ => None,
     };
     match kernel {
-        Some(f) => out.par_chunks_mut(ROWS_PER_TASK * r).zip(a.par_chunks(ROWS_PER_TASK * k)).for_each(|(oc, ac)| f(ac, k, m, oc)),
+        Some(f) => out
+            .par_chunks_mut(ROWS_PER_TASK * r)
+            .zip(a.par_chunks(ROWS_PER_TASK * k))
+            .for_each(|(oc, ac)| f(ac, k, m, oc)),
         None => unsafe {
             let n = a.len() / k;
-            gemm_f32(n, r, k, out.as_mut_ptr(), r as isize, 1, false, Mat(a.as_ptr(), k as isize, 1), Mat(m.as_ptr(), r as isize, 1), 1.0, parallelism());
+            gemm_f32(
+                n,
+                r,
+                k,
+                out.as_mut_ptr(),
+                r as isize,
+                1,
+                false,
+                Mat(a.as_ptr(), k as isize, 1),
+                Mat(m.as_ptr(), r as isize, 1),
+                1.0,
+                parallelism(),
+            );
         },
     }
 }
@@ -673,7 +856,14 @@ multiversion! {
 /// `out = aᵀ·b` for `a` [rows, cols], a thin `b` [rows, r]: `out` [cols, r]. Parallel over fixed
 /// blocks of output rows (columns of `a`), each summing over all rows in order: no cross-task
 /// reduction, so the result does not depend on the thread count.
-fn transposed_times_small(a: &[f32], rows: usize, cols: usize, b: &[f32], r: usize, out: &mut [f32]) {
+fn transposed_times_small(
+    a: &[f32],
+    rows: usize,
+    cols: usize,
+    b: &[f32],
+    r: usize,
+    out: &mut [f32],
+) {
     const COLS_PER_TASK: usize = 64;
     let kernel: Option<TransposedKernel> = match r {
         8 => Some(transposed_times_small_8),
@@ -681,9 +871,24 @@ fn transposed_times_small(a: &[f32], rows: usize, cols: usize, b: &[f32], r: usi
         _ => None,
     };
     match kernel {
-        Some(f) => out.par_chunks_mut(COLS_PER_TASK * r).enumerate().for_each(|(t, oc)| f(a, rows, cols, t * COLS_PER_TASK, b, oc)),
+        Some(f) => out
+            .par_chunks_mut(COLS_PER_TASK * r)
+            .enumerate()
+            .for_each(|(t, oc)| f(a, rows, cols, t * COLS_PER_TASK, b, oc)),
         None => unsafe {
-            gemm_f32(cols, r, rows, out.as_mut_ptr(), r as isize, 1, false, Mat(a.as_ptr(), 1, cols as isize), Mat(b.as_ptr(), r as isize, 1), 1.0, parallelism());
+            gemm_f32(
+                cols,
+                r,
+                rows,
+                out.as_mut_ptr(),
+                r as isize,
+                1,
+                false,
+                Mat(a.as_ptr(), 1, cols as isize),
+                Mat(b.as_ptr(), r as isize, 1),
+                1.0,
+                parallelism(),
+            );
         },
     }
 }
@@ -691,7 +896,14 @@ fn transposed_times_small(a: &[f32], rows: usize, cols: usize, b: &[f32], r: usi
 /// One block of [`transposed_times_small`]: sub-blocks of 8 columns whose 8·R sums stay in
 /// registers over the whole row loop (accumulating in `out` would be load/store bound).
 #[inline(always)]
-fn transposed_times_small_r<const R: usize>(a: &[f32], rows: usize, cols: usize, c0: usize, b: &[f32], out: &mut [f32]) {
+fn transposed_times_small_r<const R: usize>(
+    a: &[f32],
+    rows: usize,
+    cols: usize,
+    c0: usize,
+    b: &[f32],
+    out: &mut [f32],
+) {
     const W: usize = 8;
     let width = out.len() / R; // columns of `a` in this block
     let mut w0 = 0;
@@ -700,7 +912,9 @@ fn transposed_times_small_r<const R: usize>(a: &[f32], rows: usize, cols: usize,
         let mut acc = [[0f32; R]; W];
         if w == W {
             for i in 0..rows {
-                let ar: &[f32; W] = a[i * cols + c0 + w0..i * cols + c0 + w0 + W].try_into().expect("W columns");
+                let ar: &[f32; W] = a[i * cols + c0 + w0..i * cols + c0 + w0 + W]
+                    .try_into()
+                    .expect("W columns");
                 let br: &[f32; R] = b[i * R..(i + 1) * R].try_into().expect("R ranks");
                 for q in 0..W {
                     for t in 0..R {
@@ -782,7 +996,14 @@ pub struct LoraParts<'a> {
 ///
 /// `bf16`: `None` for fp32; `Some(packed)` for bf16 matmuls, with `W` packed once (`Some(Some)`,
 /// no LoRA) or packed with the LoRA product folded in on each call (`Some(None)`).
-pub fn pet_linear(x: &Tensor, weight: &Tensor, bias: &Tensor, lora: Option<LoraParts<'_>>, gelu: bool, bf16: Option<Option<Arc<PackedWeight>>>) -> Result<Tensor> {
+pub fn pet_linear(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: &Tensor,
+    lora: Option<LoraParts<'_>>,
+    gelu: bool,
+    bf16: Option<Option<Arc<PackedWeight>>>,
+) -> Result<Tensor> {
     let x = x.contiguous()?;
     let bias = bias.contiguous()?;
     let mut op = PetLinearOp {
@@ -881,13 +1102,25 @@ impl candle_core::CustomOp3 for LayerNorm {
         "petnas-layer-norm"
     }
 
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout, s3: &CpuStorage, l3: &Layout) -> Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
         let x = cpu_slice(s1, l1, "layer norm")?;
         let g = cpu_slice(s2, l2, "layer norm")?;
         let b = cpu_slice(s3, l3, "layer norm")?;
         let h = l1.shape().dims().last().copied().unwrap_or(1);
         if g.len() != h || b.len() != h {
-            bail!("fused layer norm: hidden {h}, gamma {}, beta {}", g.len(), b.len());
+            bail!(
+                "fused layer norm: hidden {h}, gamma {}, beta {}",
+                g.len(),
+                b.len()
+            );
         }
         let mut y = vec![0f32; x.len()];
         let eps = self.eps;
@@ -897,7 +1130,14 @@ impl candle_core::CustomOp3 for LayerNorm {
         Ok((CpuStorage::F32(y), l1.shape().clone()))
     }
 
-    fn bwd(&self, x: &Tensor, gamma: &Tensor, beta: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+    fn bwd(
+        &self,
+        x: &Tensor,
+        gamma: &Tensor,
+        beta: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let grad = grad.contiguous()?;
         let h = x.dims().last().copied().unwrap_or(1);
         let eps = self.eps;
@@ -907,9 +1147,13 @@ impl candle_core::CustomOp3 for LayerNorm {
                     let mut dx = vec![0f32; xs.len()];
                     let partial: Vec<(Vec<f32>, Vec<f32>)> = dx
                         .par_chunks_mut(ROWS_PER_TASK * h)
-                        .zip(xs.par_chunks(ROWS_PER_TASK * h).zip(dy.par_chunks(ROWS_PER_TASK * h)))
+                        .zip(
+                            xs.par_chunks(ROWS_PER_TASK * h)
+                                .zip(dy.par_chunks(ROWS_PER_TASK * h)),
+                        )
                         .map(|(dxc, (xc, dyc))| {
-                            let (mut dg, mut db, mut xh) = (vec![0f32; h], vec![0f32; h], vec![0f32; h]);
+                            let (mut dg, mut db, mut xh) =
+                                (vec![0f32; h], vec![0f32; h], vec![0f32; h]);
                             ln_bwd_rows(xc, dyc, g, dxc, &mut dg, &mut db, &mut xh, h, eps);
                             (dg, db)
                         })
@@ -924,16 +1168,32 @@ impl candle_core::CustomOp3 for LayerNorm {
             })
         })?;
         let dev = x.device();
-        let gx = if x.track_op() { Some(Tensor::from_vec(dx, x.shape(), dev)?) } else { None };
-        let gg = if gamma.track_op() { Some(Tensor::from_vec(dg, h, dev)?) } else { None };
-        let gb = if beta.track_op() { Some(Tensor::from_vec(db, h, dev)?) } else { None };
+        let gx = if x.track_op() {
+            Some(Tensor::from_vec(dx, x.shape(), dev)?)
+        } else {
+            None
+        };
+        let gg = if gamma.track_op() {
+            Some(Tensor::from_vec(dg, h, dev)?)
+        } else {
+            None
+        };
+        let gb = if beta.track_op() {
+            Some(Tensor::from_vec(db, h, dev)?)
+        } else {
+            None
+        };
         Ok((gx, gg, gb))
     }
 }
 
 /// LayerNorm over the last dimension (fused; see [`super::ops::layer_norm_composite`] for the composite).
 pub fn layer_norm(x: &Tensor, gamma: &Tensor, beta: &Tensor, eps: f64) -> Result<Tensor> {
-    x.contiguous()?.apply_op3(&gamma.contiguous()?, &beta.contiguous()?, LayerNorm { eps: eps as f32 })
+    x.contiguous()?.apply_op3(
+        &gamma.contiguous()?,
+        &beta.contiguous()?,
+        LayerNorm { eps: eps as f32 },
+    )
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -969,7 +1229,9 @@ impl candle_core::CustomOp1 for Gelu {
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let x = cpu_slice(s, l, "gelu")?;
         let mut y = vec![0f32; x.len()];
-        y.par_chunks_mut(ELEMS_PER_TASK).zip(x.par_chunks(ELEMS_PER_TASK)).for_each(|(yc, xc)| gelu_fwd_chunk(xc, yc));
+        y.par_chunks_mut(ELEMS_PER_TASK)
+            .zip(x.par_chunks(ELEMS_PER_TASK))
+            .for_each(|(yc, xc)| gelu_fwd_chunk(xc, yc));
         Ok((CpuStorage::F32(y), l.shape().clone()))
     }
 
@@ -979,7 +1241,10 @@ impl candle_core::CustomOp1 for Gelu {
             with_slice(&grad, "gelu", |g| {
                 let mut o = vec![0f32; xs.len()];
                 o.par_chunks_mut(ELEMS_PER_TASK)
-                    .zip(xs.par_chunks(ELEMS_PER_TASK).zip(g.par_chunks(ELEMS_PER_TASK)))
+                    .zip(
+                        xs.par_chunks(ELEMS_PER_TASK)
+                            .zip(g.par_chunks(ELEMS_PER_TASK)),
+                    )
                     .for_each(|(oc, (xc, gc))| gelu_bwd_chunk(xc, gc, oc));
                 Ok(o)
             })
@@ -1023,9 +1288,12 @@ impl candle_core::CustomOp1 for Dropout {
         let mut y = vec![0f32; x.len()];
         let scale = 1.0 / (1.0 - self.p);
         let (sm, base, p) = (self.seed_mixed, self.base, self.p);
-        y.par_chunks_mut(ELEMS_PER_TASK).zip(x.par_chunks(ELEMS_PER_TASK)).enumerate().for_each(|(c, (yc, xc))| {
-            dropout_chunk(xc, yc, sm, base + (c * ELEMS_PER_TASK) as u64, p, scale)
-        });
+        y.par_chunks_mut(ELEMS_PER_TASK)
+            .zip(x.par_chunks(ELEMS_PER_TASK))
+            .enumerate()
+            .for_each(|(c, (yc, xc))| {
+                dropout_chunk(xc, yc, sm, base + (c * ELEMS_PER_TASK) as u64, p, scale)
+            });
         Ok((CpuStorage::F32(y), l.shape().clone()))
     }
 
@@ -1036,7 +1304,11 @@ impl candle_core::CustomOp1 for Dropout {
 
 /// Dropout with keep-scale `1/(1-p)`, mask drawn at counters `base..base + x.elem_count()` of `seed`.
 pub fn dropout(x: &Tensor, p: f32, seed: u64, base: u64) -> Result<Tensor> {
-    x.contiguous()?.apply_op1(Dropout { seed_mixed: mix_seed(seed), base, p })
+    x.contiguous()?.apply_op1(Dropout {
+        seed_mixed: mix_seed(seed),
+        base,
+        p,
+    })
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1115,7 +1387,11 @@ impl Attention {
     fn dims(&self, l: &Layout) -> Result<(usize, usize, usize, usize)> {
         let (b, s, h) = l.shape().dims3()?;
         if h % self.heads != 0 || self.mask_bias.len() != b * s {
-            bail!("fused attention: shape [{b}, {s}, {h}], {} heads, mask of {}", self.heads, self.mask_bias.len());
+            bail!(
+                "fused attention: shape [{b}, {s}, {h}], {} heads, mask of {}",
+                self.heads,
+                self.mask_bias.len()
+            );
         }
         Ok((b, s, h, h / self.heads))
     }
@@ -1126,10 +1402,23 @@ impl candle_core::CustomOp3 for Attention {
         "petnas-attention"
     }
 
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout, s3: &CpuStorage, l3: &Layout) -> Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
         let (b, l, h, dh) = self.dims(l1)?;
         if l2.shape() != l1.shape() || l3.shape() != l1.shape() {
-            bail!("fused attention: q {:?}, k {:?}, v {:?}", l1.shape(), l2.shape(), l3.shape());
+            bail!(
+                "fused attention: q {:?}, k {:?}, v {:?}",
+                l1.shape(),
+                l2.shape(),
+                l3.shape()
+            );
         }
         let q = cpu_slice(s1, l1, "attention")?;
         let k = cpu_slice(s2, l2, "attention")?;
@@ -1148,37 +1437,92 @@ impl candle_core::CustomOp3 for Attention {
             let off = bi * l * h + hi * dh;
             unsafe {
                 // scores = scale · Q_h·K_hᵀ; Kᵀ element (d, j) = k[j, d].
-                gemm_f32(l, l, dh, p.as_mut_ptr(), l as isize, 1, false, Mat(q.as_ptr().add(off), hs, 1), Mat(k.as_ptr().add(off), 1, hs), self.scale, Parallelism::None);
+                gemm_f32(
+                    l,
+                    l,
+                    dh,
+                    p.as_mut_ptr(),
+                    l as isize,
+                    1,
+                    false,
+                    Mat(q.as_ptr().add(off), hs, 1),
+                    Mat(k.as_ptr().add(off), 1, hs),
+                    self.scale,
+                    Parallelism::None,
+                );
             }
             softmax_rows(p, &self.mask_bias[bi * l..(bi + 1) * l], l);
             let mut dropped = Vec::new();
             let lhs: &[f32] = match self.drop {
                 Some((sm, base, pd)) => {
                     dropped = vec![0f32; l * l];
-                    apply_drop(p, &mut dropped, sm, base + (t * l * l) as u64, pd, 1.0 / (1.0 - pd));
+                    apply_drop(
+                        p,
+                        &mut dropped,
+                        sm,
+                        base + (t * l * l) as u64,
+                        pd,
+                        1.0 / (1.0 - pd),
+                    );
                     &dropped
                 }
                 None => p,
             };
             unsafe {
-                gemm_f32(l, dh, l, cp.0.add(off), hs, 1, false, Mat(lhs.as_ptr(), l as isize, 1), Mat(v.as_ptr().add(off), hs, 1), 1.0, Parallelism::None);
+                gemm_f32(
+                    l,
+                    dh,
+                    l,
+                    cp.0.add(off),
+                    hs,
+                    1,
+                    false,
+                    Mat(lhs.as_ptr(), l as isize, 1),
+                    Mat(v.as_ptr().add(off), hs, 1),
+                    1.0,
+                    Parallelism::None,
+                );
             }
             drop(dropped);
         });
         if self.keep {
-            *self.probs.lock().map_err(|_| candle_core::Error::Msg("fused attention: poisoned lock".into()))? = Some(probs);
+            *self
+                .probs
+                .lock()
+                .map_err(|_| candle_core::Error::Msg("fused attention: poisoned lock".into()))? =
+                Some(probs);
         }
         Ok((CpuStorage::F32(ctx), Shape::from((b, l, h))))
     }
 
-    fn bwd(&self, q: &Tensor, k: &Tensor, v: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+    fn bwd(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let grad = grad.contiguous()?;
         let (b, l, h, dh) = self.dims(q.layout())?;
         let nh = self.heads;
-        let guard = self.probs.lock().map_err(|_| candle_core::Error::Msg("fused attention: poisoned lock".into()))?;
-        let Some(probs) = guard.as_ref() else { bail!("fused attention: backward without saved probabilities") };
-        let (mut dq, mut dk, mut dv) = (vec![0f32; b * l * h], vec![0f32; b * l * h], vec![0f32; b * l * h]);
-        let (dqp, dkp, dvp) = (SendPtr(dq.as_mut_ptr()), SendPtr(dk.as_mut_ptr()), SendPtr(dv.as_mut_ptr()));
+        let guard = self
+            .probs
+            .lock()
+            .map_err(|_| candle_core::Error::Msg("fused attention: poisoned lock".into()))?;
+        let Some(probs) = guard.as_ref() else {
+            bail!("fused attention: backward without saved probabilities")
+        };
+        let (mut dq, mut dk, mut dv) = (
+            vec![0f32; b * l * h],
+            vec![0f32; b * l * h],
+            vec![0f32; b * l * h],
+        );
+        let (dqp, dkp, dvp) = (
+            SendPtr(dq.as_mut_ptr()),
+            SendPtr(dk.as_mut_ptr()),
+            SendPtr(dv.as_mut_ptr()),
+        );
         let hs = h as isize;
         let ls = l as isize;
         with_slice(q, "attention", |qs| {
@@ -1190,7 +1534,9 @@ impl candle_core::CustomOp3 for Attention {
                             let (bi, hi) = (t / nh, t % nh);
                             let off = bi * l * h + hi * dh;
                             let (sm, base, pd, dscale, on) = match self.drop {
-                                Some((sm, base, pd)) => (sm, base + (t * l * l) as u64, pd, 1.0 / (1.0 - pd), true),
+                                Some((sm, base, pd)) => {
+                                    (sm, base + (t * l * l) as u64, pd, 1.0 / (1.0 - pd), true)
+                                }
                                 None => (0, 0, 0.0, 1.0, false),
                             };
                             let mut dropped = Vec::new();
@@ -1204,16 +1550,64 @@ impl candle_core::CustomOp3 for Attention {
                             let mut d = vec![0f32; l * l];
                             unsafe {
                                 // dV_h = P_dropᵀ · dctx_h
-                                gemm_f32(l, dh, l, dvp.0.add(off), hs, 1, false, Mat(pdrop.as_ptr(), 1, ls), Mat(gs.as_ptr().add(off), hs, 1), 1.0, Parallelism::None);
+                                gemm_f32(
+                                    l,
+                                    dh,
+                                    l,
+                                    dvp.0.add(off),
+                                    hs,
+                                    1,
+                                    false,
+                                    Mat(pdrop.as_ptr(), 1, ls),
+                                    Mat(gs.as_ptr().add(off), hs, 1),
+                                    1.0,
+                                    Parallelism::None,
+                                );
                                 // d(P_drop) = dctx_h · V_hᵀ
-                                gemm_f32(l, l, dh, d.as_mut_ptr(), ls, 1, false, Mat(gs.as_ptr().add(off), hs, 1), Mat(vs.as_ptr().add(off), 1, hs), 1.0, Parallelism::None);
+                                gemm_f32(
+                                    l,
+                                    l,
+                                    dh,
+                                    d.as_mut_ptr(),
+                                    ls,
+                                    1,
+                                    false,
+                                    Mat(gs.as_ptr().add(off), hs, 1),
+                                    Mat(vs.as_ptr().add(off), 1, hs),
+                                    1.0,
+                                    Parallelism::None,
+                                );
                             }
                             drop(dropped);
                             softmax_bwd_rows(&mut d, p, l, sm, base, pd, dscale, on);
                             unsafe {
                                 // dQ_h = scale · dS · K_h ; dK_h = scale · dSᵀ · Q_h
-                                gemm_f32(l, dh, l, dqp.0.add(off), hs, 1, false, Mat(d.as_ptr(), ls, 1), Mat(ks.as_ptr().add(off), hs, 1), self.scale, Parallelism::None);
-                                gemm_f32(l, dh, l, dkp.0.add(off), hs, 1, false, Mat(d.as_ptr(), 1, ls), Mat(qs.as_ptr().add(off), hs, 1), self.scale, Parallelism::None);
+                                gemm_f32(
+                                    l,
+                                    dh,
+                                    l,
+                                    dqp.0.add(off),
+                                    hs,
+                                    1,
+                                    false,
+                                    Mat(d.as_ptr(), ls, 1),
+                                    Mat(ks.as_ptr().add(off), hs, 1),
+                                    self.scale,
+                                    Parallelism::None,
+                                );
+                                gemm_f32(
+                                    l,
+                                    dh,
+                                    l,
+                                    dkp.0.add(off),
+                                    hs,
+                                    1,
+                                    false,
+                                    Mat(d.as_ptr(), 1, ls),
+                                    Mat(qs.as_ptr().add(off), hs, 1),
+                                    self.scale,
+                                    Parallelism::None,
+                                );
                             }
                         });
                         Ok(())
@@ -1223,7 +1617,13 @@ impl candle_core::CustomOp3 for Attention {
         })?;
         drop(guard);
         let dev = q.device();
-        let mk = |x: Vec<f32>, t: &Tensor| -> Result<Option<Tensor>> { if t.track_op() { Ok(Some(Tensor::from_vec(x, (b, l, h), dev)?)) } else { Ok(None) } };
+        let mk = |x: Vec<f32>, t: &Tensor| -> Result<Option<Tensor>> {
+            if t.track_op() {
+                Ok(Some(Tensor::from_vec(x, (b, l, h), dev)?))
+            } else {
+                Ok(None)
+            }
+        };
         Ok((mk(dq, q)?, mk(dk, k)?, mk(dv, v)?))
     }
 }
@@ -1231,19 +1631,36 @@ impl candle_core::CustomOp3 for Attention {
 /// Attention core for `q`, `k`, `v` [batch, seq, hidden] (heads = column blocks of width
 /// hidden/heads): returns the context [batch, seq, hidden]. `attention_mask` [batch, seq] is 1.0
 /// for tokens and 0.0 for padding; `drop` = (seed, base counter, p) for attention dropout.
-pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, attention_mask: &Tensor, heads: usize, scale: f64, drop: Option<(u64, u64, f32)>) -> Result<Tensor> {
+pub fn attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    attention_mask: &Tensor,
+    heads: usize,
+    scale: f64,
+    drop: Option<(u64, u64, f32)>,
+) -> Result<Tensor> {
     // Same additive bias as the composite path: (m − 1)·1e9.
-    let mask_bias: Vec<f32> = attention_mask.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?.iter().map(|m| (m - 1.0) * 1e9).collect();
+    let mask_bias: Vec<f32> = attention_mask
+        .to_dtype(DType::F32)?
+        .flatten_all()?
+        .to_vec1::<f32>()?
+        .iter()
+        .map(|m| (m - 1.0) * 1e9)
+        .collect();
     let keep = q.track_op() || k.track_op() || v.track_op();
     let op = Attention {
         heads,
         scale: scale as f32,
         mask_bias,
-        drop: drop.filter(|d| d.2 > 0.0).map(|(s, b, p)| (mix_seed(s), b, p)),
+        drop: drop
+            .filter(|d| d.2 > 0.0)
+            .map(|(s, b, p)| (mix_seed(s), b, p)),
         probs: Mutex::new(None),
         keep,
     };
-    q.contiguous()?.apply_op3(&k.contiguous()?, &v.contiguous()?, op)
+    q.contiguous()?
+        .apply_op3(&k.contiguous()?, &v.contiguous()?, op)
 }
 
 #[cfg(test)]
@@ -1255,7 +1672,9 @@ mod tests {
 
     fn rand(shape: &[usize], seed: u64, scale: f32) -> Vec<f32> {
         let mut r = Rng::new(seed);
-        (0..shape.iter().product::<usize>()).map(|_| r.normal_f32() * scale).collect()
+        (0..shape.iter().product::<usize>())
+            .map(|_| r.normal_f32() * scale)
+            .collect()
     }
 
     fn var(shape: &[usize], seed: u64, scale: f32) -> Var {
@@ -1263,11 +1682,27 @@ mod tests {
     }
 
     fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-        (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap()
+        (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
     }
 
     fn max_abs(a: &Tensor) -> f32 {
-        a.abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap()
+        a.abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
     }
 
     /// A fixed random projection of `y`, so that every output element gets a different gradient.
@@ -1281,10 +1716,18 @@ mod tests {
         let gf = probe(fused, 99).backward().unwrap();
         let gc = probe(composite, 99).backward().unwrap();
         for (i, v) in vars.iter().enumerate() {
-            let a = gf.get(v.as_tensor()).unwrap_or_else(|| panic!("fused: no gradient for input {i}"));
-            let b = gc.get(v.as_tensor()).unwrap_or_else(|| panic!("composite: no gradient for input {i}"));
+            let a = gf
+                .get(v.as_tensor())
+                .unwrap_or_else(|| panic!("fused: no gradient for input {i}"));
+            let b = gc
+                .get(v.as_tensor())
+                .unwrap_or_else(|| panic!("composite: no gradient for input {i}"));
             let d = max_abs_diff(a, b);
-            assert!(d <= tol * (1.0 + max_abs(b)), "input {i}: gradient differs by {d} (scale {})", max_abs(b));
+            assert!(
+                d <= tol * (1.0 + max_abs(b)),
+                "input {i}: gradient differs by {d} (scale {})",
+                max_abs(b)
+            );
         }
     }
 
@@ -1299,8 +1742,19 @@ mod tests {
         assert_eq!(exp_f32(-87.31), 0.0);
         assert!(exp_f32(-87.29).is_normal());
         // erf reference: erf(x) = 1 − erfc; check against a high-precision series at a few points.
-        for (x, want) in [(0.0f32, 0.0f32), (0.5, 0.520_499_9), (1.0, 0.842_700_8), (2.0, 0.995_322_3), (-1.5, -0.966_105_1), (4.0, 0.999_999_98)] {
-            assert!((erf_f32(x) - want).abs() < 3e-7, "erf({x}) = {} vs {want}", erf_f32(x));
+        for (x, want) in [
+            (0.0f32, 0.0f32),
+            (0.5, 0.520_499_9),
+            (1.0, 0.842_700_8),
+            (2.0, 0.995_322_3),
+            (-1.5, -0.966_105_1),
+            (4.0, 0.999_999_98),
+        ] {
+            assert!(
+                (erf_f32(x) - want).abs() < 3e-7,
+                "erf({x}) = {} vs {want}",
+                erf_f32(x)
+            );
         }
     }
 
@@ -1308,7 +1762,11 @@ mod tests {
     fn keep_scale_matches_dropout_rng() {
         let seed = 1234;
         let mut rng = ops::DropoutRng::new(seed);
-        let m: Vec<f32> = rng.mask(&[5000], 0.1, DType::F32, &Device::Cpu).unwrap().to_vec1().unwrap();
+        let m: Vec<f32> = rng
+            .mask(&[5000], 0.1, DType::F32, &Device::Cpu)
+            .unwrap()
+            .to_vec1()
+            .unwrap();
         let sm = mix_seed(seed);
         for (i, v) in m.iter().enumerate() {
             assert_eq!(*v, keep_scale(sm, i as u64, 0.1, 1.0 / 0.9), "counter {i}");
@@ -1321,7 +1779,10 @@ mod tests {
         let w = Tensor::from_vec(rand(&[19, 24], 2, 0.3), (19, 24), &Device::Cpu)?;
         let b = var(&[19], 3, 1.0);
         let yf = frozen_linear(x.as_tensor(), &w, b.as_tensor())?;
-        let yc = x.as_tensor().matmul(&w.t()?)?.broadcast_add(b.as_tensor())?;
+        let yc = x
+            .as_tensor()
+            .matmul(&w.t()?)?
+            .broadcast_add(b.as_tensor())?;
         assert!(max_abs_diff(&yf, &yc) < 1e-5);
         check_grads(&[&x, &b], &yf, &yc, 1e-5);
         // A plain (frozen) weight gets no gradient, and a plain bias neither.
@@ -1342,20 +1803,36 @@ mod tests {
         let b = var(&[o], 23, 1.0);
         let u0 = Tensor::from_vec(rand(&[k, 2], 26, 0.5), (k, 2), &dev)?;
         let v0 = Tensor::from_vec(rand(&[o, 2], 27, 0.5), (o, 2), &dev)?;
-        for (r, offset, gelu) in [(3, false, false), (3, true, false), (3, false, true), (8, true, true), (8, false, false), (16, false, true)] {
+        for (r, offset, gelu) in [
+            (3, false, false),
+            (3, true, false),
+            (3, false, true),
+            (8, true, true),
+            (8, false, false),
+            (16, false, true),
+        ] {
             let u = var(&[k, r], 24, 0.5);
             let v = var(&[o, r], 25, 0.5);
-            let lora = LoraParts { u: u.as_tensor(), v: v.as_tensor(), offset: offset.then_some((&u0, &v0)) };
+            let lora = LoraParts {
+                u: u.as_tensor(),
+                v: v.as_tensor(),
+                offset: offset.then_some((&u0, &v0)),
+            };
             let yf = pet_linear(x.as_tensor(), &w, b.as_tensor(), Some(lora), gelu, None)?;
             let xt = x.as_tensor();
-            let mut yc = (xt.matmul(&w.t()?)?.broadcast_add(b.as_tensor())? + xt.matmul(u.as_tensor())?.matmul(&v.as_tensor().t()?)?)?;
+            let mut yc = (xt.matmul(&w.t()?)?.broadcast_add(b.as_tensor())?
+                + xt.matmul(u.as_tensor())?.matmul(&v.as_tensor().t()?)?)?;
             if offset {
                 yc = (yc - xt.matmul(&u0)?.matmul(&v0.t()?)?)?;
             }
             if gelu {
                 yc = yc.gelu_erf()?;
             }
-            assert!(max_abs_diff(&yf, &yc) < 1e-5, "rank {r} offset {offset} gelu {gelu}: {}", max_abs_diff(&yf, &yc));
+            assert!(
+                max_abs_diff(&yf, &yc) < 1e-5,
+                "rank {r} offset {offset} gelu {gelu}: {}",
+                max_abs_diff(&yf, &yc)
+            );
             check_grads(&[&x, &b, &u, &v], &yf, &yc, 2e-5);
         }
         Ok(())
@@ -1363,8 +1840,25 @@ mod tests {
 
     /// ‖a − b‖ / ‖b‖.
     fn rel(a: &Tensor, b: &Tensor) -> f32 {
-        let d = a.sub(b).unwrap().sqr().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap().sqrt();
-        d / b.sqr().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap().sqrt().max(1e-30)
+        let d = a
+            .sub(b)
+            .unwrap()
+            .sqr()
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+            .sqrt();
+        d / b
+            .sqr()
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+            .sqrt()
+            .max(1e-30)
     }
 
     #[test]
@@ -1380,12 +1874,21 @@ mod tests {
         let u = var(&[k, 8], 34, 0.5);
         let v = var(&[o, 8], 35, 0.5);
         for (with_lora, gelu) in [(false, false), (false, true), (true, false), (true, true)] {
-            let lora = || with_lora.then(|| LoraParts { u: u.as_tensor(), v: v.as_tensor(), offset: None });
+            let lora = || {
+                with_lora.then(|| LoraParts {
+                    u: u.as_tensor(),
+                    v: v.as_tensor(),
+                    offset: None,
+                })
+            };
             let packed = (!with_lora).then(|| Arc::new(PackedWeight::from_tensor(&w).unwrap()));
             let y16 = pet_linear(x.as_tensor(), &w, b.as_tensor(), lora(), gelu, Some(packed))?;
             let y32 = pet_linear(x.as_tensor(), &w, b.as_tensor(), lora(), gelu, None)?;
             let r = rel(&y16, &y32);
-            assert!(r < 1e-2 && r > 0.0, "lora {with_lora} gelu {gelu}: forward differs by {r} (0 would mean no bf16)");
+            assert!(
+                r < 1e-2 && r > 0.0,
+                "lora {with_lora} gelu {gelu}: forward differs by {r} (0 would mean no bf16)"
+            );
             let g16 = probe(&y16, 9).backward()?;
             let g32 = probe(&y32, 9).backward()?;
             let mut vars = vec![&x, &b];
@@ -1393,9 +1896,15 @@ mod tests {
                 vars.extend([&u, &v]);
             }
             for (i, t) in vars.iter().enumerate() {
-                let (a, c) = (g16.get(t.as_tensor()).expect("bf16 gradient"), g32.get(t.as_tensor()).expect("fp32 gradient"));
+                let (a, c) = (
+                    g16.get(t.as_tensor()).expect("bf16 gradient"),
+                    g32.get(t.as_tensor()).expect("fp32 gradient"),
+                );
                 let r = rel(a, c);
-                assert!(r < 2e-2, "lora {with_lora} gelu {gelu}: gradient {i} differs by {r}");
+                assert!(
+                    r < 2e-2,
+                    "lora {with_lora} gelu {gelu}: gradient {i} differs by {r}"
+                );
             }
         }
         Ok(())
@@ -1410,7 +1919,11 @@ mod tests {
             let b = var(&[h], 6, 1.0);
             let yf = layer_norm(x.as_tensor(), g.as_tensor(), b.as_tensor(), 1e-12)?;
             let yc = ops::layer_norm_composite(x.as_tensor(), g.as_tensor(), b.as_tensor(), 1e-12)?;
-            assert!(max_abs_diff(&yf, &yc) < 1e-5, "h={h}: {}", max_abs_diff(&yf, &yc));
+            assert!(
+                max_abs_diff(&yf, &yc) < 1e-5,
+                "h={h}: {}",
+                max_abs_diff(&yf, &yc)
+            );
             check_grads(&[&x, &g, &b], &yf, &yc, 2e-5);
         }
         Ok(())
@@ -1435,7 +1948,11 @@ mod tests {
             a[i] += 1e-2;
             c[i] -= 1e-2;
             let fd = (f(&a) - f(&c)) / 2e-2;
-            assert!((fd - gx[i]).abs() < 2e-2 * (1.0 + fd.abs()), "x[{i}]: fd {fd} vs {}", gx[i]);
+            assert!(
+                (fd - gx[i]).abs() < 2e-2 * (1.0 + fd.abs()),
+                "x[{i}]: fd {fd} vs {}",
+                gx[i]
+            );
         }
         Ok(())
     }
@@ -1465,10 +1982,21 @@ mod tests {
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn composite_attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: &Tensor, nh: usize, scale: f64, drop: Option<&mut ops::DropoutRng>, p: f64) -> Result<Tensor> {
+    fn composite_attention(
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        mask: &Tensor,
+        nh: usize,
+        scale: f64,
+        drop: Option<&mut ops::DropoutRng>,
+        p: f64,
+    ) -> Result<Tensor> {
         let (b, l, h) = q.dims3()?;
         let dh = h / nh;
-        let heads = |t: &Tensor| -> Result<Tensor> { t.reshape((b, l, nh, dh))?.transpose(1, 2)?.contiguous() };
+        let heads = |t: &Tensor| -> Result<Tensor> {
+            t.reshape((b, l, nh, dh))?.transpose(1, 2)?.contiguous()
+        };
         let (q, k, v) = (heads(q)?, heads(k)?, heads(v)?);
         let bias = ((mask - 1.0)? * 1e9)?.reshape((b, 1, 1, l))?;
         let s = (q.matmul(&k.t()?)? * scale)?.broadcast_add(&bias)?;
@@ -1491,10 +2019,36 @@ mod tests {
         for p in [0.0, 0.3] {
             let mut rng = ops::DropoutRng::new(5);
             let mut r2 = rng.clone();
-            let yc = composite_attention(q.as_tensor(), k.as_tensor(), v.as_tensor(), &mask, nh, scale, Some(&mut rng), p)?;
-            let drop = if p > 0.0 { let (s, base) = r2.reserve(b * nh * l * l); Some((s, base, p as f32)) } else { None };
-            let yf = attention(q.as_tensor(), k.as_tensor(), v.as_tensor(), &mask, nh, scale, drop)?;
-            assert!(max_abs_diff(&yf, &yc) < 1e-5, "p={p}: {}", max_abs_diff(&yf, &yc));
+            let yc = composite_attention(
+                q.as_tensor(),
+                k.as_tensor(),
+                v.as_tensor(),
+                &mask,
+                nh,
+                scale,
+                Some(&mut rng),
+                p,
+            )?;
+            let drop = if p > 0.0 {
+                let (s, base) = r2.reserve(b * nh * l * l);
+                Some((s, base, p as f32))
+            } else {
+                None
+            };
+            let yf = attention(
+                q.as_tensor(),
+                k.as_tensor(),
+                v.as_tensor(),
+                &mask,
+                nh,
+                scale,
+                drop,
+            )?;
+            assert!(
+                max_abs_diff(&yf, &yc) < 1e-5,
+                "p={p}: {}",
+                max_abs_diff(&yf, &yc)
+            );
             check_grads(&[&q, &k, &v], &yf, &yc, 1e-5);
         }
         Ok(())

@@ -31,12 +31,18 @@ impl Weights {
                 hint: "petnas reads safetensors weights; convert a pytorch_model.bin with transformers' save_pretrained(safe_serialization=True)".into(),
             });
         }
-        let raw = candle_core::safetensors::load(file, &Device::Cpu)
-            .map_err(|e| TrainError::Invalid(format!("{}: not a readable safetensors file: {e}", file.display())))?;
+        let raw = candle_core::safetensors::load(file, &Device::Cpu).map_err(|e| {
+            TrainError::Invalid(format!(
+                "{}: not a readable safetensors file: {e}",
+                file.display()
+            ))
+        })?;
         let mut tensors = HashMap::with_capacity(raw.len());
         // The checkpoint must be the model config.json describes: its family prefix (when it has
         // one) and its layer count, or the run would silently train something else.
-        let family = cfg.family().map_err(|e| TrainError::Invalid(e.to_string()))?;
+        let family = cfg
+            .family()
+            .map_err(|e| TrainError::Invalid(e.to_string()))?;
         let foreign = match family {
             petnas_core::inventory::Family::Bert => "roberta.",
             petnas_core::inventory::Family::Roberta => "bert.",
@@ -51,7 +57,14 @@ impl Weights {
         }
         let layers = raw
             .keys()
-            .filter_map(|n| n.split("encoder.layer.").nth(1)?.split('.').next()?.parse::<usize>().ok())
+            .filter_map(|n| {
+                n.split("encoder.layer.")
+                    .nth(1)?
+                    .split('.')
+                    .next()?
+                    .parse::<usize>()
+                    .ok()
+            })
             .max()
             .map_or(0, |m| m + 1);
         if layers != cfg.num_hidden_layers {
@@ -67,15 +80,29 @@ impl Weights {
                 .or_else(|| name.strip_prefix("roberta."))
                 .map(str::to_string)
                 .unwrap_or(name);
-            let t = if t.dtype().is_float() && t.dtype() != DType::F32 { t.to_dtype(DType::F32)? } else { t };
+            let t = if t.dtype().is_float() && t.dtype() != DType::F32 {
+                t.to_dtype(DType::F32)?
+            } else {
+                t
+            };
             tensors.insert(name, t);
         }
-        Ok(Self { tensors, file: file.to_path_buf(), family: cfg.model_type.clone(), layers: cfg.num_hidden_layers })
+        Ok(Self {
+            tensors,
+            file: file.to_path_buf(),
+            family: cfg.model_type.clone(),
+            layers: cfg.num_hidden_layers,
+        })
     }
 
     /// Weights held in memory (tests, tiny random models).
     pub fn from_map(tensors: HashMap<String, Tensor>, cfg: &EncoderConfig) -> Self {
-        Self { tensors, file: PathBuf::from("<memory>"), family: cfg.model_type.clone(), layers: cfg.num_hidden_layers }
+        Self {
+            tensors,
+            file: PathBuf::from("<memory>"),
+            family: cfg.model_type.clone(),
+            layers: cfg.num_hidden_layers,
+        }
     }
 
     /// Random weights of the right shapes for `cfg` (N(0, 0.02), LayerNorm γ = 1, β = 0, biases
@@ -93,9 +120,21 @@ impl Weights {
             t.insert(name, Tensor::from_vec(v, shape, &Device::Cpu)?);
             Ok(())
         };
-        add("embeddings.word_embeddings.weight".into(), vec![cfg.vocab_size, h], 2)?;
-        add("embeddings.position_embeddings.weight".into(), vec![cfg.max_position_embeddings, h], 2)?;
-        add("embeddings.token_type_embeddings.weight".into(), vec![cfg.type_vocab_size, h], 2)?;
+        add(
+            "embeddings.word_embeddings.weight".into(),
+            vec![cfg.vocab_size, h],
+            2,
+        )?;
+        add(
+            "embeddings.position_embeddings.weight".into(),
+            vec![cfg.max_position_embeddings, h],
+            2,
+        )?;
+        add(
+            "embeddings.token_type_embeddings.weight".into(),
+            vec![cfg.type_vocab_size, h],
+            2,
+        )?;
         add("embeddings.LayerNorm.weight".into(), vec![h], 1)?;
         add("embeddings.LayerNorm.bias".into(), vec![h], 0)?;
         for m in petnas_core::inventory::inventory(cfg) {
@@ -120,12 +159,13 @@ impl Weights {
 
     /// The tensor `name`, which must have `shape`.
     pub fn get(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
-        self.try_get(name, shape)?.ok_or_else(|| TrainError::MissingTensor {
-            file: self.file.clone(),
-            name: name.to_string(),
-            family: self.family.clone(),
-            layers: self.layers,
-        })
+        self.try_get(name, shape)?
+            .ok_or_else(|| TrainError::MissingTensor {
+                file: self.file.clone(),
+                name: name.to_string(),
+                family: self.family.clone(),
+                layers: self.layers,
+            })
     }
 
     /// The tensor `name` if present; a present tensor of another shape is an error.
@@ -148,19 +188,29 @@ impl Weights {
 /// For `roberta`, a BERT (WordPiece, `[CLS]`) tokenizer is turned into a RoBERTa-style one: its
 /// special tokens renamed `<s> </s> <pad> <unk> <mask>` and RoBERTa's post-processor
 /// (`<s> A </s></s> B </s>`), with `pad_token_id` set to `<pad>`'s id.
-pub fn write_tiny_model(family: petnas_core::inventory::Family, tokenizer: &Path, out: &Path, seed: u64) -> Result<()> {
-    let tok_err = |m: String| TrainError::Tokenizer { path: tokenizer.to_path_buf(), message: m };
+pub fn write_tiny_model(
+    family: petnas_core::inventory::Family,
+    tokenizer: &Path,
+    out: &Path,
+    seed: u64,
+) -> Result<()> {
+    let tok_err = |m: String| TrainError::Tokenizer {
+        path: tokenizer.to_path_buf(),
+        message: m,
+    };
     let text = std::fs::read_to_string(tokenizer).map_err(crate::error::io_err(tokenizer))?;
     let mut cfg = EncoderConfig::tiny(family);
     let text = if family == petnas_core::inventory::Family::Roberta {
-        let mut v: serde_json::Value = serde_json::from_str(&text).map_err(|e| tok_err(e.to_string()))?;
+        let mut v: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| tok_err(e.to_string()))?;
         let pad = roberta_style(&mut v).map_err(tok_err)?;
         cfg.pad_token_id = pad as usize;
         serde_json::to_string(&v).map_err(|e| tok_err(e.to_string()))?
     } else {
         text
     };
-    let tok = tokenizers::Tokenizer::from_bytes(text.as_bytes()).map_err(|e| tok_err(e.to_string()))?;
+    let tok =
+        tokenizers::Tokenizer::from_bytes(text.as_bytes()).map_err(|e| tok_err(e.to_string()))?;
     cfg.vocab_size = tok.get_vocab_size(true);
     if family == petnas_core::inventory::Family::Roberta {
         cfg.max_position_embeddings = 130 + cfg.pad_token_id;
@@ -168,7 +218,8 @@ pub fn write_tiny_model(family: petnas_core::inventory::Family, tokenizer: &Path
         cfg.max_position_embeddings = 128;
     }
     std::fs::create_dir_all(out).map_err(crate::error::io_err(out))?;
-    let json = serde_json::to_string_pretty(&cfg).map_err(|e| TrainError::Invalid(e.to_string()))?;
+    let json =
+        serde_json::to_string_pretty(&cfg).map_err(|e| TrainError::Invalid(e.to_string()))?;
     petnas_core::io::write_atomic(&out.join("config.json"), json.as_bytes())?;
     let w = Weights::random(&cfg, seed)?;
     candle_core::safetensors::save(&w.tensors, out.join("model.safetensors"))?;
@@ -179,11 +230,22 @@ pub fn write_tiny_model(family: petnas_core::inventory::Family, tokenizer: &Path
 /// Renames a BERT tokenizer's special tokens to RoBERTa's and installs RoBERTa's post-processor;
 /// returns the id of `<pad>`.
 fn roberta_style(v: &mut serde_json::Value) -> std::result::Result<u32, String> {
-    const RENAME: [(&str, &str); 5] = [("[CLS]", "<s>"), ("[SEP]", "</s>"), ("[PAD]", "<pad>"), ("[UNK]", "<unk>"), ("[MASK]", "<mask>")];
-    let vocab = v.pointer_mut("/model/vocab").and_then(|x| x.as_object_mut()).ok_or("no model.vocab object (not a WordPiece tokenizer)")?;
+    const RENAME: [(&str, &str); 5] = [
+        ("[CLS]", "<s>"),
+        ("[SEP]", "</s>"),
+        ("[PAD]", "<pad>"),
+        ("[UNK]", "<unk>"),
+        ("[MASK]", "<mask>"),
+    ];
+    let vocab = v
+        .pointer_mut("/model/vocab")
+        .and_then(|x| x.as_object_mut())
+        .ok_or("no model.vocab object (not a WordPiece tokenizer)")?;
     let mut ids = std::collections::HashMap::new();
     for (from, to) in RENAME {
-        let id = vocab.remove(from).ok_or_else(|| format!("no {from} in the vocabulary"))?;
+        let id = vocab
+            .remove(from)
+            .ok_or_else(|| format!("no {from} in the vocabulary"))?;
         ids.insert(to, id.as_u64().ok_or("a non-integer vocabulary id")? as u32);
         vocab.insert(to.to_string(), id);
     }
@@ -235,7 +297,9 @@ impl ModelDir {
         }
         let config = EncoderConfig::from_file(&cfg_path)?;
         config.family()?;
-        config.activation().map_err(|e| TrainError::Invalid(format!("{}: {e}", cfg_path.display())))?;
+        config
+            .activation()
+            .map_err(|e| TrainError::Invalid(format!("{}: {e}", cfg_path.display())))?;
         Ok(Self { dir, config })
     }
 
@@ -251,7 +315,8 @@ impl ModelDir {
             return Err(TrainError::MissingModelFile {
                 dir: self.dir.clone(),
                 file: "tokenizer.json".into(),
-                hint: "save a fast tokenizer with transformers' tokenizer.save_pretrained(dir)".into(),
+                hint: "save a fast tokenizer with transformers' tokenizer.save_pretrained(dir)"
+                    .into(),
             });
         }
         Ok(p)
@@ -263,7 +328,9 @@ impl ModelDir {
 /// naming a snapshot that is not there is an error, never a silent fallback to another revision.
 pub fn hub_snapshot(repo: &Path) -> Result<Option<PathBuf>> {
     let refs = repo.join("refs").join("main");
-    let Ok(commit) = std::fs::read_to_string(&refs) else { return Ok(None) };
+    let Ok(commit) = std::fs::read_to_string(&refs) else {
+        return Ok(None);
+    };
     let commit = commit.trim();
     let snap = repo.join("snapshots").join(commit);
     if !snap.join("config.json").exists() {
@@ -285,7 +352,10 @@ fn resolve(spec: &str) -> Result<PathBuf> {
         if !org.is_empty() && !name.is_empty() && !name.contains('/') && !p.exists() {
             let hub = std::env::var_os("HF_HOME")
                 .map(|h| PathBuf::from(h).join("hub"))
-                .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/huggingface/hub")));
+                .or_else(|| {
+                    std::env::var_os("HOME")
+                        .map(|h| PathBuf::from(h).join(".cache/huggingface/hub"))
+                });
             if let Some(hub) = hub {
                 if let Some(d) = hub_snapshot(&hub.join(format!("models--{org}--{name}")))? {
                     return Ok(d);
@@ -298,7 +368,9 @@ fn resolve(spec: &str) -> Result<PathBuf> {
             )));
         }
     }
-    Err(TrainError::Invalid(format!("model folder `{spec}` does not exist (run data/fetch-model for the default model)")))
+    Err(TrainError::Invalid(format!(
+        "model folder `{spec}` does not exist (run data/fetch-model for the default model)"
+    )))
 }
 
 #[cfg(test)]
@@ -314,10 +386,17 @@ mod tests {
             std::fs::create_dir_all(&d).unwrap();
             std::fs::write(d.join("config.json"), "{}").unwrap();
         }
-        assert_eq!(hub_snapshot(&repo).unwrap(), None, "no refs/main: not resolved");
+        assert_eq!(
+            hub_snapshot(&repo).unwrap(),
+            None,
+            "no refs/main: not resolved"
+        );
         std::fs::create_dir_all(repo.join("refs")).unwrap();
         std::fs::write(repo.join("refs/main"), "aaaa\n").unwrap();
-        assert_eq!(hub_snapshot(&repo).unwrap(), Some(repo.join("snapshots/aaaa")));
+        assert_eq!(
+            hub_snapshot(&repo).unwrap(),
+            Some(repo.join("snapshots/aaaa"))
+        );
         std::fs::write(repo.join("refs/main"), "bbbb").unwrap();
         let e = hub_snapshot(&repo).unwrap_err().to_string();
         assert!(e.contains("refs/main names snapshot bbbb"), "{e}");

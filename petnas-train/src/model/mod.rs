@@ -65,8 +65,14 @@ struct Layer {
 
 /// The classification head (always trained, counted apart from the PET budget).
 enum Head {
-    Bert { pool: PetLinear, cls: PetLinear },
-    Roberta { dense: PetLinear, out_proj: PetLinear },
+    Bert {
+        pool: PetLinear,
+        cls: PetLinear,
+    },
+    Roberta {
+        dense: PetLinear,
+        out_proj: PetLinear,
+    },
 }
 
 /// A trainable PET encoder with its head.
@@ -89,7 +95,12 @@ pub struct EncoderModel {
 /// HF names of the head's tensors for a family: (dense weight, dense bias, out weight, out bias).
 pub fn head_names(family: Family) -> [&'static str; 4] {
     match family {
-        Family::Bert => ["pooler.dense.weight", "pooler.dense.bias", "classifier.weight", "classifier.bias"],
+        Family::Bert => [
+            "pooler.dense.weight",
+            "pooler.dense.bias",
+            "classifier.weight",
+            "classifier.bias",
+        ],
         Family::Roberta => [
             "classifier.dense.weight",
             "classifier.dense.bias",
@@ -122,35 +133,77 @@ impl EncoderModel {
         if let Some(a) = arch {
             a.check_model(cfg)?;
         }
-        let by_path: HashMap<&str, &ModuleArch> =
-            arch.map(|a| a.modules.iter().map(|m| (m.path.as_str(), m)).collect()).unwrap_or_default();
+        let by_path: HashMap<&str, &ModuleArch> = arch
+            .map(|a| a.modules.iter().map(|m| (m.path.as_str(), m)).collect())
+            .unwrap_or_default();
         let mut reg: Vec<Trainable> = Vec::new();
         let h = cfg.hidden_size;
         let dt = opts.dtype;
         // A base weight: frozen tensor, or a Var under full fine-tuning.
-        let mut base = |name: &str, shape: &[usize], reg: &mut Vec<Trainable>| -> crate::error::Result<Tensor> {
+        let mut base = |name: &str,
+                        shape: &[usize],
+                        reg: &mut Vec<Trainable>|
+         -> crate::error::Result<Tensor> {
             let t = weights.get(name, shape)?.to_device(device)?.to_dtype(dt)?;
             if opts.full_finetune {
                 let var = Var::from_tensor(&t)?;
                 let value = var.as_tensor().clone();
-                reg.push(Trainable { name: name.to_string(), var, mask: None, role: Role::Base });
+                reg.push(Trainable {
+                    name: name.to_string(),
+                    var,
+                    mask: None,
+                    role: Role::Base,
+                });
                 Ok(value)
             } else {
                 Ok(t)
             }
         };
-        let fac = PetFactory { start, lora_init: opts.lora_init, device, dtype: dt };
+        let fac = PetFactory {
+            start,
+            lora_init: opts.lora_init,
+            device,
+            dtype: dt,
+        };
         let eps = cfg.layer_norm_eps;
 
-        let word = base("embeddings.word_embeddings.weight", &[cfg.vocab_size, h], &mut reg)?;
-        let pos = base("embeddings.position_embeddings.weight", &[cfg.max_position_embeddings, h], &mut reg)?;
-        let tok_type = base("embeddings.token_type_embeddings.weight", &[cfg.type_vocab_size, h], &mut reg)?;
-        let ln = |p: &str, reg: &mut Vec<Trainable>, base: &mut dyn FnMut(&str, &[usize], &mut Vec<Trainable>) -> crate::error::Result<Tensor>| -> crate::error::Result<PetLayerNorm> {
+        let word = base(
+            "embeddings.word_embeddings.weight",
+            &[cfg.vocab_size, h],
+            &mut reg,
+        )?;
+        let pos = base(
+            "embeddings.position_embeddings.weight",
+            &[cfg.max_position_embeddings, h],
+            &mut reg,
+        )?;
+        let tok_type = base(
+            "embeddings.token_type_embeddings.weight",
+            &[cfg.type_vocab_size, h],
+            &mut reg,
+        )?;
+        let ln = |p: &str,
+                  reg: &mut Vec<Trainable>,
+                  base: &mut dyn FnMut(
+            &str,
+            &[usize],
+            &mut Vec<Trainable>,
+        ) -> crate::error::Result<Tensor>|
+         -> crate::error::Result<PetLayerNorm> {
             let g = base(&format!("{p}.weight"), &[h], reg)?;
             let b = base(&format!("{p}.bias"), &[h], reg)?;
             Ok(fac.layer_norm(PetLayerNorm::new(g, b, eps), by_path.get(p).copied(), reg)?)
         };
-        let lin = |p: &str, i: usize, o: usize, reg: &mut Vec<Trainable>, base: &mut dyn FnMut(&str, &[usize], &mut Vec<Trainable>) -> crate::error::Result<Tensor>| -> crate::error::Result<PetLinear> {
+        let lin = |p: &str,
+                   i: usize,
+                   o: usize,
+                   reg: &mut Vec<Trainable>,
+                   base: &mut dyn FnMut(
+            &str,
+            &[usize],
+            &mut Vec<Trainable>,
+        ) -> crate::error::Result<Tensor>|
+         -> crate::error::Result<PetLinear> {
             let w = base(&format!("{p}.weight"), &[o, i], reg)?;
             let b = base(&format!("{p}.bias"), &[o], reg)?;
             Ok(fac.linear(PetLinear::new(w, b), by_path.get(p).copied(), reg)?)
@@ -161,12 +214,46 @@ impl EncoderModel {
         for i in 0..cfg.num_hidden_layers {
             let p = format!("encoder.layer.{i}");
             layers.push(Layer {
-                query: lin(&format!("{p}.attention.self.query"), h, h, &mut reg, &mut base)?,
-                key: lin(&format!("{p}.attention.self.key"), h, h, &mut reg, &mut base)?,
-                value: lin(&format!("{p}.attention.self.value"), h, h, &mut reg, &mut base)?,
-                attn_out: lin(&format!("{p}.attention.output.dense"), h, h, &mut reg, &mut base)?,
-                attn_ln: ln(&format!("{p}.attention.output.LayerNorm"), &mut reg, &mut base)?,
-                inter: lin(&format!("{p}.intermediate.dense"), h, f, &mut reg, &mut base)?,
+                query: lin(
+                    &format!("{p}.attention.self.query"),
+                    h,
+                    h,
+                    &mut reg,
+                    &mut base,
+                )?,
+                key: lin(
+                    &format!("{p}.attention.self.key"),
+                    h,
+                    h,
+                    &mut reg,
+                    &mut base,
+                )?,
+                value: lin(
+                    &format!("{p}.attention.self.value"),
+                    h,
+                    h,
+                    &mut reg,
+                    &mut base,
+                )?,
+                attn_out: lin(
+                    &format!("{p}.attention.output.dense"),
+                    h,
+                    h,
+                    &mut reg,
+                    &mut base,
+                )?,
+                attn_ln: ln(
+                    &format!("{p}.attention.output.LayerNorm"),
+                    &mut reg,
+                    &mut base,
+                )?,
+                inter: lin(
+                    &format!("{p}.intermediate.dense"),
+                    h,
+                    f,
+                    &mut reg,
+                    &mut base,
+                )?,
                 out: lin(&format!("{p}.output.dense"), f, h, &mut reg, &mut base)?,
                 out_ln: ln(&format!("{p}.output.LayerNorm"), &mut reg, &mut base)?,
             });
@@ -183,15 +270,24 @@ impl EncoderModel {
                 ));
             }
             for l in &mut layers {
-                for lin in [&mut l.query, &mut l.key, &mut l.value, &mut l.attn_out, &mut l.inter, &mut l.out] {
+                for lin in [
+                    &mut l.query,
+                    &mut l.key,
+                    &mut l.value,
+                    &mut l.attn_out,
+                    &mut l.inter,
+                    &mut l.out,
+                ] {
                     lin.use_bf16()?;
                 }
             }
         }
         if let Some(a) = arch {
             // Every module of the architecture must have been placed.
-            let known: std::collections::HashSet<String> =
-                petnas_core::inventory::inventory(cfg).into_iter().map(|m| m.path).collect();
+            let known: std::collections::HashSet<String> = petnas_core::inventory::inventory(cfg)
+                .into_iter()
+                .map(|m| m.path)
+                .collect();
             if let Some(m) = a.modules.iter().find(|m| !known.contains(&m.path)) {
                 return Err(crate::error::TrainError::Invalid(format!(
                     "architecture module `{}` is not a PET-able module of this {family:?} model",
@@ -220,13 +316,21 @@ impl EncoderModel {
             };
             let var = Var::from_tensor(&t)?;
             head_t.push(var.as_tensor().clone());
-            reg.push(Trainable { name: name.to_string(), var, mask: None, role: Role::Head });
+            reg.push(Trainable {
+                name: name.to_string(),
+                var,
+                mask: None,
+                role: Role::Head,
+            });
         }
         let pool = PetLinear::new(head_t[0].clone(), head_t[1].clone());
         let cls = PetLinear::new(head_t[2].clone(), head_t[3].clone());
         let head = match family {
             Family::Bert => Head::Bert { pool, cls },
-            Family::Roberta => Head::Roberta { dense: pool, out_proj: cls },
+            Family::Roberta => Head::Roberta {
+                dense: pool,
+                out_proj: cls,
+            },
         };
         Ok(Self {
             cfg: cfg.clone(),
@@ -281,27 +385,43 @@ impl EncoderModel {
     pub fn pet_values(&self) -> Result<BTreeMap<String, Vec<f32>>> {
         let mut out = BTreeMap::new();
         for t in self.trainables.iter().filter(|t| t.role == Role::Pet) {
-            out.insert(t.name.clone(), t.var.as_tensor().flatten_all()?.to_dtype(DType::F32)?.to_vec1()?);
+            out.insert(
+                t.name.clone(),
+                t.var
+                    .as_tensor()
+                    .flatten_all()?
+                    .to_dtype(DType::F32)?
+                    .to_vec1()?,
+            );
         }
         Ok(out)
     }
 
     /// Forward pass: last hidden states [batch, seq, hidden] and logits [batch, labels].
     /// `drop` = `Some` in training (dropout active), `None` for evaluation.
-    pub fn forward(&self, batch: &Batch, mut drop: Option<&mut DropoutRng>) -> Result<(Tensor, Tensor)> {
+    pub fn forward(
+        &self,
+        batch: &Batch,
+        mut drop: Option<&mut DropoutRng>,
+    ) -> Result<(Tensor, Tensor)> {
         let (b, l) = batch.input_ids.dims2()?;
         let h = self.cfg.hidden_size;
         let p_hidden = self.cfg.hidden_dropout_prob;
         let p_attn = self.cfg.attention_probs_dropout_prob;
         let ids = batch.input_ids.flatten_all()?;
         let we = self.word.index_select(&ids, 0)?;
-        let pe = self.pos.index_select(&batch.position_ids.flatten_all()?, 0)?;
-        let te = self.tok_type.index_select(&batch.type_ids.flatten_all()?, 0)?;
+        let pe = self
+            .pos
+            .index_select(&batch.position_ids.flatten_all()?, 0)?;
+        let te = self
+            .tok_type
+            .index_select(&batch.type_ids.flatten_all()?, 0)?;
         let x = (we + pe)?.add(&te)?.reshape((b, l, h))?; // [batch, seq, hidden]
         let x = self.emb_ln.forward(&x)?;
         let mut x = ops::dropout(&x, p_hidden, drop.as_deref_mut())?;
         // Additive attention bias: 0 for tokens, -1e9 for padding. [batch, 1, 1, seq]
-        let mask_bias = ((batch.attention_mask.to_dtype(self.dtype)? - 1.0)? * 1e9)?.reshape((b, 1, 1, l))?;
+        let mask_bias =
+            ((batch.attention_mask.to_dtype(self.dtype)? - 1.0)? * 1e9)?.reshape((b, 1, 1, l))?;
         let nh = self.num_heads;
         let dh = h / nh;
         let scale = 1.0 / (dh as f64).sqrt();
@@ -321,7 +441,9 @@ impl EncoderModel {
                 };
                 fused::attention(&q, &k, &v, &batch.attention_mask, nh, scale, drop_at)?
             } else {
-                let heads = |t: Tensor| -> Result<Tensor> { t.reshape((b, l, nh, dh))?.transpose(1, 2)?.contiguous() };
+                let heads = |t: Tensor| -> Result<Tensor> {
+                    t.reshape((b, l, nh, dh))?.transpose(1, 2)?.contiguous()
+                };
                 let (q, k, v) = (heads(q)?, heads(k)?, heads(v)?); // [batch, heads, seq, dh]
                 let scores = (q.matmul(&k.t()?)? * scale)?.broadcast_add(&mask_bias)?; // [batch, heads, seq, seq]
                 let probs = ops::softmax_last(&scores)?;
@@ -380,30 +502,45 @@ impl EncoderModel {
     /// a plain model with the same outputs and no inference overhead.
     pub fn merged_weights(&self) -> Result<Vec<(String, Tensor)>> {
         let mut out = vec![
-            ("embeddings.word_embeddings.weight".to_string(), self.word.detach()),
-            ("embeddings.position_embeddings.weight".to_string(), self.pos.detach()),
-            ("embeddings.token_type_embeddings.weight".to_string(), self.tok_type.detach()),
+            (
+                "embeddings.word_embeddings.weight".to_string(),
+                self.word.detach(),
+            ),
+            (
+                "embeddings.position_embeddings.weight".to_string(),
+                self.pos.detach(),
+            ),
+            (
+                "embeddings.token_type_embeddings.weight".to_string(),
+                self.tok_type.detach(),
+            ),
         ];
-        let push_ln = |out: &mut Vec<(String, Tensor)>, p: String, ln: &PetLayerNorm| -> Result<()> {
-            let (g, b) = ln.merged()?;
-            out.push((format!("{p}.weight"), g));
-            out.push((format!("{p}.bias"), b));
-            Ok(())
-        };
+        let push_ln =
+            |out: &mut Vec<(String, Tensor)>, p: String, ln: &PetLayerNorm| -> Result<()> {
+                let (g, b) = ln.merged()?;
+                out.push((format!("{p}.weight"), g));
+                out.push((format!("{p}.bias"), b));
+                Ok(())
+            };
         push_ln(&mut out, "embeddings.LayerNorm".into(), &self.emb_ln)?;
-        let push_lin = |out: &mut Vec<(String, Tensor)>, p: String, lin: &PetLinear| -> Result<()> {
-            let (w, b) = lin.merged()?;
-            out.push((format!("{p}.weight"), w));
-            out.push((format!("{p}.bias"), b));
-            Ok(())
-        };
+        let push_lin =
+            |out: &mut Vec<(String, Tensor)>, p: String, lin: &PetLinear| -> Result<()> {
+                let (w, b) = lin.merged()?;
+                out.push((format!("{p}.weight"), w));
+                out.push((format!("{p}.bias"), b));
+                Ok(())
+            };
         for (i, l) in self.layers.iter().enumerate() {
             let p = format!("encoder.layer.{i}");
             push_lin(&mut out, format!("{p}.attention.self.query"), &l.query)?;
             push_lin(&mut out, format!("{p}.attention.self.key"), &l.key)?;
             push_lin(&mut out, format!("{p}.attention.self.value"), &l.value)?;
             push_lin(&mut out, format!("{p}.attention.output.dense"), &l.attn_out)?;
-            push_ln(&mut out, format!("{p}.attention.output.LayerNorm"), &l.attn_ln)?;
+            push_ln(
+                &mut out,
+                format!("{p}.attention.output.LayerNorm"),
+                &l.attn_ln,
+            )?;
             push_lin(&mut out, format!("{p}.intermediate.dense"), &l.inter)?;
             push_lin(&mut out, format!("{p}.output.dense"), &l.out)?;
             push_ln(&mut out, format!("{p}.output.LayerNorm"), &l.out_ln)?;

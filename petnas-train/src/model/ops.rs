@@ -76,20 +76,28 @@ impl DropoutRng {
     }
 
     /// A keep-mask for `shape`, scaled by `1 / (1 - p)`, on `device`.
-    pub fn mask(&mut self, shape: &[usize], p: f32, dtype: DType, device: &Device) -> Result<Tensor> {
+    pub fn mask(
+        &mut self,
+        shape: &[usize],
+        p: f32,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Tensor> {
         let n: usize = shape.iter().product();
         let base = self.counter;
         self.counter += n as u64;
         let seed = self.seed;
         let scale = 1.0 / (1.0 - p);
         let mut v = vec![0f32; n];
-        v.par_chunks_mut(1 << 14).enumerate().for_each(|(c, chunk)| {
-            let off = base + (c << 14) as u64;
-            for (i, x) in chunk.iter_mut().enumerate() {
-                let u = petnas_core::rng::counter_uniform(seed, off + i as u64);
-                *x = if u >= p { scale } else { 0.0 };
-            }
-        });
+        v.par_chunks_mut(1 << 14)
+            .enumerate()
+            .for_each(|(c, chunk)| {
+                let off = base + (c << 14) as u64;
+                for (i, x) in chunk.iter_mut().enumerate() {
+                    let u = petnas_core::rng::counter_uniform(seed, off + i as u64);
+                    *x = if u >= p { scale } else { 0.0 };
+                }
+            });
         Tensor::from_vec(v, shape, device)?.to_dtype(dtype)
     }
 }
@@ -133,7 +141,11 @@ mod tests {
         let row: Vec<f32> = y.get(0)?.to_vec1()?;
         // mean 7/3, var = ((4/3)^2 + (1/3)^2 + (5/3)^2)/3 = 42/27
         let sd = (42f32 / 27. + 1e-5).sqrt();
-        let want = [(-4. / 3.) / sd + 0.1, 2. * (-1. / 3.) / sd, 0.5 * (5. / 3.) / sd - 0.1];
+        let want = [
+            (-4. / 3.) / sd + 0.1,
+            2. * (-1. / 3.) / sd,
+            0.5 * (5. / 3.) / sd - 0.1,
+        ];
         for (a, w) in row.iter().zip(want) {
             assert!((a - w).abs() < 1e-5, "{a} vs {w}");
         }
@@ -169,7 +181,10 @@ mod tests {
         let mb: Vec<f32> = b.mask(&[1000], 0.1, DType::F32, &dev)?.to_vec1()?;
         assert_eq!(ma, mb);
         let zeros = ma.iter().filter(|&&v| v == 0.0).count();
-        assert!((50..150).contains(&zeros), "{zeros} of 1000 dropped at p=0.1");
+        assert!(
+            (50..150).contains(&zeros),
+            "{zeros} of 1000 dropped at p=0.1"
+        );
         assert!(ma.iter().all(|&v| v == 0.0 || (v - 1.0 / 0.9).abs() < 1e-6));
         let next: Vec<f32> = a.mask(&[1000], 0.1, DType::F32, &dev)?.to_vec1()?;
         assert_ne!(ma, next, "successive calls draw fresh masks");

@@ -89,7 +89,13 @@ pub struct PetLayerNorm {
 impl PetLinear {
     /// A plain linear layer (no PET parameters).
     pub fn new(weight: Tensor, bias: Tensor) -> Self {
-        Self { weight, bias, delta: None, lora: None, bf16: None }
+        Self {
+            weight,
+            bias,
+            delta: None,
+            lora: None,
+            bf16: None,
+        }
     }
 
     /// Runs this layer's frozen matmuls in bf16 (`Precision::Bf16`): the weight is packed once
@@ -100,7 +106,9 @@ impl PetLinear {
             return Ok(());
         }
         let packed = match &self.lora {
-            None => Some(std::sync::Arc::new(fused::PackedWeight::from_tensor(&self.weight)?)),
+            None => Some(std::sync::Arc::new(fused::PackedWeight::from_tensor(
+                &self.weight,
+            )?)),
             Some(_) => None,
         };
         self.bf16 = Some(packed);
@@ -138,7 +146,11 @@ impl PetLinear {
                 None => (None, None),
             };
             let lora = match (&self.lora, &u, &v) {
-                (Some(l), Some(u), Some(v)) => Some(fused::LoraParts { u, v, offset: l.offset.as_ref().map(|(a, b)| (a, b)) }),
+                (Some(l), Some(u), Some(v)) => Some(fused::LoraParts {
+                    u,
+                    v,
+                    offset: l.offset.as_ref().map(|(a, b)| (a, b)),
+                }),
                 _ => None,
             };
             let y = fused::pet_linear(&x2, &self.weight, &b, lora, gelu, self.bf16.clone())?;
@@ -215,7 +227,12 @@ impl PetLinear {
 impl PetLayerNorm {
     /// A LayerNorm without PET parameters.
     pub fn new(gamma: Tensor, beta: Tensor, eps: f64) -> Self {
-        Self { gamma, beta, delta: None, eps }
+        Self {
+            gamma,
+            beta,
+            delta: None,
+            eps,
+        }
     }
 
     /// LayerNorm over the last dimension with bias `beta + m⊙Δb`.
@@ -260,10 +277,24 @@ pub fn normal_values(seed: u64, name: &str, n: usize, std: f32) -> Vec<f32> {
 /// The initial LoRA factors at full maximal rank, a pure function of (seed, module path, shape,
 /// init), so that re-initialisation after pruning restores them exactly (paper §3.2).
 /// Returns (U [in, r] row-major, V [out, r] row-major).
-pub fn lora_init_values(seed: u64, path: &str, in_dim: usize, out_dim: usize, r: usize, init: LoraInit) -> (Vec<f32>, Vec<f32>) {
+pub fn lora_init_values(
+    seed: u64,
+    path: &str,
+    in_dim: usize,
+    out_dim: usize,
+    r: usize,
+    init: LoraInit,
+) -> (Vec<f32>, Vec<f32>) {
     let bound = (in_dim as f32).powf(-0.5);
     let gauss_u = || normal_values(seed, &lora_u_name(path), in_dim * r, bound);
-    let gauss_v = || normal_values(seed, &lora_v_name(path), out_dim * r, (out_dim as f32).powf(-0.5));
+    let gauss_v = || {
+        normal_values(
+            seed,
+            &lora_v_name(path),
+            out_dim * r,
+            (out_dim as f32).powf(-0.5),
+        )
+    };
     match init {
         // Eq. 1 of the paper: both factors Gaussian.
         LoraInit::Paper | LoraInit::PaperZeroOffset => (gauss_u(), gauss_v()),
@@ -271,7 +302,9 @@ pub fn lora_init_values(seed: u64, path: &str, in_dim: usize, out_dim: usize, r:
         // over fan-in `in` is gain·√(3/in) with gain √(2/(1+5)): exactly in^-½.
         LoraInit::Hu => {
             let mut rng = Rng::new(seed).fork(name_stream(&lora_u_name(path)));
-            let u = (0..in_dim * r).map(|_| (2.0 * rng.uniform_f32() - 1.0) * bound).collect();
+            let u = (0..in_dim * r)
+                .map(|_| (2.0 * rng.uniform_f32() - 1.0) * bound)
+                .collect();
             (u, vec![0.0; out_dim * r])
         }
         // The input-side factor zero instead (the reading of "one factor zero" this project
@@ -322,12 +355,22 @@ impl PetFactory<'_> {
     fn start_values(&self, name: &str, len: usize) -> Result<Vec<f32>> {
         match self.start.get(name) {
             Some(v) if v.len() == len => Ok(v.clone()),
-            Some(v) => candle_core::bail!("initial values for {name}: {} entries, expected {len}", v.len()),
+            Some(v) => candle_core::bail!(
+                "initial values for {name}: {} entries, expected {len}",
+                v.len()
+            ),
             None => candle_core::bail!("no initial values for PET tensor {name}"),
         }
     }
 
-    fn var(&self, name: String, values: Vec<f32>, shape: &[usize], mask: Option<Vec<f32>>, reg: &mut Vec<Trainable>) -> Result<Masked> {
+    fn var(
+        &self,
+        name: String,
+        values: Vec<f32>,
+        shape: &[usize],
+        mask: Option<Vec<f32>>,
+        reg: &mut Vec<Trainable>,
+    ) -> Result<Masked> {
         let t = Tensor::from_vec(values, shape, self.device)?.to_dtype(self.dtype)?;
         let var = Var::from_tensor(&t)?;
         let mask = match mask {
@@ -335,7 +378,12 @@ impl PetFactory<'_> {
             None => None,
         };
         let value = var.as_tensor().clone();
-        reg.push(Trainable { name, var, mask: mask.clone(), role: Role::Pet });
+        reg.push(Trainable {
+            name,
+            var,
+            mask: mask.clone(),
+            role: Role::Pet,
+        });
         Ok(Masked { value, mask })
     }
 
@@ -366,7 +414,10 @@ impl PetFactory<'_> {
                 let k = kept.len();
                 let u = take_columns(&u0, m.in_dim, r, kept);
                 let v = take_columns(&v0, m.out_dim, r, kept);
-                (self.var(un, u, &[m.in_dim, k], None, reg)?, self.var(vn, v, &[m.out_dim, k], None, reg)?)
+                (
+                    self.var(un, u, &[m.in_dim, k], None, reg)?,
+                    self.var(vn, v, &[m.out_dim, k], None, reg)?,
+                )
             }
             LoraKeep::Entries { u: mu, v: mv } => {
                 if mu.count_ones() == 0 && mv.count_ones() == 0 {
@@ -382,7 +433,10 @@ impl PetFactory<'_> {
         // optimizer updates in place, so the "frozen" offset would follow U and V and ΔW would
         // stay 0 for the whole training.
         let offset = if self.lora_init == LoraInit::PaperZeroOffset {
-            Some((u.effective()?.detach().copy()?, v.effective()?.detach().copy()?))
+            Some((
+                u.effective()?.detach().copy()?,
+                v.effective()?.detach().copy()?,
+            ))
         } else {
             None
         };
@@ -390,7 +444,12 @@ impl PetFactory<'_> {
     }
 
     /// Adds the PET parameters of `m` (if any) to a linear layer.
-    pub fn linear(&self, mut lin: PetLinear, m: Option<&ModuleArch>, reg: &mut Vec<Trainable>) -> Result<PetLinear> {
+    pub fn linear(
+        &self,
+        mut lin: PetLinear,
+        m: Option<&ModuleArch>,
+        reg: &mut Vec<Trainable>,
+    ) -> Result<PetLinear> {
         if let Some(m) = m {
             lin.delta = self.bias_delta(m, reg)?;
             lin.lora = self.lora(m, reg)?;
@@ -399,10 +458,18 @@ impl PetFactory<'_> {
     }
 
     /// Adds the bias delta of `m` (if any) to a LayerNorm.
-    pub fn layer_norm(&self, mut ln: PetLayerNorm, m: Option<&ModuleArch>, reg: &mut Vec<Trainable>) -> Result<PetLayerNorm> {
+    pub fn layer_norm(
+        &self,
+        mut ln: PetLayerNorm,
+        m: Option<&ModuleArch>,
+        reg: &mut Vec<Trainable>,
+    ) -> Result<PetLayerNorm> {
         if let Some(m) = m {
             if m.lora.is_some() {
-                candle_core::bail!("{}: LoRA on a LayerNorm is not part of the search space", m.path);
+                candle_core::bail!(
+                    "{}: LoRA on a LayerNorm is not part of the search space",
+                    m.path
+                );
             }
             ln.delta = self.bias_delta(m, reg)?;
         }

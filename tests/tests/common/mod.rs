@@ -17,18 +17,35 @@ use std::sync::Once;
 use serde_json::Value;
 
 /// The recipe flags of `train` and `search` that keep a run to a fraction of a second.
-pub const TINY: [&str; 11] =
-    ["--max-train", "64", "--max-dev", "32", "--max-len", "32", "--batch-size", "8", "--max-steps", "3", "--quiet"];
+pub const TINY: [&str; 11] = [
+    "--max-train",
+    "64",
+    "--max-dev",
+    "32",
+    "--max-len",
+    "32",
+    "--batch-size",
+    "8",
+    "--max-steps",
+    "3",
+    "--quiet",
+];
 
 /// The workspace root.
 pub fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ has a parent").to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ has a parent")
+        .to_path_buf()
 }
 
 /// `<target>/<profile>`: this executable is `<target>/<profile>/deps/<name>-<hash>`.
 fn profile_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("path of the test executable");
-    exe.parent().and_then(Path::parent).expect("test executable lives in <target>/<profile>/deps").to_path_buf()
+    exe.parent()
+        .and_then(Path::parent)
+        .expect("test executable lives in <target>/<profile>/deps")
+        .to_path_buf()
 }
 
 fn ensure_built() {
@@ -38,7 +55,9 @@ fn ensure_built() {
         let target = dir.parent().expect("<target>/<profile> has a parent");
         let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
         let mut cmd = Command::new(cargo);
-        cmd.current_dir(root()).env("CARGO_TARGET_DIR", target).args(["build", "--workspace", "--bins", "--tests"]);
+        cmd.current_dir(root())
+            .env("CARGO_TARGET_DIR", target)
+            .args(["build", "--workspace", "--bins", "--tests"]);
         // `cargo test` runs this process with the package's CARGO_PKG_* / CARGO_MANIFEST_* set.
         // ring's build script (under polars' object_store) reruns when CARGO_PKG_NAME changes, and
         // everything above it (all of polars) would then rebuild, in the test and again in the next
@@ -48,7 +67,13 @@ fn ensure_built() {
             if k.starts_with("CARGO_PKG_")
                 || k.starts_with("CARGO_MANIFEST_")
                 || k.starts_with("CARGO_BIN_")
-                || ["CARGO_CRATE_NAME", "CARGO_PRIMARY_PACKAGE", "CARGO_TARGET_TMPDIR", "OUT_DIR"].contains(&k.as_str())
+                || [
+                    "CARGO_CRATE_NAME",
+                    "CARGO_PRIMARY_PACKAGE",
+                    "CARGO_TARGET_TMPDIR",
+                    "OUT_DIR",
+                ]
+                .contains(&k.as_str())
             {
                 cmd.env_remove(&k);
             }
@@ -63,7 +88,11 @@ fn ensure_built() {
             }
         }
         let out = cmd.output().expect("running cargo build");
-        assert!(out.status.success(), "cargo build of the binaries failed:\n{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "cargo build of the binaries failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     });
 }
 
@@ -100,7 +129,14 @@ impl Run {
     /// Asserts a zero exit.
     #[track_caller]
     pub fn ok(self) -> Self {
-        assert_eq!(self.code, Some(0), "`{}` failed\nstdout:\n{}\nstderr:\n{}", self.cmdline, self.stdout, self.stderr);
+        assert_eq!(
+            self.code,
+            Some(0),
+            "`{}` failed\nstdout:\n{}\nstderr:\n{}",
+            self.cmdline,
+            self.stdout,
+            self.stderr
+        );
         self
     }
 
@@ -116,9 +152,19 @@ impl Run {
             self.stderr
         );
         for n in needles {
-            assert!(self.stderr.contains(n), "`{}`: stderr lacks {n:?}:\n{}", self.cmdline, self.stderr);
+            assert!(
+                self.stderr.contains(n),
+                "`{}`: stderr lacks {n:?}:\n{}",
+                self.cmdline,
+                self.stderr
+            );
         }
-        assert!(!self.stderr.contains("panicked"), "`{}` panicked instead of reporting an error:\n{}", self.cmdline, self.stderr);
+        assert!(
+            !self.stderr.contains("panicked"),
+            "`{}` panicked instead of reporting an error:\n{}",
+            self.cmdline,
+            self.stderr
+        );
         self.stderr
     }
 }
@@ -127,12 +173,18 @@ impl Run {
 /// messages, and the same thread count in every run (results are compared bit for bit).
 pub fn command(name: &str) -> Command {
     let mut c = Command::new(bin(name));
-    c.env("RUST_BACKTRACE", "0").env("RAYON_NUM_THREADS", "2").env_remove("PETNAS_MODEL").env_remove("PETNAS_DATA");
+    c.env("RUST_BACKTRACE", "0")
+        .env("RAYON_NUM_THREADS", "2")
+        .env_remove("PETNAS_MODEL")
+        .env_remove("PETNAS_DATA");
     c
 }
 
 fn run(name: &str, args: &[&str]) -> Run {
-    let out = command(name).args(args).output().unwrap_or_else(|e| panic!("running {name}: {e}"));
+    let out = command(name)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("running {name}: {e}"));
     Run::from(format!("{name} {}", args.join(" ")), out)
 }
 
@@ -155,8 +207,14 @@ pub fn s(p: &Path) -> &str {
 pub fn glue() -> &'static Path {
     static DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
     DIR.get_or_init(|| {
-        let p = std::env::var_os("PETNAS_DATA").map(PathBuf::from).unwrap_or_else(|| root().join("../shared/data/glue"));
-        assert!(p.join("RTE/train.tsv").exists(), "GLUE data not found at {} (set PETNAS_DATA)", p.display());
+        let p = std::env::var_os("PETNAS_DATA")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| root().join("../shared/data/glue"));
+        assert!(
+            p.join("RTE/train.tsv").exists(),
+            "GLUE data not found at {} (set PETNAS_DATA)",
+            p.display()
+        );
         p
     })
 }
@@ -167,7 +225,10 @@ pub fn minilm() -> PathBuf {
     let dir = root().join("data/models/all-MiniLM-L6-v2");
     FETCH.call_once(|| {
         if !dir.join("tokenizer.json").exists() || !dir.join("model.safetensors").exists() {
-            let st = Command::new("bash").arg(root().join("data/fetch-model")).status().expect("running data/fetch-model");
+            let st = Command::new("bash")
+                .arg(root().join("data/fetch-model"))
+                .status()
+                .expect("running data/fetch-model");
             assert!(st.success(), "data/fetch-model failed");
         }
     });
@@ -178,7 +239,18 @@ pub fn minilm() -> PathBuf {
 pub fn make_tiny(family: &str, dir: &Path, seed: u64) {
     let tok = minilm().join("tokenizer.json");
     let seed = seed.to_string();
-    train(&["tiny-model", "--family", family, "--tokenizer", s(&tok), "--out", s(dir), "--seed", &seed]).ok();
+    train(&[
+        "tiny-model",
+        "--family",
+        family,
+        "--tokenizer",
+        s(&tok),
+        "--out",
+        s(dir),
+        "--seed",
+        &seed,
+    ])
+    .ok();
     for f in ["config.json", "model.safetensors", "tokenizer.json"] {
         assert!(dir.join(f).exists(), "tiny-model wrote no {f}");
     }
@@ -235,7 +307,10 @@ lr = 1e-3
 /// Names of the finished run folders of a sweep (or a train/search `--out`).
 pub fn run_names(runs: &Path) -> Vec<String> {
     let mut v: Vec<String> = match std::fs::read_dir(runs) {
-        Ok(rd) => rd.map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).filter(|n| !n.starts_with('.')).collect(),
+        Ok(rd) => rd
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| !n.starts_with('.'))
+            .collect(),
         Err(_) => Vec::new(),
     };
     v.sort();
@@ -266,14 +341,19 @@ pub fn json(path: &Path) -> Value {
 /// The lines of `index.jsonl` (or another JSON-lines file).
 pub fn jsonl(path: &Path) -> Vec<Value> {
     let t = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    t.lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{}: {e}: {l}", path.display()))).collect()
+    t.lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{}: {e}: {l}", path.display())))
+        .collect()
 }
 
 /// A record without what legitimately differs between two identical runs: when and how fast.
 pub fn normalized(mut r: Value) -> Value {
     let o = r.as_object_mut().expect("record is an object");
     o.remove("created_unix");
-    let res = o.get_mut("result").and_then(Value::as_object_mut).expect("record has a result");
+    let res = o
+        .get_mut("result")
+        .and_then(Value::as_object_mut)
+        .expect("record has a result");
     res.remove("wall_seconds");
     res.remove("examples_per_second");
     r
@@ -289,12 +369,34 @@ pub type TensorBytes = (String, Vec<usize>, Vec<u8>);
 
 /// A safetensors file as content: metadata and each tensor's dtype, shape and bytes, by name
 /// (the byte layout may differ: metadata maps have no fixed order).
-pub fn safetensors_content(path: &Path) -> (BTreeMap<String, String>, BTreeMap<String, TensorBytes>) {
+pub fn safetensors_content(
+    path: &Path,
+) -> (BTreeMap<String, String>, BTreeMap<String, TensorBytes>) {
     let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    let md: BTreeMap<String, String> = meta.metadata().clone().unwrap_or_default().into_iter().collect();
-    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    let tensors = st.tensors().into_iter().map(|(n, v)| (n, (format!("{:?}", v.dtype()), v.shape().to_vec(), v.data().to_vec()))).collect();
+    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let md: BTreeMap<String, String> = meta
+        .metadata()
+        .clone()
+        .unwrap_or_default()
+        .into_iter()
+        .collect();
+    let st = safetensors::SafeTensors::deserialize(&bytes)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let tensors = st
+        .tensors()
+        .into_iter()
+        .map(|(n, v)| {
+            (
+                n,
+                (
+                    format!("{:?}", v.dtype()),
+                    v.shape().to_vec(),
+                    v.data().to_vec(),
+                ),
+            )
+        })
+        .collect();
     (md, tensors)
 }
 
@@ -304,8 +406,20 @@ pub fn safetensors_content(path: &Path) -> (BTreeMap<String, String>, BTreeMap<S
 #[track_caller]
 pub fn assert_same_run(a: &Path, b: &Path) {
     let files = |d: &Path| run_names(d);
-    assert_eq!(files(a), files(b), "{} and {} hold different files", a.display(), b.display());
-    assert_eq!(record(a), record(b), "records of {} and {} differ", a.display(), b.display());
+    assert_eq!(
+        files(a),
+        files(b),
+        "{} and {} hold different files",
+        a.display(),
+        b.display()
+    );
+    assert_eq!(
+        record(a),
+        record(b),
+        "records of {} and {} differ",
+        a.display(),
+        b.display()
+    );
     for f in files(a) {
         let (pa, pb) = (a.join(&f), b.join(&f));
         // The log has timings; inputs.json names the data folder, which may differ on purpose.
@@ -315,23 +429,49 @@ pub fn assert_same_run(a: &Path, b: &Path) {
         if f.ends_with(".safetensors") {
             let (ma, ta) = safetensors_content(&pa);
             let (mb, tb) = safetensors_content(&pb);
-            assert_eq!(ma, mb, "metadata of {} and {} differ", pa.display(), pb.display());
-            assert_eq!(ta.keys().collect::<Vec<_>>(), tb.keys().collect::<Vec<_>>(), "tensor names of {} and {} differ", pa.display(), pb.display());
+            assert_eq!(
+                ma,
+                mb,
+                "metadata of {} and {} differ",
+                pa.display(),
+                pb.display()
+            );
+            assert_eq!(
+                ta.keys().collect::<Vec<_>>(),
+                tb.keys().collect::<Vec<_>>(),
+                "tensor names of {} and {} differ",
+                pa.display(),
+                pb.display()
+            );
             for (k, va) in &ta {
-                assert!(va == &tb[k], "tensor {k} of {} and {} differs", pa.display(), pb.display());
+                assert!(
+                    va == &tb[k],
+                    "tensor {k} of {} and {} differs",
+                    pa.display(),
+                    pb.display()
+                );
             }
         } else {
-            assert!(std::fs::read(&pa).unwrap() == std::fs::read(&pb).unwrap(), "{} and {} differ", pa.display(), pb.display());
+            assert!(
+                std::fs::read(&pa).unwrap() == std::fs::read(&pb).unwrap(),
+                "{} and {} differ",
+                pa.display(),
+                pb.display()
+            );
         }
     }
 }
 
 /// `record.json` fields as numbers.
 pub fn num(v: &Value, ptr: &str) -> f64 {
-    v.pointer(ptr).and_then(Value::as_f64).unwrap_or_else(|| panic!("no number at {ptr} in {v}"))
+    v.pointer(ptr)
+        .and_then(Value::as_f64)
+        .unwrap_or_else(|| panic!("no number at {ptr} in {v}"))
 }
 
 /// A string field.
 pub fn text<'a>(v: &'a Value, ptr: &str) -> &'a str {
-    v.pointer(ptr).and_then(Value::as_str).unwrap_or_else(|| panic!("no string at {ptr} in {v}"))
+    v.pointer(ptr)
+        .and_then(Value::as_str)
+        .unwrap_or_else(|| panic!("no string at {ptr} in {v}"))
 }

@@ -229,6 +229,8 @@ mod tests {
             maximal_hash: None,
             precision: Default::default(),
             prune_rounds: None,
+            task_def: None,
+            data: None,
         }
     }
 

@@ -189,6 +189,8 @@ impl SynthRun {
             maximal_hash: None,
             precision: Default::default(),
             prune_rounds: None,
+            task_def: None,
+            data: None,
         };
         let (status, metrics) = match self.score {
             Some(v) => {

@@ -41,13 +41,13 @@ pub fn task_order(task: &str) -> (usize, String) {
     }
 }
 
-/// Display name of a task (`"sst2"` → `"SST-2"`; unknown tasks upper-cased).
+/// Display name of a task (`"sst2"` → `"SST-2"`); a user's own task keeps its name as given.
 pub fn task_display(task: &str) -> String {
     TASKS
         .iter()
         .find(|(t, _)| *t == task)
         .map(|(_, d)| d.to_string())
-        .unwrap_or_else(|| task.to_uppercase())
+        .unwrap_or_else(|| task.to_string())
 }
 
 /// A parameter count in the paper's style: `850`, `26.5k`, `265k`, `1.2M`, `109M`.
@@ -425,7 +425,8 @@ mod tests {
         t.sort_by_key(|t| task_order(t));
         assert_eq!(t, ["mnli", "qqp", "sst2", "cola", "rte", "wnli"]);
         assert_eq!(task_display("stsb"), "STS-B");
-        assert_eq!(task_display("wnli"), "WNLI");
+        assert_eq!(task_display("rte"), "RTE");
+        assert_eq!(task_display("my-reviews"), "my-reviews");
     }
 
     #[test]

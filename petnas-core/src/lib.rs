@@ -18,6 +18,7 @@ pub mod prune;
 pub mod record;
 pub mod rng;
 pub mod space;
+pub mod task;
 
 pub use arch::{
     Architecture, BiasArch, LoraArch, LoraKeep, Mask, ModelFingerprint, ModuleArch, ModuleCount,
@@ -34,3 +35,4 @@ pub use prune::{iterative_budgets, parse_budget, prune, RankGroup};
 pub use record::{LoraInit, Recipe, Reinit, RunRecord, RunResult, RunSpec, RunStatus};
 pub use rng::{counter_uniform, Rng};
 pub use space::SearchSpace;
+pub use task::{Metric, TaskDef, TaskKind};

@@ -328,6 +328,16 @@ pub struct RunSpec {
     /// over geometric budgets from the maximal size down to `budget`. Absent: one-shot (1 round).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prune_rounds: Option<usize>,
+    /// A task from the user's files: its columns, label order and metrics (absent for the
+    /// built-in GLUE tasks, which `task` names in full).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task_def: Option<crate::task::TaskDef>,
+    /// SHA-256 of each data file the run read, by split (`train`, `dev`), so a changed file is a
+    /// changed spec. Present for user tasks, and for a GLUE task whose files differ from the GLUE
+    /// release petnas knows (`petnas-train`'s table of their checksums); absent when they match,
+    /// which is what every earlier record was made from, so those keep their hashes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data: Option<BTreeMap<String, String>>,
 }
 
 impl RunSpec {
@@ -523,6 +533,8 @@ mod tests {
             maximal_hash: Some("ab".repeat(32)),
             precision: Precision::Fp32,
             prune_rounds: None,
+            task_def: None,
+            data: None,
         }
     }
 
@@ -635,6 +647,8 @@ mod tests {
     const SPEC_FIELDS: &[&str] = &[
         "budget",
         "criterion",
+        "data.dev",
+        "data.train",
         "device",
         "lora_init",
         "maximal_hash",
@@ -666,6 +680,12 @@ mod tests {
         "seed",
         "space",
         "task",
+        "task_def.kind",
+        "task_def.label_column",
+        "task_def.labels",
+        "task_def.metrics",
+        "task_def.name",
+        "task_def.text_columns",
     ];
 
     fn full_spec() -> RunSpec {
@@ -683,6 +703,22 @@ mod tests {
         };
         s.precision = Precision::Bf16;
         s.prune_rounds = Some(3);
+        s.task_def = Some(crate::task::TaskDef {
+            name: "reviews".into(),
+            text_columns: vec!["text".into()],
+            label_column: "label".into(),
+            kind: crate::task::TaskKind::Classification,
+            labels: vec!["neg".into(), "pos".into()],
+            metrics: vec![crate::task::Metric::Accuracy],
+        });
+        s.data = Some(
+            [
+                ("dev".to_string(), "d".repeat(64)),
+                ("train".to_string(), "t".repeat(64)),
+            ]
+            .into_iter()
+            .collect(),
+        );
         s
     }
 
@@ -731,8 +767,17 @@ mod tests {
                     "precision" => "fp32".into(),
                     "rank_group" => "u_only".into(),
                     "reinit" => "fresh".into(),
+                    "task_def.kind" => "regression".into(),
                     _ => format!("{t}x").into(),
                 },
+                serde_json::Value::Array(mut a) => {
+                    a.push(if *path == "task_def.metrics" {
+                        "f1".into()
+                    } else {
+                        "extra".into()
+                    });
+                    a.into()
+                }
                 other => panic!("{path}: unexpected {other}"),
             };
             let changed: RunSpec =
@@ -759,7 +804,14 @@ mod tests {
         ] {
             assert!(v["recipe"].get(k).is_none(), "{k} written at its default");
         }
-        for k in ["rank_group", "maximal_hash", "precision", "prune_rounds"] {
+        for k in [
+            "rank_group",
+            "maximal_hash",
+            "precision",
+            "prune_rounds",
+            "task_def",
+            "data",
+        ] {
             assert!(v.get(k).is_none(), "{k} written at its default");
         }
         let back: RunSpec = serde_json::from_value(v).unwrap();

@@ -34,8 +34,10 @@ pub struct LoadedRun {
     pub model_dir: ModelDir,
     /// The trained model.
     pub model: EncoderModel,
-    /// The task.
-    pub task: Task,
+    /// The task's definition (GLUE: the built-in one).
+    pub task_def: petnas_core::task::TaskDef,
+    /// The GLUE task, for a built-in one.
+    pub glue: Option<Task>,
 }
 
 /// Loads `run_dir` (record.json, architecture.json, weights.safetensors) and rebuilds the trained
@@ -55,10 +57,20 @@ pub fn load_run(
     let spec = &record.spec;
     let model_dir = ModelDir::open(model_override.unwrap_or(&spec.model))?;
     let cfg = &model_dir.config;
-    let task: Task = spec
-        .task
-        .parse()
-        .map_err(|e| TrainError::Invalid(format!("{}: task: {e}", run_dir.display())))?;
+    let (task_def, glue) = match &spec.task_def {
+        Some(d) => (d.clone(), None),
+        None => {
+            let t: Task = spec
+                .task
+                .parse()
+                .map_err(|e| TrainError::Invalid(format!("{}: task: {e}", run_dir.display())))?;
+            (crate::task::glue_def(t), Some(t))
+        }
+    };
+    let num_labels = match task_def.kind {
+        petnas_core::task::TaskKind::Regression => 1,
+        petnas_core::task::TaskKind::Classification => task_def.labels.len(),
+    };
     let arch = if spec.method == "full" {
         None
     } else {
@@ -81,7 +93,7 @@ pub fn load_run(
     };
     let weights = model_dir.weights()?;
     let opts = BuildOptions {
-        num_labels: task.num_labels(),
+        num_labels,
         seed: spec.seed,
         lora_init: spec.lora_init,
         full_finetune: spec.method == "full",
@@ -116,7 +128,8 @@ pub fn load_run(
         arch,
         model_dir,
         model,
-        task,
+        task_def,
+        glue,
     })
 }
 
@@ -136,12 +149,16 @@ fn hf_key(family: Family, name: &str) -> String {
     }
 }
 
-fn label_maps(task: Task) -> (serde_json::Value, serde_json::Value) {
-    let names: Vec<&str> = match task {
-        Task::Mnli | Task::MnliMm => vec!["entailment", "neutral", "contradiction"],
-        Task::Rte | Task::Qnli => vec!["entailment", "not_entailment"],
-        Task::Stsb => vec!["score"],
-        _ => vec!["0", "1"],
+/// `id2label` / `label2id` of the exported `config.json`: a user task's labels in its id order;
+/// for GLUE the names transformers' GLUE examples use (`"0"`/`"1"` for the binary tasks).
+fn label_maps(run: &LoadedRun) -> (serde_json::Value, serde_json::Value) {
+    let names: Vec<&str> = match run.glue {
+        Some(Task::Mnli | Task::MnliMm) => vec!["entailment", "neutral", "contradiction"],
+        Some(Task::Rte | Task::Qnli) => vec!["entailment", "not_entailment"],
+        Some(Task::Stsb) => vec!["score"],
+        Some(_) => vec!["0", "1"],
+        None if run.task_def.labels.is_empty() => vec!["score"],
+        None => run.task_def.labels.iter().map(String::as_str).collect(),
     };
     let id2label: serde_json::Map<String, serde_json::Value> = names
         .iter()
@@ -213,7 +230,7 @@ pub fn export_merged(run: &LoadedRun, out: &Path) -> Result<PathBuf> {
     let text = std::fs::read_to_string(&cfg_path).map_err(io_err(&cfg_path))?;
     let mut cfg: serde_json::Value = serde_json::from_str(&text)
         .map_err(|e| TrainError::Invalid(format!("{}: {e}", cfg_path.display())))?;
-    let (id2label, label2id) = label_maps(run.task);
+    let (id2label, label2id) = label_maps(run);
     let arch_name = match family {
         Family::Bert => "BertForSequenceClassification",
         Family::Roberta => "RobertaForSequenceClassification",
@@ -222,17 +239,16 @@ pub fn export_merged(run: &LoadedRun, out: &Path) -> Result<PathBuf> {
         o.insert("architectures".into(), serde_json::json!([arch_name]));
         o.insert("id2label".into(), id2label);
         o.insert("label2id".into(), label2id);
-        o.insert(
-            "num_labels".into(),
-            serde_json::json!(run.task.num_labels()),
-        );
+        o.insert("num_labels".into(), serde_json::json!(run.num_labels()));
         o.insert(
             "problem_type".into(),
-            serde_json::json!(if run.task.is_regression() {
-                "regression"
-            } else {
-                "single_label_classification"
-            }),
+            serde_json::json!(
+                if run.task_def.kind == petnas_core::task::TaskKind::Regression {
+                    "regression"
+                } else {
+                    "single_label_classification"
+                }
+            ),
         );
         o.insert("petnas_run".into(), serde_json::json!(run.record.id));
     }
@@ -389,6 +405,57 @@ pub fn export_peft(run: &LoadedRun, out: &Path) -> Result<PathBuf> {
     finish(tmp, out)
 }
 
+impl LoadedRun {
+    /// Width of the head.
+    pub fn num_labels(&self) -> usize {
+        match self.task_def.kind {
+            petnas_core::task::TaskKind::Regression => 1,
+            petnas_core::task::TaskKind::Classification => self.task_def.labels.len(),
+        }
+    }
+
+    /// The run's task, ready to load: a GLUE task in `data`, or a user task at the files its
+    /// run folder's `inputs.json` names.
+    pub fn task_info(&self, run_dir: &Path, data: Option<&Path>) -> Result<crate::task::TaskInfo> {
+        match self.glue {
+            Some(t) => {
+                let d = match (data, crate::run::trained_data_dir(run_dir)) {
+                    (Some(d), _) => d.to_path_buf(),
+                    (None, Some(d)) => d,
+                    (None, None) => crate::sweep::find_data(None)?,
+                };
+                crate::task::TaskInfo::glue(t, &d)
+            }
+            None => {
+                let files = crate::run::trained_files(run_dir).ok_or_else(|| {
+                    TrainError::Invalid(format!(
+                        "{}: inputs.json does not name the task's files",
+                        run_dir.display()
+                    ))
+                })?;
+                crate::task::TaskInfo::from_def(self.task_def.clone(), &files)
+            }
+        }
+    }
+}
+
+/// Logits of the trained run on the first `max_dev` dev examples of its GLUE task in `data`.
+pub fn predict_dev(
+    run: &LoadedRun,
+    data: &Path,
+    max_dev: Option<usize>,
+) -> Result<Vec<Prediction>> {
+    let t = run.glue.ok_or_else(|| {
+        TrainError::Invalid(format!("run {} is not on a GLUE task", run.record.id))
+    })?;
+    predict(
+        run,
+        &crate::task::TaskInfo::glue(t, data)?,
+        crate::task::SplitName::Dev,
+        max_dev,
+    )
+}
+
 /// One dev example with the run's logits (for cross-checks against PyTorch).
 #[derive(Debug, serde::Serialize)]
 pub struct Prediction {
@@ -398,13 +465,18 @@ pub struct Prediction {
     pub text_b: Option<String>,
     /// The head's outputs.
     pub logits: Vec<f32>,
+    /// The predicted class's name (user classification tasks).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub label: Option<String>,
 }
 
-/// Logits of the trained run on the first `max_dev` dev examples of its task.
-pub fn predict_dev(
+/// Logits of the trained run on the first `max` examples of a split of its task (for a user
+/// task with class labels, also the predicted label's name).
+pub fn predict(
     run: &LoadedRun,
-    data: &Path,
-    max_dev: Option<usize>,
+    task: &crate::task::TaskInfo,
+    split: crate::task::SplitName,
+    max: Option<usize>,
 ) -> Result<Vec<Prediction>> {
     let family = run.model.family();
     let max_len = run.record.spec.recipe.max_len;
@@ -413,7 +485,8 @@ pub fn predict_dev(
         family,
         max_len,
     )?;
-    let mut ex = crate::glue::load(data, run.task, crate::glue::Split::Dev)?;
+    let mut ex = task.load(split)?;
+    let max_dev = max;
     if let Some(n) = max_dev {
         ex.truncate(n);
     }
@@ -426,10 +499,19 @@ pub fn predict_dev(
         let (_, logits) = run.model.forward(&batch, None)?;
         let rows: Vec<Vec<f32>> = logits.to_dtype(DType::F32)?.to_vec2()?;
         for (x, l) in chunk_x.iter().zip(rows) {
+            let label = (run.glue.is_none() && !run.task_def.labels.is_empty()).then(|| {
+                let best = l
+                    .iter()
+                    .enumerate()
+                    .max_by(|a, b| a.1.total_cmp(b.1))
+                    .map_or(0, |(i, _)| i);
+                run.task_def.labels[best].clone()
+            });
             out.push(Prediction {
                 text_a: x.text_a.clone(),
                 text_b: x.text_b.clone(),
                 logits: l,
+                label,
             });
         }
     }

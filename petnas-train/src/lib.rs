@@ -18,6 +18,8 @@ pub mod model;
 pub mod run;
 pub mod search;
 pub mod sweep;
+pub mod table;
+pub mod task;
 pub mod tokenize;
 pub mod train;
 pub mod verify;

@@ -16,6 +16,7 @@ use petnas_train::glue::Task;
 use petnas_train::run::{self, DataLimits, RunInputs, RunPlan};
 use petnas_train::search::{self, init_map, SearchConfig, SearchHooks};
 use petnas_train::sweep;
+use petnas_train::task::{TaskInfo, UserTask};
 
 #[derive(Parser)]
 #[command(
@@ -69,15 +70,19 @@ enum Cmd {
         #[arg(long)]
         model: Option<String>,
     },
-    /// Logits of a finished run on its task's dev examples, as JSON lines (text_a, text_b, logits).
+    /// Logits of a finished run on its task's dev (or test) examples, as JSON lines (text_a,
+    /// text_b, logits; for a user task with class labels also the predicted label).
     Predict {
         /// The run folder.
         #[arg(long)]
         run: PathBuf,
-        /// GLUE folder.
+        /// GLUE folder (default: the one the run was trained on).
         #[arg(long)]
         data: Option<PathBuf>,
-        /// Use the first N dev examples.
+        /// dev, or test (a user task with a test file).
+        #[arg(long, default_value = "dev")]
+        split: String,
+        /// Use the first N examples.
         #[arg(long)]
         max_dev: Option<usize>,
         /// Model folder, if it moved since training.
@@ -145,9 +150,11 @@ enum Cmd {
 
 #[derive(Args, Clone)]
 struct Common {
-    /// GLUE task: cola, sst2, mrpc, stsb, qqp, mnli, mnli-mm, qnli, rte.
-    #[arg(long)]
-    task: String,
+    /// GLUE task: cola, sst2, mrpc, stsb, qqp, mnli, mnli-mm, qnli, rte (or your own task: --train, --dev, ...).
+    #[arg(long, required_unless_present = "train", conflicts_with = "train")]
+    task: Option<String>,
+    #[command(flatten)]
+    user_task: UserTaskArgs,
     /// Model folder or a hub id present in the local HF cache.
     #[arg(
         long,
@@ -182,6 +189,81 @@ struct Common {
     /// No progress bars.
     #[arg(long)]
     quiet: bool,
+}
+
+/// Your own task, from files: `--train FILE --dev FILE --text-columns A[,B] --label-column L`.
+#[derive(Args, Clone)]
+struct UserTaskArgs {
+    /// Your own task's training file: .csv, .tsv, .jsonl (.ndjson, .json: JSON Lines) or .parquet.
+    #[arg(long, requires_all = ["dev", "text_columns", "label_column"], help_heading = "Your own task")]
+    train: Option<PathBuf>,
+    /// Its dev file (scored at the end of training).
+    #[arg(long, requires = "train", help_heading = "Your own task")]
+    dev: Option<PathBuf>,
+    /// Its test file (for `predict --split test`).
+    #[arg(long, requires = "train", help_heading = "Your own task")]
+    test: Option<PathBuf>,
+    /// One text column, or two for sentence pairs (comma separated).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        requires = "train",
+        help_heading = "Your own task"
+    )]
+    text_columns: Vec<String>,
+    /// The label column.
+    #[arg(long, requires = "train", help_heading = "Your own task")]
+    label_column: Option<String>,
+    /// classification or regression [default: regression if every training label is a number and one is fractional].
+    #[arg(long, requires = "train", help_heading = "Your own task")]
+    task_kind: Option<petnas_core::task::TaskKind>,
+    /// Metrics, the primary first: accuracy, f1, macro_f1, mcc, pearson, spearman [default: accuracy,f1 for 2 classes, accuracy,macro_f1 for more, pearson,spearman for regression].
+    #[arg(
+        long = "metric",
+        value_delimiter = ',',
+        requires = "train",
+        help_heading = "Your own task"
+    )]
+    metrics: Vec<petnas_core::task::Metric>,
+    /// Class labels in id order [default: the training file's, sorted; numerically if all are integers].
+    #[arg(
+        long,
+        value_delimiter = ',',
+        requires = "train",
+        help_heading = "Your own task"
+    )]
+    labels: Vec<String>,
+    /// The task's name in run ids and tables [default: the training file's folder name].
+    #[arg(long, requires = "train", help_heading = "Your own task")]
+    task_name: Option<String>,
+}
+
+/// The task of `train`/`search`: a GLUE task in the data folder, or the user's files.
+fn task_info(c: &Common) -> Result<TaskInfo> {
+    let u = &c.user_task;
+    match (&c.task, &u.train) {
+        (_, Some(train)) => {
+            let ut = UserTask {
+                name: u.task_name.clone(),
+                train: train.clone(),
+                dev: u.dev.clone().context("--dev is required with --train")?,
+                test: u.test.clone(),
+                text_columns: u.text_columns.clone(),
+                label_column: u.label_column.clone().context("--label-column is required with --train")?,
+                kind: u.task_kind,
+                metrics: u.metrics.clone(),
+                labels: u.labels.clone(),
+                epochs: None,
+            };
+            Ok(TaskInfo::user(&ut)?)
+        }
+        (Some(t), None) => {
+            let task: Task = t.parse().map_err(|e| anyhow::anyhow!("--task: {e}"))?;
+            let data = sweep::find_data(c.data.as_deref())?;
+            Ok(TaskInfo::glue(task, &data)?)
+        }
+        (None, None) => bail!("give --task NAME (GLUE) or --train FILE --dev FILE --text-columns A[,B] --label-column L"),
+    }
 }
 
 /// The recipe's options. Each one left out takes the value of [`Recipe::new`] (the paper's recipe),
@@ -329,21 +411,19 @@ fn parse_enum<T: serde::de::DeserializeOwned>(what: &str, s: &str, valid: &str) 
         .map_err(|_| anyhow::anyhow!("--{what} `{s}`: expected one of {valid}"))
 }
 
-fn recipe(c: &Common, task: Task, default_lr: f64) -> Result<Recipe> {
+fn recipe(c: &Common, task: &TaskInfo, default_lr: f64) -> Result<Recipe> {
     c.recipe
         .apply(Recipe::new(task.default_epochs(), default_lr))
 }
 
-fn load_inputs(c: &Common, task: Task, r: &Recipe) -> Result<RunInputs> {
-    let data = sweep::find_data(c.data.as_deref())?;
+fn load_inputs(c: &Common, task: &TaskInfo, r: &Recipe) -> Result<RunInputs> {
     let device = parse_device(&c.device)?;
     let limits = DataLimits {
         max_train: r.max_train,
         max_dev: r.max_dev,
     };
-    Ok(RunInputs::load(
-        &c.model, &data, task, r.max_len, limits, &device,
-    )?)
+    eprintln!("task {}", task.describe());
+    Ok(RunInputs::load(&c.model, task, r.max_len, limits, &device)?)
 }
 
 /// Refuses to replace a finished run made with another config (unless `--overwrite`); says
@@ -414,10 +494,11 @@ fn precision_notice(p: Precision) {
 fn cmd_train(a: TrainArgs) -> Result<()> {
     let c = &a.common;
     precision_notice(c.precision);
-    let task: Task = c.task.parse().map_err(|e| anyhow::anyhow!("--task: {e}"))?;
+    let task = task_info(c)?;
     let default_lr = if a.method == "full" { 2e-5 } else { 1e-3 };
-    let recipe = recipe(c, task, default_lr)?;
-    let inp = load_inputs(c, task, &recipe)?;
+    let recipe = recipe(c, &task, default_lr)?;
+    let (task_def, data) = task.spec_parts()?;
+    let inp = load_inputs(c, &task, &recipe)?;
     let cfg = &inp.model.config;
     let (arch, method, space_name) = if a.method == "full" {
         (None, "full".to_string(), None)
@@ -440,6 +521,8 @@ fn cmd_train(a: TrainArgs) -> Result<()> {
     };
     let spec = RunSpec {
         task: task.name().to_string(),
+        task_def,
+        data,
         model: c.model.clone(),
         model_fingerprint: petnas_core::arch::ModelFingerprint::from_config(cfg)?,
         method: method.clone(),
@@ -461,7 +544,7 @@ fn cmd_train(a: TrainArgs) -> Result<()> {
         .as_ref()
         .map(|a| init_map(a, c.seed, c.lora_init))
         .unwrap_or_default();
-    let id = sweep::baseline_id(task, &method, None, c.seed);
+    let id = sweep::baseline_id(task.name(), &method, None, c.seed);
     if check_existing(&c.out, &id, &spec, c.overwrite)? {
         println!(
             "{} is already done with this config (a run folder with the same spec hash)",
@@ -492,7 +575,7 @@ fn cmd_train(a: TrainArgs) -> Result<()> {
 fn cmd_search(a: SearchArgs) -> Result<()> {
     let c = &a.common;
     precision_notice(c.precision);
-    let task: Task = c.task.parse().map_err(|e| anyhow::anyhow!("--task: {e}"))?;
+    let task = task_info(c)?;
     let modes = match a.mode.as_str() {
         "both" => vec![PruneMode::Structured, PruneMode::Unstructured],
         m => vec![parse_enum::<PruneMode>(
@@ -514,7 +597,7 @@ fn cmd_search(a: SearchArgs) -> Result<()> {
     )?;
     let reinit: Reinit = parse_enum("reinit", &a.reinit, "same, fresh, keep")?;
     let rank_group: RankGroup = parse_enum("rank-group", &a.rank_group, "uv, u_only")?;
-    let r = recipe(c, task, 1e-3)?;
+    let r = recipe(c, &task, 1e-3)?;
     let search_recipe = match a.search_lr {
         Some(lr) => Some(
             RecipeArgs {
@@ -526,7 +609,8 @@ fn cmd_search(a: SearchArgs) -> Result<()> {
         ),
         None => None,
     };
-    let inp = load_inputs(c, task, &r)?;
+    let (task_def, data) = task.spec_parts()?;
+    let inp = load_inputs(c, &task, &r)?;
     let space = SearchSpace::from_spec(&a.space, &inventory(&inp.model.config))
         .with_context(|| format!("--space {}", a.space))?;
     if space.full_finetune {
@@ -537,6 +621,8 @@ fn cmd_search(a: SearchArgs) -> Result<()> {
     }
     let cfg = SearchConfig {
         task: task.name().to_string(),
+        task_def,
+        data,
         model: c.model.clone(),
         space,
         tag: String::new(),
@@ -659,13 +745,14 @@ fn measured_throughput(
         let len = match mean_len.get(&r.task) {
             Some(l) => *l,
             None => {
-                let task: Task = r.task.parse().map_err(|e| anyhow::anyhow!("{e}"))?;
+                let task = plan
+                    .task(&r.task)
+                    .with_context(|| format!("task {} is not in the plan", r.task))?;
                 let limits = DataLimits {
                     max_train: Some(256),
                     max_dev: Some(1),
                 };
-                let inp =
-                    RunInputs::load(&cfg.model, &plan.data, task, cfg.max_len(), limits, device)?;
+                let inp = RunInputs::load(&cfg.model, task, cfg.max_len(), limits, device)?;
                 let l = inp.train.encoded.iter().map(|e| e.ids.len()).sum::<usize>()
                     / inp.train.encoded.len().max(1);
                 mean_len.insert(r.task.clone(), l);
@@ -810,18 +897,25 @@ fn main() -> Result<()> {
         Cmd::Predict {
             run,
             data,
+            split,
             max_dev,
             model,
         } => {
+            let split = match split.as_str() {
+                "dev" => petnas_train::task::SplitName::Dev,
+                "test" => petnas_train::task::SplitName::Test,
+                s => bail!("--split {s}: expected dev or test"),
+            };
             let loaded =
                 petnas_train::export::load_run(&run, model.as_deref(), &candle_core::Device::Cpu)
                     .with_context(|| format!("loading run {}", run.display()))?;
             // The data the run was trained on, unless told otherwise.
-            let data = match (data, run::trained_data_dir(&run)) {
-                (None, Some(d)) => d,
-                (given, _) => sweep::find_data(given.as_deref())?,
+            let data = match data {
+                Some(d) => Some(sweep::find_data(Some(&d))?),
+                None => None,
             };
-            for p in petnas_train::export::predict_dev(&loaded, &data, max_dev)? {
+            let task = loaded.task_info(&run, data.as_deref())?;
+            for p in petnas_train::export::predict(&loaded, &task, split, max_dev)? {
                 println!("{}", serde_json::to_string(&p)?);
             }
             Ok(())

@@ -103,6 +103,36 @@ pub fn matthews_corr(pred: &[usize], gold: &[usize]) -> f64 {
     }
 }
 
+/// Macro-averaged F1 over `classes` classes, as scikit-learn's `f1_score(average="macro")` with
+/// `labels=range(classes)`: the unweighted mean of each class's one-vs-rest F1 (0 for a class
+/// with neither predicted nor gold examples).
+///
+/// # Panics
+/// If the slices differ in length.
+pub fn macro_f1(pred: &[usize], gold: &[usize], classes: usize) -> f64 {
+    check_lengths("macro_f1", pred.len(), gold.len());
+    if classes == 0 {
+        return 0.0;
+    }
+    let mut sum = 0.0;
+    for c in 0..classes {
+        let (mut tp, mut fp, mut fne) = (0u64, 0u64, 0u64);
+        for (&p, &g) in pred.iter().zip(gold) {
+            match (p == c, g == c) {
+                (true, true) => tp += 1,
+                (true, false) => fp += 1,
+                (false, true) => fne += 1,
+                _ => {}
+            }
+        }
+        let d = 2 * tp + fp + fne;
+        if d > 0 {
+            sum += (2 * tp) as f64 / d as f64;
+        }
+    }
+    sum / classes as f64
+}
+
 /// Pearson correlation coefficient (SciPy's `pearsonr` statistic), clamped to `[-1, 1]`.
 /// 0 for fewer than two points or a constant series; NaN if an input is NaN.
 ///
@@ -226,9 +256,79 @@ pub fn glue_metrics(task: Task, pred: &Predictions, gold: &[Label]) -> BTreeMap<
     out
 }
 
+/// The metrics of any task: a GLUE task's as [`glue_metrics`] computes them, a user task's as its
+/// definition lists them.
+///
+/// # Panics
+/// As [`glue_metrics`], if predictions or labels do not fit the task's kind.
+pub fn task_metrics(
+    task: &crate::task::TaskInfo,
+    pred: &Predictions,
+    gold: &[Label],
+) -> BTreeMap<String, f64> {
+    use petnas_core::task::Metric;
+    if let Some(t) = task.glue_task() {
+        return glue_metrics(t, pred, gold);
+    }
+    let mut out = BTreeMap::new();
+    match pred {
+        Predictions::Scores(p) => {
+            let g: Vec<f64> = gold
+                .iter()
+                .map(|l| match l {
+                    Label::Score(s) => f64::from(*s),
+                    Label::Class(c) => panic!("task_metrics: class label {c} in a regression task"),
+                })
+                .collect();
+            for m in &task.def.metrics {
+                let v = match m {
+                    Metric::Pearson => pearson(p, &g),
+                    Metric::Spearman => spearman(p, &g),
+                    other => panic!("task_metrics: {} on a regression task", other.as_str()),
+                };
+                out.insert(m.as_str().to_string(), v);
+            }
+        }
+        Predictions::Classes(p) => {
+            let g: Vec<usize> = gold
+                .iter()
+                .map(|l| match l {
+                    Label::Class(c) => *c,
+                    Label::Score(s) => {
+                        panic!("task_metrics: score label {s} in a classification task")
+                    }
+                })
+                .collect();
+            for m in &task.def.metrics {
+                let v = match m {
+                    Metric::Accuracy => accuracy(p, &g),
+                    Metric::F1 => f1(p, &g),
+                    Metric::MacroF1 => macro_f1(p, &g, task.num_labels()),
+                    Metric::Mcc => matthews_corr(p, &g),
+                    other => panic!("task_metrics: {} on a classification task", other.as_str()),
+                };
+                out.insert(m.as_str().to_string(), v);
+            }
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn macro_f1_matches_scikit_learn() {
+        // sklearn.metrics.f1_score([0,1,2,0,1,2], [0,2,1,0,0,1], average="macro") = 0.26666...
+        let gold = [0, 1, 2, 0, 1, 2];
+        let pred = [0, 2, 1, 0, 0, 1];
+        assert!((macro_f1(&pred, &gold, 3) - 0.8 / 3.0).abs() < 1e-12);
+        // Two classes: the mean of both classes' F1, not the binary F1 of class 1.
+        let gold = [1, 1, 0, 0];
+        let pred = [1, 0, 0, 0];
+        assert!((macro_f1(&pred, &gold, 2) - (0.8 + 2.0 / 3.0) / 2.0).abs() < 1e-12);
+    }
 
     fn close(a: f64, b: f64) -> bool {
         (a - b).abs() < 1e-12

@@ -5,7 +5,7 @@
 //! that fails (e.g. diverges) still gets a directory whose record says `failed`, so analysis never
 //! mistakes it for a result and a sweep can move on.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -15,10 +15,11 @@ use petnas_core::criterion::CriterionAccumulator;
 use petnas_core::record::{RunRecord, RunResult, RunSpec, RunStatus};
 
 use crate::error::{io_err, Result, TrainError};
-use crate::glue::{self, Split, Task};
+use crate::glue;
 use crate::model::load::{ModelDir, Weights};
 use crate::model::pet::Role;
 use crate::model::{BuildOptions, EncoderModel};
+use crate::task::{SplitName, TaskInfo};
 use crate::tokenize::TextTokenizer;
 use crate::train::{self, Dataset, TrainContext};
 
@@ -29,7 +30,7 @@ pub struct RunInputs {
     /// Base weights.
     pub weights: Weights,
     /// The task.
-    pub task: Task,
+    pub task: TaskInfo,
     /// Tokenised training split.
     pub train: Dataset,
     /// Tokenised dev split.
@@ -38,7 +39,8 @@ pub struct RunInputs {
     pub pad_id: u32,
     /// Where to compute.
     pub device: Device,
-    /// The GLUE folder the splits came from (written to the run folder, so `predict` finds it).
+    /// The GLUE folder the splits came from, or a user task's files (written to the run folder,
+    /// so `predict` finds them).
     pub data_dir: PathBuf,
 }
 
@@ -52,6 +54,18 @@ pub fn trained_data_dir(run_dir: &Path) -> Option<PathBuf> {
         serde_json::from_str(&std::fs::read_to_string(run_dir.join(INPUTS_FILE)).ok()?).ok()?;
     let d = PathBuf::from(v.get("data")?.as_str()?);
     d.is_dir().then_some(d)
+}
+
+/// A user task's files as its run recorded them in `inputs.json` (`train`, `dev`, `test`).
+pub fn trained_files(run_dir: &Path) -> Option<BTreeMap<String, PathBuf>> {
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run_dir.join(INPUTS_FILE)).ok()?).ok()?;
+    let f = v.get("files")?.as_object()?;
+    Some(
+        f.iter()
+            .filter_map(|(k, p)| Some((k.clone(), PathBuf::from(p.as_str()?))))
+            .collect(),
+    )
 }
 
 /// Limits on data size, for quick runs and tests.
@@ -82,8 +96,7 @@ impl RunInputs {
     /// Loads the model, its tokenizer and the task's train and dev splits.
     pub fn load(
         model: &str,
-        data_dir: &Path,
-        task: Task,
+        task: &TaskInfo,
         max_len: usize,
         limits: DataLimits,
         device: &Device,
@@ -99,22 +112,15 @@ impl RunInputs {
         }
         let tok = TextTokenizer::from_file(&md.tokenizer_path()?, family, max_len)?;
         let weights = md.weights()?;
-        let train = dataset(
-            &tok,
-            glue::load(data_dir, task, Split::Train)?,
-            limits.max_train,
-        )?;
-        let dev = dataset(
-            &tok,
-            glue::load(data_dir, task, Split::Dev)?,
-            limits.max_dev,
-        )?;
+        let train = dataset(&tok, task.load(SplitName::Train)?, limits.max_train)?;
+        let dev = dataset(&tok, task.load(SplitName::Dev)?, limits.max_dev)?;
         let pad_id = md.config.pad_token_id as u32;
-        let data_dir = std::fs::canonicalize(data_dir).unwrap_or_else(|_| data_dir.to_path_buf());
+        let data_dir = task.data_dir();
+        let data_dir = std::fs::canonicalize(&data_dir).unwrap_or(data_dir);
         Ok(Self {
             model: md,
             weights,
-            task,
+            task: task.clone(),
             train,
             dev,
             pad_id,
@@ -162,7 +168,7 @@ pub fn execute(inp: &RunInputs, plan: RunPlan, id: &str, out_dir: &Path) -> Resu
     let cfg = &inp.model.config;
     let model = EncoderModel::build(cfg, &inp.weights, plan.arch, plan.start, &opts, &inp.device)?;
     let ctx = TrainContext {
-        task: inp.task,
+        task: &inp.task,
         family: cfg.family()?,
         pad_id: inp.pad_id,
         device: &inp.device,
@@ -243,7 +249,7 @@ pub fn execute(inp: &RunInputs, plan: RunPlan, id: &str, out_dir: &Path) -> Resu
         plan.arch,
         model.as_ref(),
         criterion,
-        Some(&inp.data_dir),
+        Some(inp),
         &log,
     )?;
     Ok(RunOutcome { record, model })
@@ -312,7 +318,7 @@ fn write_dir(
     arch: Option<&Architecture>,
     model: Option<&EncoderModel>,
     criterion: Option<&CriterionAccumulator>,
-    data: Option<&Path>,
+    inputs: Option<&RunInputs>,
     log: &str,
 ) -> Result<PathBuf> {
     std::fs::create_dir_all(out_dir).map_err(io_err(out_dir))?;
@@ -340,8 +346,18 @@ fn write_dir(
     if let Some(c) = criterion {
         c.save(&tmp.join(crate::search::CRITERION_FILE))?;
     }
-    if let Some(d) = data {
-        let v = serde_json::json!({ "version": 1, "data": d.display().to_string() });
+    if let Some(inp) = inputs {
+        let mut v = serde_json::json!({ "version": 1, "data": inp.data_dir.display().to_string() });
+        if inp.task.glue_task().is_none() {
+            let mut files = serde_json::Map::new();
+            for split in [SplitName::Train, SplitName::Dev, SplitName::Test] {
+                if let Some(p) = inp.task.file(split)? {
+                    let p = std::fs::canonicalize(&p).unwrap_or(p);
+                    files.insert(split.name().into(), p.display().to_string().into());
+                }
+            }
+            v["files"] = files.into();
+        }
         petnas_core::io::write_atomic(&tmp.join(INPUTS_FILE), v.to_string().as_bytes())?;
     }
     let lp = tmp.join("log.txt");

@@ -30,6 +30,10 @@ pub const CRITERION_FILE: &str = "criterion.safetensors";
 pub struct SearchConfig {
     /// The task's name (record field).
     pub task: String,
+    /// A user task's definition (record field; none for GLUE).
+    pub task_def: Option<petnas_core::task::TaskDef>,
+    /// Checksums of the data files (record field; none for the known GLUE files).
+    pub data: Option<std::collections::BTreeMap<String, String>>,
     /// Model spec as given (record field).
     pub model: String,
     /// The maximal space.
@@ -187,6 +191,8 @@ impl SearchConfig {
             maximal_hash: None,
             precision: self.precision,
             prune_rounds: None,
+            task_def: self.task_def.clone(),
+            data: self.data.clone(),
         }
     }
 

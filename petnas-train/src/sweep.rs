@@ -26,10 +26,54 @@ use petnas_core::space::SearchSpace;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{io_err, Result, TrainError};
-use crate::glue::{self, Split, Task};
+use crate::glue::Task;
 use crate::model::load::ModelDir;
 use crate::run::{self, DataLimits, RunInputs, RunPlan};
 use crate::search::{self, init_map, slug, SearchConfig, SearchHooks};
+use crate::task::{SplitName, TaskInfo, UserTask};
+
+/// One entry of a sweep's `tasks`: a GLUE name (`"mrpc"`) or a user task's table.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(untagged)]
+pub enum TaskEntry {
+    /// A GLUE task by name.
+    Glue(String),
+    /// A task from the user's files.
+    User(Box<UserTask>),
+}
+
+impl<'de> Deserialize<'de> for TaskEntry {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        use serde::de::Error;
+        match toml::Value::deserialize(d)? {
+            toml::Value::String(s) => Ok(TaskEntry::Glue(s)),
+            v @ toml::Value::Table(_) => v.try_into::<UserTask>().map(|u| TaskEntry::User(Box::new(u))).map_err(|e| D::Error::custom(format!("user task: {e}"))),
+            other => Err(D::Error::custom(format!("a task is a GLUE name or a table with train, dev, text_columns and label_column, not {other}"))),
+        }
+    }
+}
+
+impl TaskEntry {
+    /// The task's name as runs will carry it (a user task's default name is its file's folder).
+    pub fn name(&self) -> String {
+        match self {
+            TaskEntry::Glue(s) => s
+                .parse::<Task>()
+                .map(|t| t.name().to_string())
+                .unwrap_or_else(|_| s.clone()),
+            TaskEntry::User(u) => u.name.clone().unwrap_or_else(|| "(unnamed)".into()),
+        }
+    }
+}
+
+/// Whether a per-task key of a config (`epochs_per_task`, `max_train_per_task`) means `task`:
+/// any spelling of a GLUE task's name, or a user task's exact name.
+fn key_means(key: &str, task: &TaskInfo) -> bool {
+    match task.glue_task() {
+        Some(g) => key.parse::<Task>().ok() == Some(g),
+        None => key == task.name(),
+    }
+}
 
 /// A sweep config (TOML). Unknown keys are rejected.
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -46,8 +90,9 @@ pub struct SweepConfig {
     /// `cpu` or `cuda:N`.
     #[serde(default = "default_device")]
     pub device: String,
-    /// Tasks (GLUE names).
-    pub tasks: Vec<String>,
+    /// Tasks: GLUE names, and user tasks as tables (`[[tasks]]` with `name`, `train`, `dev`,
+    /// `text_columns`, `label_column`, ...; see [`UserTask`]).
+    pub tasks: Vec<TaskEntry>,
     /// Seeds.
     pub seeds: Vec<u64>,
     /// Recipe defaults for every run.
@@ -257,14 +302,37 @@ impl SweepConfig {
                 path.display()
             )));
         }
+        let mut user_names = BTreeSet::new();
+        for t in &cfg.tasks {
+            match t {
+                TaskEntry::Glue(t) => {
+                    t.parse::<Task>().map_err(|e| {
+                        TrainError::Invalid(format!("{}: task `{t}`: {e}", path.display()))
+                    })?;
+                }
+                TaskEntry::User(u) => {
+                    let Some(n) = &u.name else {
+                        return Err(TrainError::Invalid(format!(
+                            "{}: a user task ({}) needs a `name`",
+                            path.display(),
+                            u.train.display()
+                        )));
+                    };
+                    user_names.insert(n.clone());
+                }
+            }
+        }
         for t in cfg
-            .tasks
-            .iter()
-            .chain(cfg.recipe.epochs_per_task.keys())
+            .recipe
+            .epochs_per_task
+            .keys()
             .chain(cfg.recipe.max_train_per_task.keys())
         {
-            t.parse::<Task>()
-                .map_err(|e| TrainError::Invalid(format!("{}: task `{t}`: {e}", path.display())))?;
+            if !user_names.contains(t) {
+                t.parse::<Task>().map_err(|e| {
+                    TrainError::Invalid(format!("{}: per-task key `{t}`: {e}", path.display()))
+                })?;
+            }
         }
         if cfg.baselines.is_empty() && cfg.searches.is_empty() {
             return Err(TrainError::Invalid(format!(
@@ -306,12 +374,12 @@ impl SweepConfig {
         Ok(cfg)
     }
 
-    fn recipe_for(&self, task: Task, lr: f64) -> Recipe {
+    fn recipe_for(&self, task: &TaskInfo, lr: f64) -> Recipe {
         let r = &self.recipe;
         let epochs = r
             .epochs_per_task
             .iter()
-            .find(|(k, _)| k.parse::<Task>().ok() == Some(task))
+            .find(|(k, _)| key_means(k, task))
             .map(|(_, v)| *v)
             .or(r.epochs)
             .unwrap_or_else(|| task.default_epochs());
@@ -346,11 +414,11 @@ impl SweepConfig {
     }
 
     /// The cap on training examples for `task` (per-task value, else the global one).
-    pub fn max_train_for(&self, task: Task) -> Option<usize> {
+    pub fn max_train_for(&self, task: &TaskInfo) -> Option<usize> {
         let r = &self.recipe;
         r.max_train_per_task
             .iter()
-            .find(|(k, _)| k.parse::<Task>().ok() == Some(task))
+            .find(|(k, _)| key_means(k, task))
             .map(|(_, v)| *v)
             .or(r.max_train)
     }
@@ -363,7 +431,7 @@ pub enum Job {
     /// One training of a fixed method.
     Baseline {
         /// Task.
-        task: Task,
+        task: TaskInfo,
         /// Run id.
         id: String,
         /// Spec.
@@ -374,7 +442,7 @@ pub enum Job {
     /// One search.
     Search {
         /// Task.
-        task: Task,
+        task: TaskInfo,
         /// The search.
         cfg: Box<SearchConfig>,
     },
@@ -406,13 +474,18 @@ pub struct Plan {
     pub runs: Vec<PlannedRun>,
     /// The model's config.
     pub model: ModelDir,
-    /// The GLUE folder.
-    pub data: PathBuf,
+    /// Every task of the config, in order.
+    pub tasks: Vec<TaskInfo>,
     /// The records folder of the config, if any.
     pub records: Option<PathBuf>,
 }
 
 impl Plan {
+    /// The task named `name`.
+    pub fn task(&self, name: &str) -> Option<&TaskInfo> {
+        self.tasks.iter().find(|t| t.name() == name)
+    }
+
     /// The state of a planned run: done if its record (with this hash) is in the sweep's runs
     /// folder or in the records folder; changed if either holds it with another hash.
     pub fn state(&self, out: &Path, id: &str, hash: &str) -> RunState {
@@ -477,23 +550,35 @@ pub fn plan(cfg: &SweepConfig, data_override: Option<&Path>) -> Result<Plan> {
     let mc = &md.config;
     let fp = ModelFingerprint::from_config(mc)?;
     let inv = inventory(mc);
-    let data = find_data(data_override.or(cfg.data.as_deref()))?;
+    let mut data: Option<PathBuf> = None;
+    let mut tasks: Vec<TaskInfo> = Vec::new();
+    for t in &cfg.tasks {
+        let info = match t {
+            TaskEntry::Glue(name) => {
+                let task: Task = name
+                    .parse()
+                    .map_err(|e| TrainError::Invalid(format!("task `{name}`: {e}")))?;
+                if data.is_none() {
+                    data = Some(find_data(data_override.or(cfg.data.as_deref()))?);
+                }
+                TaskInfo::glue(task, data.as_deref().expect("found above"))?
+            }
+            TaskEntry::User(u) => TaskInfo::user(u)?,
+        };
+        if tasks.iter().any(|x| x.name() == info.name()) {
+            return Err(TrainError::Invalid(format!(
+                "task `{}` is listed twice",
+                info.name()
+            )));
+        }
+        tasks.push(info);
+    }
     let mut jobs = Vec::new();
     let mut runs: Vec<PlannedRun> = Vec::new();
-    let mut train_rows: HashMap<Task, usize> = HashMap::new();
-    for t in &cfg.tasks {
-        let task: Task = t
-            .parse()
-            .map_err(|e| TrainError::Invalid(format!("task `{t}`: {e}")))?;
-        let n = match train_rows.get(&task) {
-            Some(n) => *n,
-            None => {
-                let n = glue::load(&data, task, Split::Train)?.len();
-                let n = cfg.max_train_for(task).map_or(n, |m| n.min(m));
-                train_rows.insert(task, n);
-                n
-            }
-        };
+    for task in &tasks {
+        let n = task.load(SplitName::Train)?.len();
+        let n = cfg.max_train_for(task).map_or(n, |m| n.min(m));
+        let (task_def, data_sums) = task.spec_parts()?;
         for &seed in &cfg.seeds {
             for b in &cfg.baselines {
                 let (arch, space) = if b.method == "full" {
@@ -506,6 +591,8 @@ pub fn plan(cfg: &SweepConfig, data_override: Option<&Path>) -> Result<Plan> {
                 };
                 let spec = RunSpec {
                     task: task.name().into(),
+                    task_def: task_def.clone(),
+                    data: data_sums.clone(),
                     model: cfg.model.clone(),
                     model_fingerprint: fp.clone(),
                     method: b.method.clone(),
@@ -526,7 +613,7 @@ pub fn plan(cfg: &SweepConfig, data_override: Option<&Path>) -> Result<Plan> {
                 spec.recipe.validate().map_err(|e| {
                     TrainError::Invalid(format!("baseline `{}` on {}: {e}", b.method, task.name()))
                 })?;
-                let id = baseline_id(task, &b.method, b.tag.as_deref(), seed);
+                let id = baseline_id(task.name(), &b.method, b.tag.as_deref(), seed);
                 runs.push(PlannedRun {
                     id: id.clone(),
                     task: task.name().into(),
@@ -536,7 +623,7 @@ pub fn plan(cfg: &SweepConfig, data_override: Option<&Path>) -> Result<Plan> {
                     spec: spec.clone(),
                 });
                 jobs.push(Job::Baseline {
-                    task,
+                    task: task.clone(),
                     id,
                     spec,
                     arch,
@@ -562,6 +649,8 @@ pub fn plan(cfg: &SweepConfig, data_override: Option<&Path>) -> Result<Plan> {
                 let recipe = cfg.recipe_for(task, s.lr);
                 let sc = SearchConfig {
                     task: task.name().into(),
+                    task_def: task_def.clone(),
+                    data: data_sums.clone(),
                     model: cfg.model.clone(),
                     space,
                     tag: s
@@ -607,7 +696,7 @@ pub fn plan(cfg: &SweepConfig, data_override: Option<&Path>) -> Result<Plan> {
                     });
                 }
                 jobs.push(Job::Search {
-                    task,
+                    task: task.clone(),
                     cfg: Box::new(sc),
                 });
             }
@@ -626,7 +715,7 @@ pub fn plan(cfg: &SweepConfig, data_override: Option<&Path>) -> Result<Plan> {
         jobs,
         runs,
         model: md,
-        data,
+        tasks,
         records: cfg.records.clone(),
     })
 }
@@ -686,9 +775,9 @@ pub fn runs_dir(out: &Path) -> PathBuf {
 
 /// The run id of a fixed method's training: the same rule for `train` and for a sweep's
 /// baselines, so one run lands in one folder name either way.
-pub fn baseline_id(task: Task, method: &str, tag: Option<&str>, seed: u64) -> String {
+pub fn baseline_id(task: &str, method: &str, tag: Option<&str>, seed: u64) -> String {
     let tag = tag.map(|t| format!("-{}", slug(t))).unwrap_or_default();
-    format!("{}-{}{tag}-s{seed}", task.name(), slug(method))
+    format!("{task}-{}{tag}-s{seed}", slug(method))
 }
 
 /// The state of run `id` in a sweep folder `out` (its runs live in `out/runs/`).
@@ -960,7 +1049,7 @@ pub fn execute(
         }
     };
     let max_len = cfg.max_len();
-    let mut inputs: Option<(Task, RunInputs)> = None;
+    let mut inputs: Option<(TaskInfo, RunInputs)> = None;
     let is_done = |id: &str, _spec: &RunSpec| -> bool {
         let h = hashes.get(id).cloned().unwrap_or_default();
         plan.state(out, id, &h) == RunState::Done
@@ -974,17 +1063,17 @@ pub fn execute(
             continue;
         }
         let task = match job {
-            Job::Baseline { task, .. } | Job::Search { task, .. } => *task,
+            Job::Baseline { task, .. } | Job::Search { task, .. } => task,
         };
-        if inputs.as_ref().is_none_or(|(t, _)| *t != task) {
+        if inputs.as_ref().is_none_or(|(t, _)| t != task) {
             drop(inputs.take()); // free the previous task's data first
             let limits = DataLimits {
                 max_train: cfg.max_train_for(task),
                 max_dev: cfg.recipe.max_dev,
             };
             inputs = Some((
-                task,
-                RunInputs::load(&cfg.model, &plan.data, task, max_len, limits, device)?,
+                task.clone(),
+                RunInputs::load(&cfg.model, task, max_len, limits, device)?,
             ));
         }
         let inp = &inputs.as_ref().expect("loaded above").1;

@@ -12,11 +12,12 @@ use petnas_core::rng::Rng;
 
 use crate::batch::{epoch_batches, make_batch};
 use crate::error::{Result, TrainError};
-use crate::glue::{Label, Task};
-use crate::metrics::{glue_metrics, Predictions};
+use crate::glue::Label;
+use crate::metrics::{task_metrics, Predictions};
 use crate::model::ops::{self, DropoutRng};
 use crate::model::pet::Role;
 use crate::model::EncoderModel;
+use crate::task::TaskInfo;
 use crate::tokenize::Encoded;
 
 /// Learning rate at optimizer step `step` (0-based) of `total`: transformers'
@@ -65,8 +66,8 @@ pub struct TrainStats {
 
 /// Shared context of a training: task, family, padding id, device, progress display.
 pub struct TrainContext<'a> {
-    /// The GLUE task (for the loss and labels).
-    pub task: Task,
+    /// The task (for the loss, the labels and the metrics).
+    pub task: &'a TaskInfo,
     /// Model family (position ids).
     pub family: Family,
     /// The tokenizer's padding id.
@@ -79,7 +80,7 @@ pub struct TrainContext<'a> {
     pub label: String,
 }
 
-fn labels_tensor(task: Task, labels: &[&Label], device: &Device) -> Result<Tensor> {
+fn labels_tensor(task: &TaskInfo, labels: &[&Label], device: &Device) -> Result<Tensor> {
     if task.is_regression() {
         let v: Vec<f32> = labels
             .iter()
@@ -107,9 +108,13 @@ fn labels_tensor(task: Task, labels: &[&Label], device: &Device) -> Result<Tenso
     }
 }
 
-/// The task's loss on `logits`.
-pub fn task_loss(task: Task, logits: &Tensor, labels: &Tensor) -> candle_core::Result<Tensor> {
-    if task.is_regression() {
+/// The task's loss on `logits`: mean squared error for a regression, else cross-entropy.
+pub fn task_loss(
+    regression: bool,
+    logits: &Tensor,
+    labels: &Tensor,
+) -> candle_core::Result<Tensor> {
+    if regression {
         ops::mse(&logits.to_dtype(DType::F32)?, labels)
     } else {
         ops::cross_entropy(&logits.to_dtype(DType::F32)?, labels)
@@ -184,7 +189,7 @@ pub fn train(
             positions += items.len() * items.iter().map(|e| e.ids.len()).max().unwrap_or(0);
             let y = labels_tensor(ctx.task, &labs, ctx.device)?;
             let (_, logits) = model.forward(&batch, Some(&mut drop_rng))?;
-            let loss = task_loss(ctx.task, &logits, &y)?;
+            let loss = task_loss(ctx.task.is_regression(), &logits, &y)?;
             let lv = loss.to_scalar::<f32>()?;
             if !lv.is_finite() {
                 bar.abandon();
@@ -312,7 +317,7 @@ pub fn predict(
     })
 }
 
-/// GLUE metrics of `model` on `data`.
+/// The task's metrics of `model` on `data`.
 pub fn evaluate(
     model: &EncoderModel,
     data: &Dataset,
@@ -320,7 +325,7 @@ pub fn evaluate(
     batch_size: usize,
 ) -> Result<std::collections::BTreeMap<String, f64>> {
     let p = predict(model, data, ctx, batch_size)?;
-    Ok(glue_metrics(ctx.task, &p, &data.labels))
+    Ok(task_metrics(ctx.task, &p, &data.labels))
 }
 
 #[cfg(test)]

@@ -238,7 +238,7 @@ pub fn verify(
         b,
         device,
     )?;
-    let loss = crate::train::task_loss(crate::glue::Task::Rte, &logits, &y)?;
+    let loss = crate::train::task_loss(false, &logits, &y)?;
     let grads = loss.backward()?;
 
     // 4. Compare.

@@ -50,8 +50,7 @@ fn merged_export_predicts_like_the_pet_model() {
         };
         let inp = RunInputs::load(
             model_dir.to_str().unwrap(),
-            &glue_dir(),
-            Task::Rte,
+            &petnas_train::task::TaskInfo::glue(Task::Rte, &glue_dir()).unwrap(),
             32,
             limits,
             &dev,
@@ -62,6 +61,8 @@ fn merged_export_predicts_like_the_pet_model() {
         let arch = Architecture::maximal(&space, cfg).unwrap();
         let spec = RunSpec {
             task: "rte".into(),
+            task_def: None,
+            data: None,
             model: model_dir.display().to_string(),
             model_fingerprint: arch.model.clone(),
             method: "mam".into(),
@@ -136,7 +137,8 @@ fn merged_export_predicts_like_the_pet_model() {
             arch: None,
             model_dir: md,
             model: plain,
-            task: Task::Rte,
+            task_def: petnas_train::task::glue_def(Task::Rte),
+            glue: Some(Task::Rte),
         };
         let theirs = predict_dev(&plain_run, &glue_dir(), Some(24)).unwrap();
         assert_eq!(ours.len(), 24);
@@ -165,7 +167,8 @@ fn merged_export_predicts_like_the_pet_model() {
             arch: Some(arch.clone()),
             model_dir: md0,
             model: untrained,
-            task: Task::Rte,
+            task_def: petnas_train::task::glue_def(Task::Rte),
+            glue: Some(Task::Rte),
         };
         let before = predict_dev(&run0, &glue_dir(), Some(24)).unwrap();
         let moved = ours

@@ -308,8 +308,16 @@ fn search_criterion_prunes_to_budget_and_training_is_deterministic() {
         max_len: 16,
         ..petnas_core::record::Recipe::new(2.0, 1e-2)
     };
+    let rte = petnas_train::task::TaskInfo {
+        def: petnas_train::task::glue_def(Task::Rte),
+        source: petnas_train::task::Source::Glue {
+            task: Task::Rte,
+            dir: "unused".into(),
+            layout: petnas_train::task::GlueLayout::Tsv,
+        },
+    };
     let ctx = TrainContext {
-        task: Task::Rte,
+        task: &rte,
         family,
         pad_id: 0,
         device: &Device::Cpu,
@@ -393,8 +401,16 @@ fn the_criterion_is_observed_after_backward_and_before_the_step() {
         max_steps: Some(1),
         ..petnas_core::record::Recipe::new(1.0, 1e-2)
     };
+    let rte = petnas_train::task::TaskInfo {
+        def: petnas_train::task::glue_def(Task::Rte),
+        source: petnas_train::task::Source::Glue {
+            task: Task::Rte,
+            dir: "unused".into(),
+            layout: petnas_train::task::GlueLayout::Tsv,
+        },
+    };
     let ctx = TrainContext {
-        task: Task::Rte,
+        task: &rte,
         family,
         pad_id: 0,
         device: &Device::Cpu,

@@ -47,6 +47,10 @@ impl<'de> Deserialize<'de> for TaskEntry {
         use serde::de::Error;
         match toml::Value::deserialize(d)? {
             toml::Value::String(s) => Ok(TaskEntry::Glue(s)),
+            // `[[tasks]]` tables may name a GLUE task alone: `name = "mrpc"`.
+            toml::Value::Table(t) if t.len() == 1 && t.get("name").and_then(|n| n.as_str()).is_some_and(|n| n.parse::<Task>().is_ok()) => {
+                Ok(TaskEntry::Glue(t["name"].as_str().unwrap_or_default().to_string()))
+            }
             v @ toml::Value::Table(_) => v.try_into::<UserTask>().map(|u| TaskEntry::User(Box::new(u))).map_err(|e| D::Error::custom(format!("user task: {e}"))),
             other => Err(D::Error::custom(format!("a task is a GLUE name or a table with train, dev, text_columns and label_column, not {other}"))),
         }
@@ -157,8 +161,29 @@ pub struct RecipeConfig {
     pub adam_beta2: Option<f64>,
     /// Adam ε (1e-8).
     pub adam_eps: Option<f64>,
-    /// Clip the global gradient norm to this value (default: no clipping).
-    pub max_grad_norm: Option<f64>,
+    /// Clip the global gradient norm to this value, or `"none"` for no clipping (default: the
+    /// recipe's, [`Recipe::new`]).
+    #[serde(
+        default,
+        deserialize_with = "grad_norm_setting",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub max_grad_norm: Option<Option<f64>>,
+}
+
+/// `max_grad_norm = 1.0` or `max_grad_norm = "none"`; absent: the recipe's default.
+fn grad_norm_setting<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> std::result::Result<Option<Option<f64>>, D::Error> {
+    use serde::de::Error;
+    match toml::Value::deserialize(d)? {
+        toml::Value::String(s) if s == "none" => Ok(Some(None)),
+        toml::Value::Float(f) => Ok(Some(Some(f))),
+        toml::Value::Integer(i) => Ok(Some(Some(i as f64))),
+        other => Err(D::Error::custom(format!(
+            "max_grad_norm = {other}: a number or \"none\""
+        ))),
+    }
 }
 
 /// One baseline method.
@@ -395,7 +420,7 @@ impl SweepConfig {
             adam_beta1: r.adam_beta1.unwrap_or(d.adam_beta1),
             adam_beta2: r.adam_beta2.unwrap_or(d.adam_beta2),
             adam_eps: r.adam_eps.unwrap_or(d.adam_eps),
-            max_grad_norm: r.max_grad_norm.or(d.max_grad_norm),
+            max_grad_norm: r.max_grad_norm.unwrap_or(d.max_grad_norm),
             bucket: self.bucket,
             ..d
         }

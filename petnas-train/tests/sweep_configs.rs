@@ -120,3 +120,34 @@ fn minilm_configs_plan_on_the_real_model_and_price_full_runs_apart() {
         );
     }
 }
+
+/// `max_grad_norm` in a sweep's recipe: a number clips, `"none"` does not, and leaving it out
+/// takes the recipe's default, each as the planned run's spec records it.
+#[test]
+fn max_grad_norm_in_a_sweep_reaches_the_spec() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let model = root.join("data/models/all-MiniLM-L6-v2");
+    assert!(
+        model.join("config.json").exists(),
+        "run data/fetch-model first (scripts/test does)"
+    );
+    let glue = root.join("../shared/data/glue");
+    let tmp = tempfile::tempdir().unwrap();
+    let default = petnas_core::record::Recipe::new(1.0, 1.0).max_grad_norm;
+    for (line, want) in [
+        ("max_grad_norm = 0.5\n", Some(0.5)),
+        ("max_grad_norm = \"none\"\n", None),
+        ("", default),
+    ] {
+        let text = format!(
+            "model = {:?}\ndata = {:?}\ntasks = [\"rte\"]\nseeds = [0]\n[recipe]\nepochs = 1\n{line}\n[[baselines]]\nmethod = \"bitfit\"\nlr = 1e-3\n",
+            model.display().to_string(),
+            glue.display().to_string()
+        );
+        let p = tmp.path().join("c.toml");
+        std::fs::write(&p, text).unwrap();
+        let cfg = SweepConfig::load(&p).unwrap();
+        let plan = petnas_train::sweep::plan(&cfg, None).unwrap();
+        assert_eq!(plan.runs[0].spec.recipe.max_grad_norm, want, "{line:?}");
+    }
+}

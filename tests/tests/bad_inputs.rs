@@ -736,3 +736,71 @@ fn recipe_options_reach_the_spec_and_bad_values_are_refused() {
         assert_nothing_written(&never);
     }
 }
+
+/// A hub id resolves as transformers resolves it: the snapshot `refs/main` names in the local
+/// cache (`HF_HOME`), else a download (here an unreachable endpoint, so it fails and says so), and
+/// with `HF_HUB_OFFLINE=1` no download is tried.
+#[test]
+fn hub_ids_resolve_through_the_cache_or_say_what_was_tried() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tiny(tmp.path(), "bert");
+    let home = tmp.path().join("hf");
+    let snap = home.join("hub/models--someorg--tiny-bert/snapshots/0123abcd");
+    copy_dir(&model, &snap);
+    std::fs::create_dir_all(home.join("hub/models--someorg--tiny-bert/refs")).unwrap();
+    std::fs::write(
+        home.join("hub/models--someorg--tiny-bert/refs/main"),
+        "0123abcd",
+    )
+    .unwrap();
+    let run = |id: &str, offline: bool| {
+        let out = tmp.path().join("runs");
+        let mut args = vec![
+            "train",
+            "--task",
+            "rte",
+            "--model",
+            id,
+            "--data",
+            s(glue()),
+            "--method",
+            "bitfit",
+            "--out",
+            s(&out),
+        ];
+        args.extend(TINY);
+        let mut c = command("petnas-train");
+        c.args(&args)
+            .env("HF_HOME", &home)
+            .env_remove("HF_HUB_CACHE")
+            .env("HF_ENDPOINT", "http://127.0.0.1:9");
+        if offline {
+            c.env("HF_HUB_OFFLINE", "1");
+        }
+        let o = c.output().unwrap();
+        (
+            o.status.code(),
+            String::from_utf8_lossy(&o.stderr).into_owned(),
+        )
+    };
+    let (code, err) = run("someorg/tiny-bert", true);
+    assert_eq!(
+        code,
+        Some(0),
+        "a cached hub id did not resolve offline:\n{err}"
+    );
+    let (code, err) = run("someorg/not-cached", true);
+    assert_ne!(code, Some(0));
+    assert!(
+        err.contains("someorg/not-cached")
+            && err.contains("HF_HUB_OFFLINE=1, so no download was tried"),
+        "{err}"
+    );
+    let (code, err) = run("someorg/not-cached", false);
+    assert_ne!(code, Some(0));
+    assert!(
+        err.contains("the download failed") && err.contains("config.json"),
+        "{err}"
+    );
+    assert!(!err.contains("panicked"), "{err}");
+}

@@ -396,6 +396,8 @@ fn unknown_and_bad_config_keys_are_named() {
         ("infinite epochs", good.replace("epochs = 1\n", "epochs = inf\n"), vec!["epochs = inf", "finite"]),
         ("warm-up of 1", good.replace("max_dev = 32", "max_dev = 32\nwarmup_frac = 1.0"), vec!["warmup_frac = 1", "[0, 1)"]),
         ("zero batch", good.replace("batch_size = 8", "batch_size = 0"), vec!["batch_size = 0"]),
+        ("text clipping", good.replace("max_dev = 32", "max_dev = 32\nmax_grad_norm = \"off\""), vec!["max_grad_norm = \"off\"", "a number or \"none\""]),
+        ("zero clipping", good.replace("max_dev = 32", "max_dev = 32\nmax_grad_norm = 0"), vec!["max_grad_norm = 0", "above 0"]),
         ("ambiguous lora init", good.replace("lr = 1e-3\n\n[[searches]]", "lr = 1e-3\nlora_init = \"lora\"\n\n[[searches]]"), vec!["`lora` is ambiguous", "hu"]),
     ];
     for (what, toml, needles) in cases {

@@ -582,6 +582,34 @@ fn a_sweep_mixes_glue_and_user_tasks_and_analysis_names_them() {
         "train and sweep make one spec of one task"
     );
 
+    // The same sweep written with `[[tasks]]` tables (a GLUE task by `name` alone) plans the
+    // same runs with the same hashes.
+    let tables = std::fs::read_to_string(&cfg).unwrap().replace(
+        &body.lines().next().unwrap().to_string(),
+        "",
+    ) + &format!(
+        "\n[[tasks]]\nname = \"rte\"\n\n[[tasks]]\nname = \"nli-csv\"\ntrain = {:?}\ndev = {:?}\ntext_columns = [\"s1\", \"s2\"]\nlabel_column = \"y\"\nmetrics = [\"accuracy\"]\n",
+        s(&d.join("train.csv")),
+        s(&d.join("dev.csv"))
+    );
+    let cfg2 = tmp.path().join("tables.toml");
+    std::fs::write(&cfg2, &tables).unwrap();
+    let dry = train(&[
+        "sweep",
+        "--config",
+        s(&cfg2),
+        "--out",
+        s(&out),
+        "--dry-run",
+        "--no-estimate",
+    ])
+    .ok();
+    assert!(
+        dry.stdout.contains("2 done, 0 to do"),
+        "{tables}\n{}",
+        dry.stdout
+    );
+
     let t = analyze(&["tables", "--runs", s(&runs)]).ok();
     let header = t
         .stdout

@@ -1,8 +1,10 @@
 //! Loading an HF model folder: `config.json`, `model.safetensors`, `tokenizer.json`.
 //!
 //! Tensor names are accepted with or without the `bert.` / `roberta.` prefix of the
-//! `*ForSequenceClassification` checkpoints. A hub id (`org/name`) is looked up in the local Hugging
-//! Face cache (`$HF_HOME/hub` or `~/.cache/huggingface/hub`); petnas never downloads weights itself.
+//! `*ForSequenceClassification` checkpoints. A hub id (`roberta-large`, `org/name`) resolves as
+//! transformers resolves it: the snapshot `refs/main` names in the local Hugging Face cache
+//! (`$HF_HUB_CACHE`, `$HF_HOME/hub` or `~/.cache/huggingface/hub`), else a download into that cache
+//! with `hf-hub` (not with `HF_HUB_OFFLINE=1`).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -343,30 +345,97 @@ pub fn hub_snapshot(repo: &Path) -> Result<Option<PathBuf>> {
     Ok(Some(snap))
 }
 
+/// The files of a model folder petnas reads, fetched from the hub when a hub id is not cached.
+const HUB_FILES: [&str; 3] = ["config.json", "tokenizer.json", "model.safetensors"];
+/// Optional tokenizer files fetched along (exports copy them when present).
+const HUB_EXTRA: [&str; 3] = [
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "vocab.txt",
+];
+
+/// The Hugging Face hub cache folder: `$HF_HUB_CACHE`, `$HF_HOME/hub`, `~/.cache/huggingface/hub`
+/// (as `huggingface_hub` resolves it).
+pub fn hub_cache_dir() -> Option<PathBuf> {
+    if let Some(c) = std::env::var_os("HF_HUB_CACHE") {
+        return Some(PathBuf::from(c));
+    }
+    std::env::var_os("HF_HOME")
+        .map(|h| PathBuf::from(h).join("hub"))
+        .or_else(|| {
+            std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/huggingface/hub"))
+        })
+}
+
+/// Downloads a hub model's files into the standard cache (with `hf-hub`, which writes the
+/// layout transformers reads: blobs, snapshots, `refs/main`) and returns its snapshot folder.
+fn download(spec: &str, cache: &Path) -> std::result::Result<PathBuf, String> {
+    let api = hf_hub::api::sync::ApiBuilder::from_env()
+        .with_cache_dir(cache.to_path_buf())
+        .with_progress(false)
+        .build()
+        .map_err(|e| e.to_string())?;
+    let repo = api.model(spec.to_string());
+    let mut dir = None;
+    for f in HUB_FILES {
+        let p = repo.get(f).map_err(|e| format!("{f}: {e}"))?;
+        dir = p.parent().map(Path::to_path_buf);
+    }
+    for f in HUB_EXTRA {
+        let _ = repo.get(f); // optional: absent in many repositories
+    }
+    dir.ok_or_else(|| "no snapshot folder".to_string())
+}
+
 fn resolve(spec: &str) -> Result<PathBuf> {
     let p = PathBuf::from(spec);
     if p.is_dir() {
         return Ok(p);
     }
-    if let Some((org, name)) = spec.split_once('/') {
-        if !org.is_empty() && !name.is_empty() && !name.contains('/') && !p.exists() {
-            let hub = std::env::var_os("HF_HOME")
-                .map(|h| PathBuf::from(h).join("hub"))
-                .or_else(|| {
-                    std::env::var_os("HOME")
-                        .map(|h| PathBuf::from(h).join(".cache/huggingface/hub"))
-                });
-            if let Some(hub) = hub {
-                if let Some(d) = hub_snapshot(&hub.join(format!("models--{org}--{name}")))? {
-                    return Ok(d);
-                }
+    let looks_like_id = |s: &str| {
+        let parts: Vec<&str> = s.split('/').collect();
+        parts.len() <= 2
+            && parts.iter().all(|x| {
+                !x.is_empty()
+                    && x.chars()
+                        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+            })
+            && !s.starts_with('.')
+    };
+    if !p.exists() && looks_like_id(spec) {
+        let cache = hub_cache_dir();
+        let (org, name) = spec.split_once('/').unwrap_or(("", spec));
+        let folder = if org.is_empty() {
+            format!("models--{name}")
+        } else {
+            format!("models--{org}--{name}")
+        };
+        if let Some(c) = &cache {
+            if let Some(d) = hub_snapshot(&c.join(&folder))? {
+                return Ok(d);
             }
-            return Err(TrainError::Invalid(format!(
-                "model `{spec}`: no such folder, and not in the local Hugging Face cache; petnas does not download \
-                 weights: fetch them with `huggingface-cli download {spec}` on a machine that is online \
-                 (or `data/fetch-model` for the default all-MiniLM-L6-v2) and pass the folder"
-            )));
         }
+        let offline = ["HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"]
+            .iter()
+            .any(|v| std::env::var(v).is_ok_and(|x| x == "1"));
+        let tried = match (&cache, offline) {
+            (None, _) => "no cache folder (set HF_HOME)".to_string(),
+            (Some(c), true) => format!(
+                "not in the Hugging Face cache {}; HF_HUB_OFFLINE=1, so no download was tried",
+                c.display()
+            ),
+            (Some(c), false) => match download(spec, c) {
+                Ok(d) => return Ok(d),
+                Err(e) => format!(
+                    "not in the Hugging Face cache {}, and the download failed: {e}",
+                    c.display()
+                ),
+            },
+        };
+        return Err(TrainError::Invalid(format!(
+            "model `{spec}`: no such folder; as a hub id: {tried}. Pass a model folder, or fetch it with `huggingface-cli download {spec}` \
+             on a machine that is online (`data/fetch-model` fetches the default all-MiniLM-L6-v2)"
+        )));
     }
     Err(TrainError::Invalid(format!(
         "model folder `{spec}` does not exist (run data/fetch-model for the default model)"

@@ -153,7 +153,11 @@ fn malformed_tsv_rows_are_named_by_file_and_line() {
     std::fs::write(data.join("RTE/train.tsv"), bytes).unwrap();
     train_bitfit("rte", &model, &data, &out).fails_with(&["RTE/train.tsv:22:", "not valid UTF-8"]);
     std::fs::remove_dir_all(data.join("RTE")).unwrap();
-    train_bitfit("rte", &model, &data, &out).fails_with(&["RTE/train.tsv", "GLUE file not found"]);
+    train_bitfit("rte", &model, &data, &out).fails_with(&[
+        "no rte data",
+        "RTE/train.tsv",
+        "rte/train-00000-of-00001.parquet",
+    ]);
     assert_nothing_written(&out);
 }
 
@@ -213,8 +217,8 @@ fn sweep_with_bad_data_leaves_no_run_behind() {
     assert_nothing_written(&out2);
 }
 
-/// A UTF-8 BOM and CRLF line ends (as Windows tools write them) change nothing: the run is the
-/// same, bit for bit, as on the plain files.
+/// A UTF-8 BOM and CRLF line ends (as Windows tools write them) change nothing in training: the
+/// run is the same, bit for bit, as on the plain files (only the files' checksums differ).
 #[test]
 fn bom_and_crlf_just_work() {
     let tmp = tempfile::tempdir().unwrap();
@@ -238,7 +242,29 @@ fn bom_and_crlf_just_work() {
             text(&json(&b.join(&id).join("record.json")), "/result/status"),
             "completed"
         );
-        assert_same_run(&a.join(&id), &b.join(&id));
+        // The same examples, so the same training bit for bit; but other bytes, so the spec
+        // records other file checksums (a changed file is a changed spec) and another hash.
+        let (ra, rb) = (record(&a.join(&id)), record(&b.join(&id)));
+        assert_eq!(ra["result"], rb["result"], "{task}: results differ");
+        assert_ne!(
+            ra["spec"]["data"], rb["spec"]["data"],
+            "{task}: the checksums do not see the other bytes"
+        );
+        let strip = |mut r: serde_json::Value| {
+            r["spec"].as_object_mut().unwrap().remove("data");
+            r.as_object_mut().unwrap().remove("config_hash");
+            r
+        };
+        assert_eq!(
+            strip(ra),
+            strip(rb),
+            "{task}: records differ beyond the data checksums"
+        );
+        assert_eq!(
+            safetensors_content(&a.join(&id).join("weights.safetensors")).1,
+            safetensors_content(&b.join(&id).join("weights.safetensors")).1,
+            "{task}: trained weights differ"
+        );
     }
 }
 

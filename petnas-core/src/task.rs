@@ -175,6 +175,14 @@ impl TaskDef {
         }
     }
 
+    /// Width of the head: the class count, or 1 for a regression.
+    pub fn num_labels(&self) -> usize {
+        match self.kind {
+            TaskKind::Regression => 1,
+            TaskKind::Classification => self.labels.len(),
+        }
+    }
+
     /// The primary metric's key.
     pub fn primary_metric(&self) -> &'static str {
         self.metrics[0].as_str()

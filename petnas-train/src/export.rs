@@ -67,10 +67,7 @@ pub fn load_run(
             (crate::task::glue_def(t), Some(t))
         }
     };
-    let num_labels = match task_def.kind {
-        petnas_core::task::TaskKind::Regression => 1,
-        petnas_core::task::TaskKind::Classification => task_def.labels.len(),
-    };
+    let num_labels = task_def.num_labels();
     let arch = if spec.method == "full" {
         None
     } else {
@@ -408,10 +405,7 @@ pub fn export_peft(run: &LoadedRun, out: &Path) -> Result<PathBuf> {
 impl LoadedRun {
     /// Width of the head.
     pub fn num_labels(&self) -> usize {
-        match self.task_def.kind {
-            petnas_core::task::TaskKind::Regression => 1,
-            petnas_core::task::TaskKind::Classification => self.task_def.labels.len(),
-        }
+        self.task_def.num_labels()
     }
 
     /// The run's task, ready to load: a GLUE task in `data`, or a user task at the files its

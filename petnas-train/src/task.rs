@@ -425,10 +425,7 @@ impl TaskInfo {
 
     /// Width of the head: the class count, or 1 for a regression.
     pub fn num_labels(&self) -> usize {
-        match self.def.kind {
-            TaskKind::Regression => 1,
-            TaskKind::Classification => self.def.labels.len(),
-        }
+        self.def.num_labels()
     }
 
     /// Whether the task is a regression.

@@ -98,6 +98,11 @@ def main():
     ap.add_argument("--max-train", type=int, default=None, help="use only the first N training examples")
     ap.add_argument("--max-grad-norm", type=float, default=None,
                     help="clip the global gradient norm (torch.nn.utils.clip_grad_norm_); default: no clipping")
+    ap.add_argument("--replay", default=None, metavar="DIR",
+                    help="replay a petnas training's draws from its PETNAS_TRACE folder: the batches "
+                         "(steps.jsonl) in its order, and the head's initial values (init.safetensors)")
+    ap.add_argument("--losses", default=None, metavar="FILE",
+                    help="write the loss of every step there, one number a line")
     ap.add_argument("--autocast", choices=["off", "bf16"], default="off",
                     help="torch.autocast('cpu', bfloat16) around forward and backward (mixed precision)")
     a = ap.parse_args()
@@ -117,6 +122,26 @@ def main():
     else:
         for name, p in model.named_parameters():
             p.requires_grad = name.endswith(".bias") or "pooler" in name or "classifier" in name
+    replay = None
+    if a.replay:
+        from safetensors.torch import load_file
+        init = load_file(f"{a.replay}/init.safetensors")
+        state = dict(model.named_parameters())
+        copied = []
+        for name, t in init.items():
+            # petnas names the head as transformers does; its bias deltas (zero at the start) and
+            # LoRA factors have names of their own and no counterpart here.
+            if name in state and state[name].shape == t.shape:
+                with torch.no_grad():
+                    state[name].copy_(t)
+                copied.append(name)
+        if not any(n.startswith("classifier") for n in copied):
+            sys.exit(f"{a.replay}/init.safetensors: no classifier tensor matched this model's names")
+        print(f"replay: initial values of {', '.join(sorted(copied))} from {a.replay}", file=sys.stderr)
+        replay = [json.loads(l)["idx"] for l in open(f"{a.replay}/steps.jsonl")]
+        top = max(max(b) for b in replay)
+        if top >= len(train):
+            sys.exit(f"{a.replay}/steps.jsonl: example index {top} but only {len(train)} training examples")
     params = [p for p in model.parameters() if p.requires_grad]
     trainable = sum(p.numel() for p in params)
     opt = torch.optim.Adam(params, lr=a.lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0)
@@ -130,8 +155,11 @@ def main():
     model.train()
     step, seen, losses, padded, real = 0, 0, [], 0, 0
     t0 = time.perf_counter()
+    if replay is not None:
+        stop = min(stop, len(replay))
     while step < stop:
-        for idx in batches(train, a.batch, rng, a.group_by_length):
+        epoch = replay if replay is not None else batches(train, a.batch, rng, a.group_by_length)
+        for idx in epoch:
             if step >= stop:
                 break
             ids, tt, mask, y, cells, toks = collate(train, idx, tok.pad_token_id)
@@ -149,6 +177,9 @@ def main():
             step += 1
             seen += len(idx)
     train_s = time.perf_counter() - t0
+    if a.losses:
+        with open(a.losses, "w") as f:
+            f.writelines(f"{x!r}\n" for x in losses)
 
     model.eval()
     t1 = time.perf_counter()

@@ -171,6 +171,7 @@ pub fn train(
     let lengths: Vec<usize> = data.encoded.iter().map(|e| e.ids.len()).collect();
     let mut shuffle_rng = Rng::new(seed).fork(0x5348_5546); // "SHUF"
     let mut drop_rng = DropoutRng::new(Rng::new(seed).fork(0x4452_4f50).next_u64()); // "DROP"
+    let mut trace = Trace::from_env(model)?;
     let bar = progress_bar(ctx, total as u64);
     let start = Instant::now();
     let mut step = 0usize;
@@ -207,6 +208,9 @@ pub fn train(
                 clip_grad_norm(&vars, &mut grads, max_norm)?;
             }
             opt.step(&grads)?;
+            if let Some(t) = trace.as_mut() {
+                t.step(step, &idx, lv)?;
+            }
             losses.push(lv as f64);
             step += 1;
             bar.set_position(step as u64);
@@ -234,6 +238,55 @@ pub fn train(
         examples,
         padded_fraction,
     })
+}
+
+/// `PETNAS_TRACE=DIR`: a debugging record of one training's random draws, so that another
+/// implementation can replay them (`scripts/learning-gap --replay`): `init.safetensors` holds every
+/// trainable tensor before the first step (the head's random init among them) under its
+/// Hugging Face name, and `steps.jsonl` one line per optimizer step with the training-example
+/// indices of its batch (file order) and its loss. It writes and never changes what is trained,
+/// so it is not part of a run's spec. A folder that already holds a trace is refused.
+struct Trace {
+    steps: std::io::BufWriter<std::fs::File>,
+    path: std::path::PathBuf,
+}
+
+impl Trace {
+    fn from_env(model: &EncoderModel) -> Result<Option<Trace>> {
+        let Some(dir) = std::env::var_os("PETNAS_TRACE").map(std::path::PathBuf::from) else {
+            return Ok(None);
+        };
+        let io = |e: std::io::Error, p: &std::path::Path| {
+            TrainError::Invalid(format!("PETNAS_TRACE: {}: {e}", p.display()))
+        };
+        std::fs::create_dir_all(&dir).map_err(|e| io(e, &dir))?;
+        let path = dir.join("steps.jsonl");
+        if path.exists() {
+            return Err(TrainError::Invalid(format!(
+                "PETNAS_TRACE: {} already holds a trace; give each training its own folder",
+                dir.display()
+            )));
+        }
+        let init: std::collections::HashMap<String, Tensor> = model
+            .trainables()
+            .iter()
+            .map(|t| Ok((t.name.clone(), t.var.as_tensor().to_dtype(DType::F32)?)))
+            .collect::<Result<_>>()?;
+        candle_core::safetensors::save(&init, dir.join("init.safetensors"))?;
+        let f = std::fs::File::create(&path).map_err(|e| io(e, &path))?;
+        Ok(Some(Trace {
+            steps: std::io::BufWriter::new(f),
+            path,
+        }))
+    }
+
+    fn step(&mut self, step: usize, idx: &[usize], loss: f32) -> Result<()> {
+        use std::io::Write;
+        let line = serde_json::json!({ "step": step, "idx": idx, "loss": loss });
+        writeln!(self.steps, "{line}")
+            .and_then(|_| self.steps.flush())
+            .map_err(|e| TrainError::Invalid(format!("PETNAS_TRACE: {}: {e}", self.path.display())))
+    }
 }
 
 /// Scales all gradients by `max_norm / (‖g‖ + 1e-6)` when their global L2 norm ‖g‖ exceeds

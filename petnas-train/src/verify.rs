@@ -408,9 +408,21 @@ pub fn verify(
         precision,
         backend: match precision {
             Precision::Fp32 => "f32".into(),
-            Precision::Bf16 => petnas_amx::backend().into(),
+            Precision::Bf16 if device.is_cpu() && crate::model::fused::linear_enabled() => {
+                petnas_amx::backend().into()
+            }
+            // The composite path: candle's bf16 matmul (cuBLAS on CUDA).
+            Precision::Bf16 => format!("candle bf16 matmul on {}", device_name(device)),
         },
         tolerances: tol,
         pass,
     })
+}
+
+fn device_name(device: &Device) -> String {
+    match device.location() {
+        candle_core::DeviceLocation::Cpu => "cpu".into(),
+        candle_core::DeviceLocation::Cuda { gpu_id } => format!("cuda:{gpu_id}"),
+        candle_core::DeviceLocation::Metal { gpu_id } => format!("metal:{gpu_id}"),
+    }
 }

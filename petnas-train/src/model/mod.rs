@@ -259,16 +259,10 @@ impl EncoderModel {
             });
         }
         if opts.precision == Precision::Bf16 {
-            if !device.is_cpu() {
-                return Err(crate::error::TrainError::Invalid(
-                    "--precision bf16 is implemented for the CPU (AMX tiles) only in this version; use fp32 on CUDA".into(),
-                ));
-            }
-            if !fused::linear_enabled() {
-                return Err(crate::error::TrainError::Invalid(
-                    "--precision bf16 runs in the fused CPU linear op, which PETNAS_UNFUSED switches off".into(),
-                ));
-            }
+            // On CPU the fused linear op runs the bf16 products on AMX tiles; on CUDA, or with
+            // the fused op switched off (PETNAS_UNFUSED), the composite path runs them through
+            // candle's bf16 matmul (cuBLAS on CUDA), with the same bf16 × bf16 → fp32 rounding.
+            let composite = !device.is_cpu() || !fused::linear_enabled();
             for l in &mut layers {
                 for lin in [
                     &mut l.query,
@@ -278,7 +272,7 @@ impl EncoderModel {
                     &mut l.inter,
                     &mut l.out,
                 ] {
-                    lin.use_bf16()?;
+                    lin.use_bf16(composite)?;
                 }
             }
         }

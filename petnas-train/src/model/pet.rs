@@ -75,6 +75,9 @@ pub struct PetLinear {
     lora: Option<Lora>,
     /// bf16 matmuls for the frozen weight (see [`fused::pet_linear`]); `None`: fp32.
     bf16: Option<Option<std::sync::Arc<fused::PackedWeight>>>,
+    /// The frozen weight in bf16 for the composite path (CUDA, or the fused op switched off):
+    /// x·Wᵀ runs as bf16 × bf16 (and its backward dY·W too), the result back in fp32.
+    bf16_weight: Option<Tensor>,
 }
 
 /// A LayerNorm with an optional bias delta.
@@ -95,14 +98,20 @@ impl PetLinear {
             delta: None,
             lora: None,
             bf16: None,
+            bf16_weight: None,
         }
     }
 
     /// Runs this layer's frozen matmuls in bf16 (`Precision::Bf16`): the weight is packed once
     /// when no LoRA factor changes it, else on each forward pass. A trained weight (full
-    /// fine-tuning, the head) stays fp32.
-    pub fn use_bf16(&mut self) -> Result<()> {
+    /// fine-tuning, the head) stays fp32. `composite`: the layer runs the composite path (CUDA,
+    /// or the fused op switched off), which keeps a bf16 copy of the weight for candle's matmul.
+    pub fn use_bf16(&mut self, composite: bool) -> Result<()> {
         if self.weight.track_op() {
+            return Ok(());
+        }
+        if composite {
+            self.bf16_weight = Some(self.weight.to_dtype(DType::BF16)?);
             return Ok(());
         }
         let packed = match &self.lora {
@@ -177,7 +186,14 @@ impl PetLinear {
             Some(d) => self.bias.add(&d.effective()?)?,
             None => self.bias.clone(),
         };
-        let mut y = x2.matmul(&self.weight.t()?)?.broadcast_add(&b)?; // [n, out]
+        let xw = match &self.bf16_weight {
+            Some(wb) => x2
+                .to_dtype(DType::BF16)?
+                .matmul(&wb.t()?)?
+                .to_dtype(x2.dtype())?,
+            None => x2.matmul(&self.weight.t()?)?,
+        };
+        let mut y = xw.broadcast_add(&b)?; // [n, out]
         if let Some(l) = &self.lora {
             let u = l.u.effective()?;
             let v = l.v.effective()?;

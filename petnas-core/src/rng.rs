@@ -13,6 +13,7 @@ pub fn splitmix64(state: &mut u64) -> u64 {
 }
 
 /// The SplitMix64 finaliser: a bijective 64-bit mixing function.
+#[inline(always)]
 pub fn mix64(mut z: u64) -> u64 {
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
@@ -20,6 +21,7 @@ pub fn mix64(mut z: u64) -> u64 {
 }
 
 /// Converts the top 24 bits of `x` to a float uniform in `[0, 1)`, exactly representable in f32.
+#[inline(always)]
 fn to_unit_f32(x: u64) -> f32 {
     (x >> 40) as f32 * (1.0 / (1u64 << 24) as f32)
 }
@@ -27,9 +29,20 @@ fn to_unit_f32(x: u64) -> f32 {
 /// Stateless uniform in `[0, 1)` from `(seed, counter)`, for masks generated in parallel
 /// (dropout) where a sequential stream would impose an order.
 pub fn counter_uniform(seed: u64, counter: u64) -> f32 {
+    counter_uniform_mixed(counter_seed(seed), counter)
+}
+
+/// The per-seed part of [`counter_uniform`], for loops that hoist it (the fused dropout kernels).
+#[inline]
+pub fn counter_seed(seed: u64) -> u64 {
+    mix64(seed ^ 0x6A09_E667_F3BC_C909)
+}
+
+/// [`counter_uniform`] from a seed already passed through [`counter_seed`].
+#[inline(always)]
+pub fn counter_uniform_mixed(seed_mixed: u64, counter: u64) -> f32 {
     to_unit_f32(mix64(
-        mix64(seed ^ 0x6A09_E667_F3BC_C909)
-            .wrapping_add(counter.wrapping_mul(0x9E37_79B9_7F4A_7C15)),
+        seed_mixed.wrapping_add(counter.wrapping_mul(0x9E37_79B9_7F4A_7C15)),
     ))
 }
 

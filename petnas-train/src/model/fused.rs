@@ -265,29 +265,20 @@ const SQRT_HALF: f32 = std::f32::consts::FRAC_1_SQRT_2;
 /// 1/√(2π)
 const INV_SQRT_2PI: f32 = 0.398_942_3;
 
-/// The dropout keep-scale at `counter`: `1/(1-p)` if kept, else 0. Bit-identical to
-/// [`super::ops::DropoutRng::mask`] (which calls `petnas_core::rng::counter_uniform`), with the
-/// seed's mixing hoisted out of the loop so that it vectorises; a test checks the equality.
+/// The dropout keep-scale at `counter`: `1/(1-p)` if kept, else 0. The draw is
+/// `petnas_core::rng::counter_uniform`, as in [`super::ops::DropoutRng::mask`], with the seed's
+/// mixing hoisted out of the loop so that it vectorises; a test checks the equality.
 #[inline(always)]
 fn keep_scale(seed_mixed: u64, counter: u64, p: f32, scale: f32) -> f32 {
-    let z = petnas_mix64(seed_mixed.wrapping_add(counter.wrapping_mul(0x9E37_79B9_7F4A_7C15)));
-    let u = (z >> 40) as f32 * (1.0 / (1u64 << 24) as f32);
-    if u >= p {
+    if petnas_core::rng::counter_uniform_mixed(seed_mixed, counter) >= p {
         scale
     } else {
         0.0
     }
 }
 
-#[inline(always)]
-fn petnas_mix64(mut z: u64) -> u64 {
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
-}
-
 fn mix_seed(seed: u64) -> u64 {
-    petnas_mix64(seed ^ 0x6A09_E667_F3BC_C909)
+    petnas_core::rng::counter_seed(seed)
 }
 
 /// Sum with 16 fixed lanes (vectorises; the order is fixed, so the result is deterministic).

@@ -276,12 +276,7 @@ impl PetLayerNorm {
 
 /// A stable 64-bit hash of a tensor name (FNV-1a), so initial values depend on the name only.
 pub fn name_stream(name: &str) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in name.bytes() {
-        h ^= b as u64;
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    h
+    petnas_core::rng::hash_str(name)
 }
 
 /// `n` draws from N(0, std²) in the stream of `(seed, name)`.

@@ -23,6 +23,8 @@ fraction, final loss, dev accuracy/F1, and the trainable parameter count.
 """
 import argparse, csv, json, math, random, sys, time
 
+import numpy as np
+
 import torch
 from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
@@ -81,6 +83,35 @@ def collate(data, idx, pad_id):
     return ids, tt, mask, y, n * len(idx), sum(len(data[i][0]) for i in idx)
 
 
+class PetnasDropout:
+    """petnas's dropout masks: keep where counter_uniform(seed, counter) >= p, scale 1/(1-p),
+    counters consumed in row-major order call by call (petnas_core::rng, reimplemented in
+    numpy's wrapping uint64 arithmetic)."""
+    M1, M2 = np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)
+    GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+
+    @classmethod
+    def mix64(cls, z):
+        z = (z ^ (z >> np.uint64(30))) * cls.M1
+        z = (z ^ (z >> np.uint64(27))) * cls.M2
+        return z ^ (z >> np.uint64(31))
+
+    def __init__(self, seed):
+        self.mixed = self.mix64(np.array([seed], dtype=np.uint64) ^ np.uint64(0x6A09E667F3BCC909))
+        self.counter = 0
+
+    def dropout(self, input, p=0.5, training=True, inplace=False):
+        if not training or p == 0.0:
+            return input
+        n = input.numel()
+        c = np.arange(self.counter, self.counter + n, dtype=np.uint64)
+        self.counter += n
+        u = (self.mix64(self.mixed + c * self.GOLDEN) >> np.uint64(40)).astype(np.float32) * np.float32(2.0 ** -24)
+        pf = np.float32(p)
+        keep = np.where(u >= pf, np.float32(1.0) / (np.float32(1.0) - pf), np.float32(0.0)).astype(np.float32)
+        return input * torch.from_numpy(keep.reshape(tuple(input.shape))).to(input.dtype)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", required=True)
@@ -101,6 +132,9 @@ def main():
     ap.add_argument("--replay", default=None, metavar="DIR",
                     help="replay a petnas training's draws from its PETNAS_TRACE folder: the batches "
                          "(steps.jsonl) in its order, and the head's initial values (init.safetensors)")
+    ap.add_argument("--replay-dropout", action="store_true",
+                    help="with --replay: draw petnas's dropout masks too (its counter-based generator, "
+                         "reimplemented here; attention runs eagerly so that its dropout is a call)")
     ap.add_argument("--losses", default=None, metavar="FILE",
                     help="write the loss of every step there, one number a line")
     ap.add_argument("--autocast", choices=["off", "bf16"], default="off",
@@ -113,7 +147,10 @@ def main():
     train = encode(tok, read_tsv(f"{a.data}/{folder}/train.tsv", a.task)[:a.max_train], a.max_len)
     dev = encode(tok, read_tsv(f"{a.data}/{folder}/dev.tsv", a.task), a.max_len)
 
-    model = AutoModelForSequenceClassification.from_pretrained(a.model, num_labels=2)
+    if a.replay_dropout and not a.replay:
+        sys.exit("--replay-dropout needs --replay DIR")
+    extra = {"attn_implementation": "eager"} if a.replay_dropout else {}
+    model = AutoModelForSequenceClassification.from_pretrained(a.model, num_labels=2, **extra)
     if a.method == "mam":
         cfg = LoraConfig(r=8, lora_alpha=8, lora_dropout=0.0, bias="all",
                          target_modules=r".*layer\.\d+\.(attention\.self\.(query|key)|intermediate\.dense|output\.dense)",
@@ -138,7 +175,11 @@ def main():
         if not any(n.startswith("classifier") for n in copied):
             sys.exit(f"{a.replay}/init.safetensors: no classifier tensor matched this model's names")
         print(f"replay: initial values of {', '.join(sorted(copied))} from {a.replay}", file=sys.stderr)
-        replay = [json.loads(l)["idx"] for l in open(f"{a.replay}/steps.jsonl")]
+        replay_steps = [json.loads(l) for l in open(f"{a.replay}/steps.jsonl")]
+        replay = [r["idx"] for r in replay_steps]
+        if a.replay_dropout:
+            draws = PetnasDropout(int(json.load(open(f"{a.replay}/dropout.json"))["seed"]))
+            torch.nn.functional.dropout = draws.dropout
         top = max(max(b) for b in replay)
         if top >= len(train):
             sys.exit(f"{a.replay}/steps.jsonl: example index {top} but only {len(train)} training examples")
@@ -165,8 +206,14 @@ def main():
             ids, tt, mask, y, cells, toks = collate(train, idx, tok.pad_token_id)
             padded += cells - toks
             real += toks
+            if a.replay_dropout:
+                draws.counter = replay_steps[step]["dropout_counter"]
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=a.autocast == "bf16"):
                 out = model(input_ids=ids, token_type_ids=tt, attention_mask=mask, labels=y)
+            if a.replay_dropout and step + 1 < len(replay_steps) \
+                    and draws.counter != replay_steps[step + 1]["dropout_counter"]:
+                sys.exit(f"step {step}: this forward pass drew dropout counters up to {draws.counter}, "
+                         f"petnas's up to {replay_steps[step + 1]['dropout_counter']}: the calls differ")
             out.loss.backward()
             if a.max_grad_norm is not None:
                 torch.nn.utils.clip_grad_norm_(params, a.max_grad_norm)

@@ -171,7 +171,7 @@ pub fn train(
     let lengths: Vec<usize> = data.encoded.iter().map(|e| e.ids.len()).collect();
     let mut shuffle_rng = Rng::new(seed).fork(0x5348_5546); // "SHUF"
     let mut drop_rng = DropoutRng::new(Rng::new(seed).fork(0x4452_4f50).next_u64()); // "DROP"
-    let mut trace = Trace::from_env(model)?;
+    let mut trace = Trace::from_env(model, &drop_rng)?;
     let bar = progress_bar(ctx, total as u64);
     let start = Instant::now();
     let mut step = 0usize;
@@ -189,6 +189,7 @@ pub fn train(
             real += items.iter().map(|e| e.ids.len()).sum::<usize>();
             positions += items.len() * items.iter().map(|e| e.ids.len()).max().unwrap_or(0);
             let y = labels_tensor(ctx.task, &labs, ctx.device)?;
+            let drop_at = drop_rng.position().1;
             let (_, logits) = model.forward(&batch, Some(&mut drop_rng))?;
             let loss = task_loss(ctx.task.is_regression(), &logits, &y)?;
             let lv = loss.to_scalar::<f32>()?;
@@ -209,7 +210,7 @@ pub fn train(
             }
             opt.step(&grads)?;
             if let Some(t) = trace.as_mut() {
-                t.step(step, &idx, lv)?;
+                t.step(step, &idx, lv, drop_at)?;
             }
             losses.push(lv as f64);
             step += 1;
@@ -243,8 +244,10 @@ pub fn train(
 /// `PETNAS_TRACE=DIR`: a debugging record of one training's random draws, so that another
 /// implementation can replay them (`scripts/learning-gap --replay`): `init.safetensors` holds every
 /// trainable tensor before the first step (the head's random init among them) under its
-/// Hugging Face name, and `steps.jsonl` one line per optimizer step with the training-example
-/// indices of its batch (file order) and its loss. It writes and never changes what is trained,
+/// Hugging Face name, `dropout.json` the dropout generator's seed, and `steps.jsonl` one line per
+/// optimizer step with the training-example indices of its batch (file order), its loss, and the
+/// dropout counter its forward pass started at (the masks are `counter_uniform(seed, counter)`
+/// in the order the forward pass draws them). It writes and never changes what is trained,
 /// so it is not part of a run's spec. A folder that already holds a trace is refused.
 struct Trace {
     steps: std::io::BufWriter<std::fs::File>,
@@ -252,7 +255,7 @@ struct Trace {
 }
 
 impl Trace {
-    fn from_env(model: &EncoderModel) -> Result<Option<Trace>> {
+    fn from_env(model: &EncoderModel, drop: &DropoutRng) -> Result<Option<Trace>> {
         let Some(dir) = std::env::var_os("PETNAS_TRACE").map(std::path::PathBuf::from) else {
             return Ok(None);
         };
@@ -273,6 +276,10 @@ impl Trace {
             .map(|t| Ok((t.name.clone(), t.var.as_tensor().to_dtype(DType::F32)?)))
             .collect::<Result<_>>()?;
         candle_core::safetensors::save(&init, dir.join("init.safetensors"))?;
+        let dj = dir.join("dropout.json");
+        let meta = serde_json::json!({ "seed": drop.position().0.to_string(),
+            "draw": "petnas_core::rng::counter_uniform(seed, counter) >= p keeps, scaled by 1/(1-p)" });
+        std::fs::write(&dj, format!("{meta}\n")).map_err(|e| io(e, &dj))?;
         let f = std::fs::File::create(&path).map_err(|e| io(e, &path))?;
         Ok(Some(Trace {
             steps: std::io::BufWriter::new(f),
@@ -280,9 +287,9 @@ impl Trace {
         }))
     }
 
-    fn step(&mut self, step: usize, idx: &[usize], loss: f32) -> Result<()> {
+    fn step(&mut self, step: usize, idx: &[usize], loss: f32, drop_at: u64) -> Result<()> {
         use std::io::Write;
-        let line = serde_json::json!({ "step": step, "idx": idx, "loss": loss });
+        let line = serde_json::json!({ "step": step, "idx": idx, "loss": loss, "dropout_counter": drop_at });
         writeln!(self.steps, "{line}")
             .and_then(|_| self.steps.flush())
             .map_err(|e| TrainError::Invalid(format!("PETNAS_TRACE: {}: {e}", self.path.display())))

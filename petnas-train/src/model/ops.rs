@@ -67,6 +67,12 @@ impl DropoutRng {
         Self { seed, counter: 0 }
     }
 
+    /// The seed and the next counter (for `PETNAS_TRACE`, so another implementation can draw
+    /// the same masks with `petnas_core::rng::counter_uniform`).
+    pub fn position(&self) -> (u64, u64) {
+        (self.seed, self.counter)
+    }
+
     /// Reserves `n` counters for a mask generated elsewhere (the fused ops): returns the seed and
     /// the first counter, exactly the range [`DropoutRng::mask`] would have drawn.
     pub fn reserve(&mut self, n: usize) -> (u64, u64) {

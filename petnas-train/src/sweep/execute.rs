@@ -1,0 +1,310 @@
+//! Running a plan: maximal trainings, pruned runs and baselines, in order, resumable.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+
+use candle_core::Device;
+use petnas_core::record::{RunRecord, RunSpec};
+
+use crate::error::{io_err, Result, TrainError};
+use crate::run::{self, DataLimits, RunInputs, RunPlan};
+use crate::search::{self, init_map, SearchHooks};
+use crate::task::TaskInfo;
+
+use super::*;
+
+/// Options of one sweep invocation.
+pub struct SweepOptions {
+    /// Output folder.
+    pub out: PathBuf,
+    /// Only this shard's jobs.
+    pub shard: Option<Shard>,
+    /// Redo runs whose config changed instead of stopping.
+    pub rerun_changed: bool,
+    /// Draw progress bars.
+    pub progress: bool,
+}
+
+/// What a sweep invocation did.
+#[derive(Debug, Default)]
+pub struct SweepSummary {
+    /// Runs planned for this shard.
+    pub planned: usize,
+    /// Already done before this call.
+    pub skipped: usize,
+    /// Completed in this call.
+    pub completed: usize,
+    /// Failed (diverged) in this call.
+    pub failed: usize,
+}
+
+/// Runs every missing run of the plan (this shard's part), writing as it goes.
+pub fn execute(
+    cfg: &SweepConfig,
+    config_text: &str,
+    plan: &Plan,
+    opts: &SweepOptions,
+    device: &Device,
+) -> Result<SweepSummary> {
+    let out = &opts.out;
+    let _lock = lock(out, opts.shard)?;
+    std::fs::create_dir_all(runs_dir(out)).map_err(io_err(out))?;
+    let mine: Vec<&PlannedRun> = plan
+        .runs
+        .iter()
+        .filter(|r| opts.shard.is_none_or(|s| s.owns(r.job)))
+        .collect();
+    let my_ids: BTreeSet<String> = mine.iter().map(|r| r.id.clone()).collect();
+    let cleaned = clean_partials(out, Some(&my_ids)) + clean_temp_files(out, opts.shard);
+    if cleaned > 0 {
+        tracing::info!(cleaned, "removed what interrupted runs and writes left");
+    }
+    let changed: Vec<&str> = mine
+        .iter()
+        .filter(|r| plan.state(out, &r.id, &r.hash) == RunState::Changed)
+        .map(|r| r.id.as_str())
+        .collect();
+    if !changed.is_empty() && !opts.rerun_changed {
+        return Err(TrainError::Invalid(format!(
+            "{} finished run(s) in {} were made with a different config (e.g. {}); use another --out, or --rerun-changed to redo them",
+            changed.len(),
+            out.display(),
+            changed.iter().take(3).copied().collect::<Vec<_>>().join(", ")
+        )));
+    }
+    // Only now: a refused config must not replace the copy of the one the runs were made with.
+    petnas_core::io::write_atomic(&out.join("sweep.toml"), config_text.as_bytes())?;
+    let plan_json: Vec<_> = mine
+        .iter()
+        .map(|r| serde_json::json!({"id": r.id, "hash": r.hash, "steps": r.steps}))
+        .collect();
+    let pname = match opts.shard {
+        Some(s) => format!("plan.{}-of-{}.json", s.k, s.n),
+        None => "plan.json".into(),
+    };
+    petnas_core::io::write_atomic(
+        &out.join(pname),
+        serde_json::to_string_pretty(&plan_json)
+            .unwrap_or_default()
+            .as_bytes(),
+    )?;
+    let ids: BTreeSet<String> = mine.iter().map(|r| r.id.clone()).collect();
+    let hashes: HashMap<String, String> = mine
+        .iter()
+        .map(|r| (r.id.clone(), r.hash.clone()))
+        .collect();
+    let mut summary = SweepSummary {
+        planned: mine.len(),
+        ..Default::default()
+    };
+    summary.skipped = mine
+        .iter()
+        .filter(|r| plan.state(out, &r.id, &r.hash) == RunState::Done)
+        .count();
+
+    let multi = if opts.progress {
+        Some(indicatif::MultiProgress::new())
+    } else {
+        None
+    };
+    let overall = match &multi {
+        Some(m) => {
+            let b = m.add(indicatif::ProgressBar::new(mine.len() as u64));
+            b.set_style(
+                indicatif::ProgressStyle::with_template(
+                    "sweep [{bar:30}] {pos}/{len} runs, ETA {eta}",
+                )
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+                .progress_chars("=> "),
+            );
+            b.set_position(summary.skipped as u64);
+            b
+        }
+        None => indicatif::ProgressBar::hidden(),
+    };
+    let say = |line: String| {
+        tracing::info!("{line}");
+        match &multi {
+            Some(m) => {
+                let _ = m.println(&line);
+            }
+            None => println!("{line}"),
+        }
+    };
+    let max_len = cfg.max_len();
+    let mut inputs: Option<(TaskInfo, RunInputs)> = None;
+    let is_done = |id: &str, _spec: &RunSpec| -> bool {
+        let h = hashes.get(id).cloned().unwrap_or_default();
+        plan.state(out, id, &h) == RunState::Done
+    };
+    for (ji, job) in plan.jobs.iter().enumerate() {
+        if opts.shard.is_some_and(|s| !s.owns(ji)) {
+            continue;
+        }
+        let job_runs: Vec<&&PlannedRun> = mine.iter().filter(|r| r.job == ji).collect();
+        if job_runs.iter().all(|r| is_done(&r.id, &r.spec)) {
+            continue;
+        }
+        let task = match job {
+            Job::Baseline { task, .. } | Job::Search { task, .. } => task,
+        };
+        if inputs.as_ref().is_none_or(|(t, _)| t != task) {
+            drop(inputs.take()); // free the previous task's data first
+            let limits = DataLimits {
+                max_train: cfg.max_train_for(task),
+                max_dev: cfg.recipe.max_dev,
+            };
+            inputs = Some((
+                task.clone(),
+                RunInputs::load(&cfg.model, task, max_len, limits, device)?,
+            ));
+        }
+        let inp = &inputs.as_ref().expect("loaded above").1;
+        let mut on_record = |r: &RunRecord| {
+            match &r.result.status {
+                petnas_core::record::RunStatus::Completed => summary.completed += 1,
+                petnas_core::record::RunStatus::Failed { .. } => summary.failed += 1,
+            }
+            say(run::summary_line(r));
+            overall.inc(1);
+            if let Some(records) = &plan.records {
+                if let Err(e) = keep_record(records, &runs_dir(out).join(&r.id), &r.id) {
+                    say(format!(
+                        "warning: record of {} not kept in {}: {e}",
+                        r.id,
+                        records.display()
+                    ));
+                }
+            }
+            if let Err(e) = write_index(out, opts.shard, Some(&ids)) {
+                tracing::warn!("index not written: {e}");
+            }
+        };
+        match job {
+            Job::Baseline { id, spec, arch, .. } => {
+                let start = arch
+                    .as_ref()
+                    .map(|a| init_map(a, spec.seed, spec.lora_init))
+                    .unwrap_or_default();
+                let o = run::execute(
+                    inp,
+                    RunPlan {
+                        spec: spec.clone(),
+                        arch: arch.as_ref(),
+                        start: &start,
+                        criterion: None,
+                        progress: multi.clone(),
+                    },
+                    id,
+                    &runs_dir(out),
+                )?;
+                on_record(&o.record);
+            }
+            Job::Search { cfg: sc, .. } => {
+                search::search(
+                    inp,
+                    sc,
+                    &runs_dir(out),
+                    SearchHooks {
+                        is_done: &is_done,
+                        on_record: &mut on_record,
+                        progress: multi.clone(),
+                    },
+                )?;
+            }
+        }
+    }
+    overall.finish_and_clear();
+    write_index(out, opts.shard, Some(&ids))?;
+    Ok(summary)
+}
+
+/// Measured examples/s per (task, full fine-tuning) for the cost estimate.
+pub type Throughput = BTreeMap<(String, bool), f64>;
+
+/// Whether a planned run fine-tunes every weight (several times slower per example than a PET).
+pub fn is_full(spec: &RunSpec) -> bool {
+    spec.method == "full"
+}
+
+/// Human summary of a plan: counts, trainings, steps and an estimated cost.
+pub fn describe(
+    plan: &Plan,
+    out: &Path,
+    shard: Option<Shard>,
+    examples_per_s: Option<&Throughput>,
+    batch: usize,
+) -> String {
+    let mine: Vec<&PlannedRun> = plan
+        .runs
+        .iter()
+        .filter(|r| shard.is_none_or(|s| s.owns(r.job)))
+        .collect();
+    let done = mine
+        .iter()
+        .filter(|r| plan.state(out, &r.id, &r.hash) == RunState::Done)
+        .count();
+    let changed = mine
+        .iter()
+        .filter(|r| plan.state(out, &r.id, &r.hash) == RunState::Changed)
+        .count();
+    let todo: Vec<&&PlannedRun> = mine
+        .iter()
+        .filter(|r| plan.state(out, &r.id, &r.hash) != RunState::Done)
+        .collect();
+    let steps: usize = todo.iter().map(|r| r.steps).sum();
+    let searches = plan
+        .jobs
+        .iter()
+        .enumerate()
+        .filter(|(i, j)| matches!(j, Job::Search { .. }) && shard.is_none_or(|s| s.owns(*i)))
+        .count();
+    let mut by_task: BTreeMap<&str, usize> = BTreeMap::new();
+    for r in &mine {
+        *by_task.entry(r.task.as_str()).or_default() += 1;
+    }
+    let mut s = format!(
+        "plan: {} runs ({} trainings of a maximal search space serve {} pruned runs), {} done, {} to do, {} changed\n",
+        mine.len(),
+        searches,
+        mine.len().saturating_sub(searches).saturating_sub(plan.jobs.iter().enumerate().filter(|(i, j)| matches!(j, Job::Baseline { .. }) && shard.is_none_or(|s| s.owns(*i))).count()),
+        done,
+        todo.len(),
+        changed
+    );
+    for (t, n) in by_task {
+        s.push_str(&format!("  {t}: {n} runs\n"));
+    }
+    s.push_str(&format!(
+        "  optimizer steps to do: {steps} (batch {batch})\n"
+    ));
+    if let Some(eps) = examples_per_s {
+        let mut secs = 0.0;
+        let mut unknown = 0usize;
+        for r in &todo {
+            match eps.get(&(r.task.clone(), is_full(&r.spec))) {
+                Some(e) => secs += r.steps as f64 * batch as f64 / e.max(1e-9),
+                None => unknown += 1,
+            }
+        }
+        let t = if secs < 3600.0 {
+            format!("{:.1} min", secs / 60.0)
+        } else {
+            format!("{:.1} h", secs / 3600.0)
+        };
+        let rates: Vec<String> = eps
+            .iter()
+            .map(|((task, full), e)| format!("{task}{} {e:.0}", if *full { " full" } else { "" }))
+            .collect();
+        s.push_str(&format!(
+            "  estimated training time: {t}, plus evaluation (measured examples/s: {})\n",
+            rates.join(", ")
+        ));
+        if unknown > 0 {
+            s.push_str(&format!(
+                "  ({unknown} runs without a throughput figure are not counted)\n"
+            ));
+        }
+    }
+    s
+}

@@ -1,0 +1,361 @@
+//! The fused attention core.
+
+use std::sync::Mutex;
+
+use candle_core::{bail, CpuStorage, DType, Layout, Result, Shape, Tensor};
+use gemm::Parallelism;
+use rayon::prelude::*;
+
+use super::*;
+
+// ---------------------------------------------------------------------------------------------
+// Attention.
+
+/// Multi-head self-attention core: `ctx = dropout(softmax(scale·Q·Kᵀ + mask))·V`, per batch item
+/// and head in parallel. Q, K, V and ctx stay in the [batch, seq, hidden] layout of the linear
+/// layers (heads are column blocks read with strides), so no transposes are copied; each (item,
+/// head) runs its three small products single-threaded, which keeps both cores busy where candle
+/// would run 192 tiny GEMMs one after another. The softmax probabilities are kept for backward
+/// (one [batch, heads, seq, seq] buffer, as PyTorch keeps them); the dropout mask is redrawn.
+struct Attention {
+    heads: usize,
+    scale: f32,
+    /// Additive mask per key position: 0 for tokens, −1e9 for padding. [batch·seq]
+    mask_bias: Vec<f32>,
+    /// (mixed seed, base counter, p) when dropout is on; counters follow [batch, heads, seq, seq].
+    drop: Option<(u64, u64, f32)>,
+    /// Probabilities from the forward pass, for backward.
+    probs: Mutex<Option<Vec<f32>>>,
+    /// Whether anything upstream needs gradients (else the probabilities are not kept).
+    keep: bool,
+}
+
+multiversion! {
+    /// Row-wise: add the key mask, softmax in place.
+    pub(super) fn softmax_rows(s: &mut [f32], mask: &[f32], l: usize) {
+        let masked = mask.iter().any(|&m| m != 0.0);
+        for row in s.chunks_exact_mut(l) {
+            if masked {
+                for (v, m) in row.iter_mut().zip(mask) {
+                    *v += m;
+                }
+            }
+            let mx = max16(row);
+            for v in row.iter_mut() {
+                *v = exp_f32(*v - mx);
+            }
+            let inv = 1.0 / sum16(row);
+            for v in row.iter_mut() {
+                *v *= inv;
+            }
+        }
+    }
+}
+
+multiversion! {
+    /// `out = p ⊙ keep-scale` for one (item, head) block starting at counter `base`.
+    fn apply_drop(p: &[f32], out: &mut [f32], seed_mixed: u64, base: u64, pd: f32, scale: f32) {
+        for (i, (o, &v)) in out.iter_mut().zip(p).enumerate() {
+            *o = v * keep_scale(seed_mixed, base + i as u64, pd, scale);
+        }
+    }
+}
+
+multiversion! {
+    /// Softmax backward in place: `d ← P ⊙ (d⊙m − rowsum(d⊙m⊙P))`, with `m` the dropout
+    /// keep-scale (so `d` enters as the gradient of the dropped probabilities).
+    fn softmax_bwd_rows(d: &mut [f32], p: &[f32], l: usize, seed_mixed: u64, base: u64, pd: f32, scale: f32, dropout: bool) {
+        for (r, (dr, pr)) in d.chunks_exact_mut(l).zip(p.chunks_exact(l)).enumerate() {
+            if dropout {
+                let b = base + (r * l) as u64;
+                for (j, v) in dr.iter_mut().enumerate() {
+                    *v *= keep_scale(seed_mixed, b + j as u64, pd, scale);
+                }
+            }
+            let dot = dot16(dr, pr);
+            for (v, &pv) in dr.iter_mut().zip(pr) {
+                *v = pv * (*v - dot);
+            }
+        }
+    }
+}
+
+impl Attention {
+    fn dims(&self, l: &Layout) -> Result<(usize, usize, usize, usize)> {
+        let (b, s, h) = l.shape().dims3()?;
+        if h % self.heads != 0 || self.mask_bias.len() != b * s {
+            bail!(
+                "fused attention: shape [{b}, {s}, {h}], {} heads, mask of {}",
+                self.heads,
+                self.mask_bias.len()
+            );
+        }
+        Ok((b, s, h, h / self.heads))
+    }
+}
+
+impl candle_core::CustomOp3 for Attention {
+    fn name(&self) -> &'static str {
+        "petnas-attention"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (b, l, h, dh) = self.dims(l1)?;
+        if l2.shape() != l1.shape() || l3.shape() != l1.shape() {
+            bail!(
+                "fused attention: q {:?}, k {:?}, v {:?}",
+                l1.shape(),
+                l2.shape(),
+                l3.shape()
+            );
+        }
+        let q = cpu_slice(s1, l1, "attention")?;
+        let k = cpu_slice(s2, l2, "attention")?;
+        let v = cpu_slice(s3, l3, "attention")?;
+        let nh = self.heads;
+        let mut probs = vec![0f32; b * nh * l * l]; // [batch, heads, seq, seq]
+        let mut ctx = vec![0f32; b * l * h]; // [batch, seq, hidden]
+        let cp = SendPtr(ctx.as_mut_ptr());
+        let hs = h as isize;
+        probs.par_chunks_mut(l * l).enumerate().for_each(|(t, p)| {
+            // Rebinding makes the closure capture the whole `SendPtr` (Send + Sync), not its raw
+            // pointer field (edition-2021 disjoint capture), which is neither.
+            #[allow(clippy::redundant_locals)]
+            let cp = cp;
+            let (bi, hi) = (t / nh, t % nh);
+            let off = bi * l * h + hi * dh;
+            unsafe {
+                // scores = scale · Q_h·K_hᵀ; Kᵀ element (d, j) = k[j, d].
+                gemm_f32(
+                    l,
+                    l,
+                    dh,
+                    p.as_mut_ptr(),
+                    l as isize,
+                    1,
+                    false,
+                    Mat(q.as_ptr().add(off), hs, 1),
+                    Mat(k.as_ptr().add(off), 1, hs),
+                    self.scale,
+                    Parallelism::None,
+                );
+            }
+            softmax_rows(p, &self.mask_bias[bi * l..(bi + 1) * l], l);
+            let mut dropped = Vec::new();
+            let lhs: &[f32] = match self.drop {
+                Some((sm, base, pd)) => {
+                    dropped = vec![0f32; l * l];
+                    apply_drop(
+                        p,
+                        &mut dropped,
+                        sm,
+                        base + (t * l * l) as u64,
+                        pd,
+                        1.0 / (1.0 - pd),
+                    );
+                    &dropped
+                }
+                None => p,
+            };
+            unsafe {
+                gemm_f32(
+                    l,
+                    dh,
+                    l,
+                    cp.0.add(off),
+                    hs,
+                    1,
+                    false,
+                    Mat(lhs.as_ptr(), l as isize, 1),
+                    Mat(v.as_ptr().add(off), hs, 1),
+                    1.0,
+                    Parallelism::None,
+                );
+            }
+            drop(dropped);
+        });
+        if self.keep {
+            *self
+                .probs
+                .lock()
+                .map_err(|_| candle_core::Error::Msg("fused attention: poisoned lock".into()))? =
+                Some(probs);
+        }
+        Ok((CpuStorage::F32(ctx), Shape::from((b, l, h))))
+    }
+
+    fn bwd(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let grad = grad.contiguous()?;
+        let (b, l, h, dh) = self.dims(q.layout())?;
+        let nh = self.heads;
+        let guard = self
+            .probs
+            .lock()
+            .map_err(|_| candle_core::Error::Msg("fused attention: poisoned lock".into()))?;
+        let Some(probs) = guard.as_ref() else {
+            bail!("fused attention: backward without saved probabilities")
+        };
+        let (mut dq, mut dk, mut dv) = (
+            vec![0f32; b * l * h],
+            vec![0f32; b * l * h],
+            vec![0f32; b * l * h],
+        );
+        let (dqp, dkp, dvp) = (
+            SendPtr(dq.as_mut_ptr()),
+            SendPtr(dk.as_mut_ptr()),
+            SendPtr(dv.as_mut_ptr()),
+        );
+        let hs = h as isize;
+        let ls = l as isize;
+        with_slice(q, "attention", |qs| {
+            with_slice(k, "attention", |ks| {
+                with_slice(v, "attention", |vs| {
+                    with_slice(&grad, "attention", |gs| {
+                        probs.par_chunks(l * l).enumerate().for_each(|(t, p)| {
+                            let (dqp, dkp, dvp) = (dqp, dkp, dvp);
+                            let (bi, hi) = (t / nh, t % nh);
+                            let off = bi * l * h + hi * dh;
+                            let (sm, base, pd, dscale, on) = match self.drop {
+                                Some((sm, base, pd)) => {
+                                    (sm, base + (t * l * l) as u64, pd, 1.0 / (1.0 - pd), true)
+                                }
+                                None => (0, 0, 0.0, 1.0, false),
+                            };
+                            let mut dropped = Vec::new();
+                            let pdrop: &[f32] = if on {
+                                dropped = vec![0f32; l * l];
+                                apply_drop(p, &mut dropped, sm, base, pd, dscale);
+                                &dropped
+                            } else {
+                                p
+                            };
+                            let mut d = vec![0f32; l * l];
+                            unsafe {
+                                // dV_h = P_dropᵀ · dctx_h
+                                gemm_f32(
+                                    l,
+                                    dh,
+                                    l,
+                                    dvp.0.add(off),
+                                    hs,
+                                    1,
+                                    false,
+                                    Mat(pdrop.as_ptr(), 1, ls),
+                                    Mat(gs.as_ptr().add(off), hs, 1),
+                                    1.0,
+                                    Parallelism::None,
+                                );
+                                // d(P_drop) = dctx_h · V_hᵀ
+                                gemm_f32(
+                                    l,
+                                    l,
+                                    dh,
+                                    d.as_mut_ptr(),
+                                    ls,
+                                    1,
+                                    false,
+                                    Mat(gs.as_ptr().add(off), hs, 1),
+                                    Mat(vs.as_ptr().add(off), 1, hs),
+                                    1.0,
+                                    Parallelism::None,
+                                );
+                            }
+                            drop(dropped);
+                            softmax_bwd_rows(&mut d, p, l, sm, base, pd, dscale, on);
+                            unsafe {
+                                // dQ_h = scale · dS · K_h ; dK_h = scale · dSᵀ · Q_h
+                                gemm_f32(
+                                    l,
+                                    dh,
+                                    l,
+                                    dqp.0.add(off),
+                                    hs,
+                                    1,
+                                    false,
+                                    Mat(d.as_ptr(), ls, 1),
+                                    Mat(ks.as_ptr().add(off), hs, 1),
+                                    self.scale,
+                                    Parallelism::None,
+                                );
+                                gemm_f32(
+                                    l,
+                                    dh,
+                                    l,
+                                    dkp.0.add(off),
+                                    hs,
+                                    1,
+                                    false,
+                                    Mat(d.as_ptr(), 1, ls),
+                                    Mat(qs.as_ptr().add(off), hs, 1),
+                                    self.scale,
+                                    Parallelism::None,
+                                );
+                            }
+                        });
+                        Ok(())
+                    })
+                })
+            })
+        })?;
+        drop(guard);
+        let dev = q.device();
+        let mk = |x: Vec<f32>, t: &Tensor| -> Result<Option<Tensor>> {
+            if t.track_op() {
+                Ok(Some(Tensor::from_vec(x, (b, l, h), dev)?))
+            } else {
+                Ok(None)
+            }
+        };
+        Ok((mk(dq, q)?, mk(dk, k)?, mk(dv, v)?))
+    }
+}
+
+/// Attention core for `q`, `k`, `v` [batch, seq, hidden] (heads = column blocks of width
+/// hidden/heads): returns the context [batch, seq, hidden]. `attention_mask` [batch, seq] is 1.0
+/// for tokens and 0.0 for padding; `drop` = (seed, base counter, p) for attention dropout.
+pub fn attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    attention_mask: &Tensor,
+    heads: usize,
+    scale: f64,
+    drop: Option<(u64, u64, f32)>,
+) -> Result<Tensor> {
+    // Same additive bias as the composite path: (m − 1)·1e9.
+    let mask_bias: Vec<f32> = attention_mask
+        .to_dtype(DType::F32)?
+        .flatten_all()?
+        .to_vec1::<f32>()?
+        .iter()
+        .map(|m| (m - 1.0) * 1e9)
+        .collect();
+    let keep = q.track_op() || k.track_op() || v.track_op();
+    let op = Attention {
+        heads,
+        scale: scale as f32,
+        mask_bias,
+        drop: drop
+            .filter(|d| d.2 > 0.0)
+            .map(|(s, b, p)| (mix_seed(s), b, p)),
+        probs: Mutex::new(None),
+        keep,
+    };
+    q.contiguous()?
+        .apply_op3(&k.contiguous()?, &v.contiguous()?, op)
+}

@@ -1,0 +1,59 @@
+//! Fused dropout.
+
+use candle_core::{CpuStorage, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
+
+use super::*;
+
+// ---------------------------------------------------------------------------------------------
+// Dropout.
+
+/// Dropout whose mask is a pure function of (seed, counter range): the backward pass applies the
+/// same op to the gradient instead of keeping a mask tensor alive.
+#[derive(Clone)]
+struct Dropout {
+    seed_mixed: u64,
+    base: u64,
+    p: f32,
+}
+
+multiversion! {
+    fn dropout_chunk(x: &[f32], y: &mut [f32], seed_mixed: u64, base: u64, p: f32, scale: f32) {
+        for (i, (o, &v)) in y.iter_mut().zip(x).enumerate() {
+            *o = v * keep_scale(seed_mixed, base + i as u64, p, scale);
+        }
+    }
+}
+
+impl candle_core::CustomOp1 for Dropout {
+    fn name(&self) -> &'static str {
+        "petnas-dropout"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = cpu_slice(s, l, "dropout")?;
+        let mut y = vec![0f32; x.len()];
+        let scale = 1.0 / (1.0 - self.p);
+        let (sm, base, p) = (self.seed_mixed, self.base, self.p);
+        y.par_chunks_mut(ELEMS_PER_TASK)
+            .zip(x.par_chunks(ELEMS_PER_TASK))
+            .enumerate()
+            .for_each(|(c, (yc, xc))| {
+                dropout_chunk(xc, yc, sm, base + (c * ELEMS_PER_TASK) as u64, p, scale)
+            });
+        Ok((CpuStorage::F32(y), l.shape().clone()))
+    }
+
+    fn bwd(&self, _x: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        Ok(Some(grad.contiguous()?.apply_op1_no_bwd(self)?))
+    }
+}
+
+/// Dropout with keep-scale `1/(1-p)`, mask drawn at counters `base..base + x.elem_count()` of `seed`.
+pub fn dropout(x: &Tensor, p: f32, seed: u64, base: u64) -> Result<Tensor> {
+    x.contiguous()?.apply_op1(Dropout {
+        seed_mixed: mix_seed(seed),
+        base,
+        p,
+    })
+}

@@ -1,0 +1,698 @@
+//! The fused PET linear layer and its small-matrix helpers.
+
+use std::sync::{Arc, Mutex};
+
+use candle_core::{bail, CpuStorage, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
+
+use super::*;
+
+// ---------------------------------------------------------------------------------------------
+// PET linear: y = act(x·Wᵀ + b + (x·U)·Vᵀ − (x·U₀)·V₀ᵀ) with a frozen W.
+
+/// Gradients of a PET linear op: (dx when wanted, db, d[U; V]).
+type LinearGrads = (Option<Vec<f32>>, Vec<f32>, Vec<f32>);
+
+/// A thin-matrix kernel: (a, k, m, out) for [`rows_times_small`].
+type RowsKernel = fn(&[f32], usize, &[f32], &mut [f32]);
+/// A thin-matrix kernel: (a, rows, cols, first column, b, out) for [`transposed_times_small`].
+type TransposedKernel = fn(&[f32], usize, usize, usize, &[f32], &mut [f32]);
+
+/// A PET linear layer as one op: frozen base weight, trainable bias, optional LoRA factors and
+/// optional GELU. Why one op:
+/// - candle's matmul backward computes `xᵀ·grad` for `W` even when `W` is a plain tensor, and
+///   throws it away: a third of a PET step's GEMM work;
+/// - composed, the LoRA branch adds an [n, out] product and a full-size add in forward, and in
+///   backward a zero-fill plus an add of [n, out] or [n, in] per graph edge (six of them), while
+///   its own FLOPs are tiny (rank 8);
+/// - fusing the GELU that follows the FFN's first dense saves one more [n, 4h] edge.
+///
+/// Arguments: `x` [n, in], `b` [out], and with LoRA `uv` = [U; V] stacked, [(in + out), r], so
+/// that the op has three tensor inputs (candle's limit) while U and V stay separate `Var`s.
+/// A frozen weight `W` [out, in] in bf16, packed once for the AMX GEMMs of both directions:
+/// `fwd` is `Wᵀ` (for `y = x·Wᵀ`), `bwd` is `W` (for `dx = g·W`, only when a backward follows).
+pub struct PackedWeight {
+    fwd: petnas_amx::PackedB,
+    bwd: Option<petnas_amx::PackedB>,
+}
+
+impl PackedWeight {
+    /// Packs `w` [out, in] row-major (rounded to bf16, nearest even).
+    pub fn new(w: &[f32], out: usize, inp: usize, with_backward: bool) -> Self {
+        let fwd = petnas_amx::PackedB::pack(w, inp, out, 1, inp as isize);
+        let bwd = with_backward.then(|| petnas_amx::PackedB::pack(w, out, inp, inp as isize, 1));
+        Self { fwd, bwd }
+    }
+
+    /// Packs a frozen weight tensor (CPU, f32).
+    pub fn from_tensor(w: &Tensor) -> Result<Self> {
+        let (o, k) = w.dims2()?;
+        with_slice(&w.contiguous()?, "bf16 pack", |s| {
+            Ok(Self::new(s, o, k, true))
+        })
+    }
+}
+
+impl std::fmt::Debug for PackedWeight {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "PackedWeight(bf16 [{} × {}])",
+            self.fwd.n(),
+            self.fwd.k()
+        )
+    }
+}
+
+/// Whether `--precision bf16` runs on AMX tiles here; otherwise a one-line notice of the path it
+/// takes instead (AVX512-BF16 `vdpbf16ps`, or fp32 arithmetic on bf16-rounded values).
+pub fn bf16_notice() -> Option<String> {
+    match petnas_amx::backend() {
+        "amx" => None,
+        other => Some(format!("--precision bf16: no AMX tiles on this CPU (or the kernel refused them); the frozen matmuls run on the {other} path, slower than AMX")),
+    }
+}
+
+struct PetLinearOp {
+    w: Tensor, // [out, in], contiguous, frozen
+    /// bf16 mode: the frozen matmuls run as bf16 × bf16 → fp32 on AMX. `packed` is `W` packed
+    /// once (no LoRA); with LoRA the effective weight is packed each forward pass.
+    bf16: bool,
+    packed: Option<Arc<PackedWeight>>,
+    /// The packed effective weight, kept for backward (bf16 mode).
+    saved_packed: Mutex<Option<Arc<PackedWeight>>>,
+    rank: usize,
+    /// Frozen initial factors (U₀ [in, r₀], V₀ [out, r₀]) subtracted by `LoraInit::PaperZeroOffset`.
+    offset: Option<(Tensor, Tensor)>,
+    gelu: bool,
+    /// The pre-activation, kept for GELU's backward.
+    saved: Mutex<Option<Vec<f32>>>,
+    /// The effective weight `W + V·Uᵀ − V₀·U₀ᵀ`, kept for backward (LoRA only).
+    saved_w: Mutex<Option<Vec<f32>>>,
+    keep: bool,
+}
+
+impl PetLinearOp {
+    /// Forward on slices: `uv` empty without LoRA.
+    fn forward(&self, x: &[f32], n: usize, k: usize, b: &[f32], uv: &[f32]) -> Result<Vec<f32>> {
+        let (o, k2) = self.w.dims2()?;
+        if k != k2 || b.len() != o || uv.len() != (k + o) * self.rank {
+            bail!(
+                "fused linear: x [{n}, {k}], W [{o}, {k2}], b [{}], uv {} (rank {})",
+                b.len(),
+                uv.len(),
+                self.rank
+            );
+        }
+        // Start from the bias rows and let the GEMMs accumulate into them: one pass over y.
+        let mut y = Vec::with_capacity(n * o);
+        for _ in 0..n {
+            y.extend_from_slice(b);
+        }
+        let (ks, os) = (k as isize, o as isize);
+        let xm = Mat(x.as_ptr(), ks, 1);
+        // With LoRA, fold the factors into the weight: W' = W + V·Uᵀ (− V₀·U₀ᵀ) costs out·in·r,
+        // while applying them to the activations costs n·(in + out)·r in two skinny, memory-bound
+        // GEMMs plus a pass over y; backward reuses W' for dx = g·W'.
+        let w_eff = self.effective_weight(k, o, uv)?;
+        if self.bf16 {
+            let packed = match (&w_eff, &self.packed) {
+                (Some(w), _) => Arc::new(PackedWeight::new(w, o, k, self.keep)),
+                (None, Some(p)) => p.clone(),
+                (None, None) => Arc::new(PackedWeight::from_tensor(&self.w)?),
+            };
+            petnas_amx::gemm_bf16(n, o, k, x, k, &packed.fwd, &mut y, o, true);
+            if self.keep {
+                *self
+                    .saved_packed
+                    .lock()
+                    .map_err(|_| candle_core::Error::Msg("fused linear: poisoned lock".into()))? =
+                    Some(packed);
+            }
+            return self.activate(y);
+        }
+        let mut run = |w: &[f32]| unsafe {
+            // rhs = W'ᵀ [in, out]: element (i, j) = W'[j, i].
+            gemm_f32(
+                n,
+                o,
+                k,
+                y.as_mut_ptr(),
+                os,
+                1,
+                true,
+                xm,
+                Mat(w.as_ptr(), 1, ks),
+                1.0,
+                parallelism(),
+            );
+        };
+        match &w_eff {
+            Some(w) => run(w),
+            None => with_slice(&self.w, "linear", |w| {
+                run(w);
+                Ok(())
+            })?,
+        }
+        if self.keep {
+            *self
+                .saved_w
+                .lock()
+                .map_err(|_| candle_core::Error::Msg("fused linear: poisoned lock".into()))? =
+                w_eff;
+        }
+        self.activate(y)
+    }
+
+    /// The output from the pre-activation `y`: GELU (keeping `y` for backward) or `y` itself.
+    fn activate(&self, y: Vec<f32>) -> Result<Vec<f32>> {
+        if !self.gelu {
+            return Ok(y);
+        }
+        let mut a = vec![0f32; y.len()];
+        a.par_chunks_mut(ELEMS_PER_TASK)
+            .zip(y.par_chunks(ELEMS_PER_TASK))
+            .for_each(|(ac, yc)| gelu_fwd_chunk(yc, ac));
+        if self.keep {
+            *self
+                .saved
+                .lock()
+                .map_err(|_| candle_core::Error::Msg("fused linear: poisoned lock".into()))? =
+                Some(y);
+        }
+        Ok(a)
+    }
+
+    /// `W + V·Uᵀ − V₀·U₀ᵀ` [out, in], or `None` without LoRA (then `W` itself is used).
+    fn effective_weight(&self, k: usize, o: usize, uv: &[f32]) -> Result<Option<Vec<f32>>> {
+        if self.rank == 0 && self.offset.is_none() {
+            return Ok(None);
+        }
+        let mut w = with_slice(&self.w, "linear", |w| Ok(w.to_vec()))?;
+        let add = |w: &mut [f32], u: &[f32], v: &[f32], r: usize, beta: f32| unsafe {
+            let rs = r as isize;
+            // V [out, r] · Uᵀ [r, in], Uᵀ element (i, j) = U[j, i].
+            gemm_f32(
+                o,
+                k,
+                r,
+                w.as_mut_ptr(),
+                k as isize,
+                1,
+                true,
+                Mat(v.as_ptr(), rs, 1),
+                Mat(u.as_ptr(), 1, rs),
+                beta,
+                parallelism(),
+            );
+        };
+        if self.rank > 0 {
+            let (u, v) = uv.split_at(k * self.rank);
+            add(&mut w, u, v, self.rank, 1.0);
+        }
+        if let Some((u0, v0)) = &self.offset {
+            let r0 = u0.dim(1)?;
+            with_slice(u0, "linear", |u0| {
+                with_slice(v0, "linear", |v0| {
+                    add(&mut w, u0, v0, r0, -1.0);
+                    Ok(())
+                })
+            })?;
+        }
+        Ok(Some(w))
+    }
+
+    /// Backward on slices: (dx if `want_x`, db, d[U; V]).
+    fn backward(
+        &self,
+        x: &[f32],
+        n: usize,
+        k: usize,
+        uv: &[f32],
+        grad: &[f32],
+        want_x: bool,
+    ) -> Result<LinearGrads> {
+        let o = self.w.dim(0)?;
+        let (ks, os) = (k as isize, o as isize);
+        let par = parallelism();
+        // Through the GELU first: g ← g ⊙ gelu'(z).
+        let gz_own;
+        let g: &[f32] = if self.gelu {
+            let guard = self
+                .saved
+                .lock()
+                .map_err(|_| candle_core::Error::Msg("fused linear: poisoned lock".into()))?;
+            let Some(z) = guard.as_ref() else {
+                bail!("fused linear: backward without the saved pre-activation")
+            };
+            let mut t = vec![0f32; z.len()];
+            t.par_chunks_mut(ELEMS_PER_TASK)
+                .zip(
+                    z.par_chunks(ELEMS_PER_TASK)
+                        .zip(grad.par_chunks(ELEMS_PER_TASK)),
+                )
+                .for_each(|(tc, (zc, gc))| gelu_bwd_chunk(zc, gc, tc));
+            gz_own = t;
+            &gz_own
+        } else {
+            grad
+        };
+        let db = column_sums(g, n, o);
+        let gm = Mat(g.as_ptr(), os, 1);
+        let dx = if want_x && self.bf16 {
+            let saved = self
+                .saved_packed
+                .lock()
+                .map_err(|_| candle_core::Error::Msg("fused linear: poisoned lock".into()))?;
+            let Some(bwd) = saved.as_ref().and_then(|p| p.bwd.as_ref()) else {
+                bail!("fused linear: backward without the packed weight")
+            };
+            let mut dx = vec![0f32; n * k];
+            petnas_amx::gemm_bf16(n, k, o, g, o, bwd, &mut dx, k, false);
+            Some(dx)
+        } else if want_x {
+            // dx = g·W' (W' = W + V·Uᵀ − V₀·U₀ᵀ from the forward pass, or W).
+            let mut dx: Vec<f32> = Vec::with_capacity(n * k);
+            let mut run = |w: &[f32]| unsafe {
+                // Uninitialised is fine: with `acc = false` gemm never reads dst (alpha_status 0
+                // in gemm-common's microkernels), and every element is written.
+                gemm_f32(
+                    n,
+                    k,
+                    o,
+                    dx.as_mut_ptr(),
+                    ks,
+                    1,
+                    false,
+                    gm,
+                    Mat(w.as_ptr(), ks, 1),
+                    1.0,
+                    par,
+                );
+                dx.set_len(n * k);
+            };
+            let saved = self
+                .saved_w
+                .lock()
+                .map_err(|_| candle_core::Error::Msg("fused linear: poisoned lock".into()))?;
+            match saved.as_ref() {
+                Some(w) => run(w),
+                None if self.rank == 0 && self.offset.is_none() => {
+                    with_slice(&self.w, "linear", |w| {
+                        run(w);
+                        Ok(())
+                    })?
+                }
+                None => bail!("fused linear: backward without the saved effective weight"),
+            }
+            Some(dx)
+        } else {
+            None
+        };
+        let mut duv = Vec::new();
+        if self.rank > 0 {
+            let r = self.rank;
+            let (u, v) = uv.split_at(k * r);
+            // Skinny products (one side is the rank, ~8): gemm's 16-lane microkernels waste half
+            // their width on an 8-wide side or spend their time packing; these loops read each
+            // large operand once, vectorised along the rank.
+            let mut xu = vec![0f32; n * r]; // [n, r]
+            let mut gxu = vec![0f32; n * r]; // [n, r]
+            rows_times_small(x, k, u, r, &mut xu);
+            // d(xu) = g·V [n, r]; dV = gᵀ·xu [out, r]; dU = xᵀ·d(xu) [in, r]
+            rows_times_small(g, o, v, r, &mut gxu);
+            duv = vec![0f32; (k + o) * r];
+            let (du, dv) = duv.split_at_mut(k * r);
+            transposed_times_small(g, n, o, &xu, r, dv);
+            transposed_times_small(x, n, k, &gxu, r, du);
+        }
+        Ok((dx, db, duv))
+    }
+}
+
+impl candle_core::CustomOp2 for PetLinearOp {
+    fn name(&self) -> &'static str {
+        "petnas-pet-linear"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let x = cpu_slice(s1, l1, "linear")?;
+        let b = cpu_slice(s2, l2, "linear")?;
+        let (n, k) = l1.shape().dims2()?;
+        let y = self.forward(x, n, k, b, &[])?;
+        Ok((CpuStorage::F32(y), Shape::from((n, self.w.dim(0)?))))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        b: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let grad = grad.contiguous()?;
+        let (n, k) = x.dims2()?;
+        let (dx, db, _) = with_slice(x, "linear", |xs| {
+            with_slice(&grad, "linear", |g| {
+                self.backward(xs, n, k, &[], g, x.track_op())
+            })
+        })?;
+        let dx = match dx {
+            Some(d) => Some(Tensor::from_vec(d, (n, k), x.device())?),
+            None => None,
+        };
+        let db = if b.track_op() {
+            Some(Tensor::from_vec(db, b.dims(), b.device())?)
+        } else {
+            None
+        };
+        Ok((dx, db))
+    }
+}
+
+impl candle_core::CustomOp3 for PetLinearOp {
+    fn name(&self) -> &'static str {
+        "petnas-pet-linear-lora"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let x = cpu_slice(s1, l1, "linear")?;
+        let b = cpu_slice(s2, l2, "linear")?;
+        let uv = cpu_slice(s3, l3, "linear")?;
+        let (n, k) = l1.shape().dims2()?;
+        let y = self.forward(x, n, k, b, uv)?;
+        Ok((CpuStorage::F32(y), Shape::from((n, self.w.dim(0)?))))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        b: &Tensor,
+        uv: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let grad = grad.contiguous()?;
+        let (n, k) = x.dims2()?;
+        let (dx, db, duv) = with_slice(x, "linear", |xs| {
+            with_slice(uv, "linear", |uvs| {
+                with_slice(&grad, "linear", |g| {
+                    self.backward(xs, n, k, uvs, g, x.track_op())
+                })
+            })
+        })?;
+        let dx = match dx {
+            Some(d) => Some(Tensor::from_vec(d, (n, k), x.device())?),
+            None => None,
+        };
+        let db = if b.track_op() {
+            Some(Tensor::from_vec(db, b.dims(), b.device())?)
+        } else {
+            None
+        };
+        let duv = if uv.track_op() {
+            Some(Tensor::from_vec(duv, uv.dims(), uv.device())?)
+        } else {
+            None
+        };
+        Ok((dx, db, duv))
+    }
+}
+
+/// `out = a·m` for `a` [rows, k] and a thin `m` [k, r], all row-major; parallel over fixed row
+/// blocks. Ranks 8 and 16 (the search space's) get unrolled kernels; others go through gemm.
+fn rows_times_small(a: &[f32], k: usize, m: &[f32], r: usize, out: &mut [f32]) {
+    let kernel: Option<RowsKernel> = match r {
+        8 => Some(rows_times_small_8),
+        16 => Some(rows_times_small_16),
+        _ => None,
+    };
+    match kernel {
+        Some(f) => out
+            .par_chunks_mut(ROWS_PER_TASK * r)
+            .zip(a.par_chunks(ROWS_PER_TASK * k))
+            .for_each(|(oc, ac)| f(ac, k, m, oc)),
+        None => unsafe {
+            let n = a.len() / k;
+            gemm_f32(
+                n,
+                r,
+                k,
+                out.as_mut_ptr(),
+                r as isize,
+                1,
+                false,
+                Mat(a.as_ptr(), k as isize, 1),
+                Mat(m.as_ptr(), r as isize, 1),
+                1.0,
+                parallelism(),
+            );
+        },
+    }
+}
+
+/// One row block of [`rows_times_small`] for rank `R`: four accumulators per row (j mod 4, summed
+/// in a fixed order) hide the FMA latency.
+#[inline(always)]
+fn rows_times_small_r<const R: usize>(a: &[f32], k: usize, m: &[f32], out: &mut [f32]) {
+    for (ar, or) in a.chunks_exact(k).zip(out.chunks_exact_mut(R)) {
+        let mut acc = [[0f32; R]; 4];
+        let mut j = 0;
+        while j + 4 <= k {
+            for (q, accq) in acc.iter_mut().enumerate() {
+                let av = ar[j + q];
+                let mr = &m[(j + q) * R..(j + q + 1) * R];
+                for t in 0..R {
+                    accq[t] += av * mr[t];
+                }
+            }
+            j += 4;
+        }
+        while j < k {
+            let av = ar[j];
+            let mr = &m[j * R..(j + 1) * R];
+            for t in 0..R {
+                acc[0][t] += av * mr[t];
+            }
+            j += 1;
+        }
+        for t in 0..R {
+            or[t] = (acc[0][t] + acc[1][t]) + (acc[2][t] + acc[3][t]);
+        }
+    }
+}
+
+multiversion! {
+    fn rows_times_small_8(a: &[f32], k: usize, m: &[f32], out: &mut [f32]) {
+        rows_times_small_r::<8>(a, k, m, out)
+    }
+}
+
+multiversion! {
+    fn rows_times_small_16(a: &[f32], k: usize, m: &[f32], out: &mut [f32]) {
+        rows_times_small_r::<16>(a, k, m, out)
+    }
+}
+
+/// `out = aᵀ·b` for `a` [rows, cols], a thin `b` [rows, r]: `out` [cols, r]. Parallel over fixed
+/// blocks of output rows (columns of `a`), each summing over all rows in order: no cross-task
+/// reduction, so the result does not depend on the thread count.
+fn transposed_times_small(
+    a: &[f32],
+    rows: usize,
+    cols: usize,
+    b: &[f32],
+    r: usize,
+    out: &mut [f32],
+) {
+    const COLS_PER_TASK: usize = 64;
+    let kernel: Option<TransposedKernel> = match r {
+        8 => Some(transposed_times_small_8),
+        16 => Some(transposed_times_small_16),
+        _ => None,
+    };
+    match kernel {
+        Some(f) => out
+            .par_chunks_mut(COLS_PER_TASK * r)
+            .enumerate()
+            .for_each(|(t, oc)| f(a, rows, cols, t * COLS_PER_TASK, b, oc)),
+        None => unsafe {
+            gemm_f32(
+                cols,
+                r,
+                rows,
+                out.as_mut_ptr(),
+                r as isize,
+                1,
+                false,
+                Mat(a.as_ptr(), 1, cols as isize),
+                Mat(b.as_ptr(), r as isize, 1),
+                1.0,
+                parallelism(),
+            );
+        },
+    }
+}
+
+/// One block of [`transposed_times_small`]: sub-blocks of 8 columns whose 8·R sums stay in
+/// registers over the whole row loop (accumulating in `out` would be load/store bound).
+#[inline(always)]
+fn transposed_times_small_r<const R: usize>(
+    a: &[f32],
+    rows: usize,
+    cols: usize,
+    c0: usize,
+    b: &[f32],
+    out: &mut [f32],
+) {
+    const W: usize = 8;
+    let width = out.len() / R; // columns of `a` in this block
+    let mut w0 = 0;
+    while w0 < width {
+        let w = W.min(width - w0);
+        let mut acc = [[0f32; R]; W];
+        if w == W {
+            for i in 0..rows {
+                let ar: &[f32; W] = a[i * cols + c0 + w0..i * cols + c0 + w0 + W]
+                    .try_into()
+                    .expect("W columns");
+                let br: &[f32; R] = b[i * R..(i + 1) * R].try_into().expect("R ranks");
+                for q in 0..W {
+                    for t in 0..R {
+                        acc[q][t] += ar[q] * br[t];
+                    }
+                }
+            }
+        } else {
+            for i in 0..rows {
+                let ar = &a[i * cols + c0 + w0..i * cols + c0 + w0 + w];
+                let br = &b[i * R..(i + 1) * R];
+                for q in 0..w {
+                    for t in 0..R {
+                        acc[q][t] += ar[q] * br[t];
+                    }
+                }
+            }
+        }
+        for q in 0..w {
+            out[(w0 + q) * R..(w0 + q + 1) * R].copy_from_slice(&acc[q]);
+        }
+        w0 += W;
+    }
+}
+
+multiversion! {
+    fn transposed_times_small_8(a: &[f32], rows: usize, cols: usize, c0: usize, b: &[f32], out: &mut [f32]) {
+        transposed_times_small_r::<8>(a, rows, cols, c0, b, out)
+    }
+}
+
+multiversion! {
+    fn transposed_times_small_16(a: &[f32], rows: usize, cols: usize, c0: usize, b: &[f32], out: &mut [f32]) {
+        transposed_times_small_r::<16>(a, rows, cols, c0, b, out)
+    }
+}
+
+/// Column sums of a row-major [rows, cols] matrix: partial sums over fixed row blocks, added in
+/// block order (deterministic).
+fn column_sums(g: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    let block = 256;
+    let partial: Vec<Vec<f32>> = (0..rows.div_ceil(block))
+        .into_par_iter()
+        .map(|bi| {
+            let mut acc = vec![0f32; cols];
+            for r in bi * block..((bi + 1) * block).min(rows) {
+                add_into(&mut acc, &g[r * cols..(r + 1) * cols]);
+            }
+            acc
+        })
+        .collect();
+    let mut out = vec![0f32; cols];
+    for p in &partial {
+        add_into(&mut out, p);
+    }
+    out
+}
+
+multiversion! {
+    pub(super) fn add_into(acc: &mut [f32], x: &[f32]) {
+        for (a, v) in acc.iter_mut().zip(x) {
+            *a += v;
+        }
+    }
+}
+
+/// The LoRA part of a fused PET linear: effective factors and the optional frozen offset.
+pub struct LoraParts<'a> {
+    /// Effective U (masked), [in, r].
+    pub u: &'a Tensor,
+    /// Effective V (masked), [out, r].
+    pub v: &'a Tensor,
+    /// Frozen (U₀, V₀) subtracted so training starts at the pre-trained function.
+    pub offset: Option<(&'a Tensor, &'a Tensor)>,
+}
+
+/// `act(x·Wᵀ + b + (x·U)·Vᵀ − (x·U₀)·V₀ᵀ)` for `x` [n, in] and a frozen `weight` [out, in];
+/// `bias` [out] and the LoRA factors may carry gradients; `act` is GELU when `gelu`.
+///
+/// `bf16`: `None` for fp32; `Some(packed)` for bf16 matmuls, with `W` packed once (`Some(Some)`,
+/// no LoRA) or packed with the LoRA product folded in on each call (`Some(None)`).
+pub fn pet_linear(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: &Tensor,
+    lora: Option<LoraParts<'_>>,
+    gelu: bool,
+    bf16: Option<Option<Arc<PackedWeight>>>,
+) -> Result<Tensor> {
+    let x = x.contiguous()?;
+    let bias = bias.contiguous()?;
+    let mut op = PetLinearOp {
+        w: weight.contiguous()?,
+        bf16: bf16.is_some(),
+        packed: bf16.flatten(),
+        saved_packed: Mutex::new(None),
+        rank: 0,
+        offset: None,
+        gelu,
+        saved: Mutex::new(None),
+        saved_w: Mutex::new(None),
+        keep: false,
+    };
+    match lora {
+        None => {
+            op.keep = x.track_op() || bias.track_op();
+            x.apply_op2(&bias, op)
+        }
+        Some(l) => {
+            op.rank = l.u.dim(1)?;
+            op.offset = match l.offset {
+                Some((u0, v0)) => Some((u0.contiguous()?, v0.contiguous()?)),
+                None => None,
+            };
+            // [U; V]: one input for both factors; `cat`'s backward splits the gradient again.
+            let uv = Tensor::cat(&[l.u, l.v], 0)?.contiguous()?;
+            op.keep = x.track_op() || bias.track_op() || uv.track_op();
+            x.apply_op3(&bias, &uv, op)
+        }
+    }
+}
+
+/// `x·Wᵀ + b` for `x` [n, in] and a frozen `weight` [out, in]; `bias` [out] may carry gradients.
+pub fn frozen_linear(x: &Tensor, weight: &Tensor, bias: &Tensor) -> Result<Tensor> {
+    pet_linear(x, weight, bias, None, false, None)
+}

@@ -14,6 +14,7 @@ pub mod criterion;
 pub mod error;
 pub mod inventory;
 pub mod io;
+pub mod mask;
 pub mod prune;
 pub mod record;
 pub mod rng;

@@ -15,6 +15,7 @@ pub mod error;
 pub mod inventory;
 pub mod io;
 pub mod mask;
+pub mod names;
 pub mod prune;
 pub mod record;
 pub mod rng;

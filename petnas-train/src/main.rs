@@ -8,6 +8,7 @@ use clap::{Args, Parser, Subcommand};
 use petnas_core::arch::{Architecture, PruneMode};
 use petnas_core::criterion::CriterionKind;
 use petnas_core::inventory::inventory;
+use petnas_core::names::Named;
 use petnas_core::prune::{parse_budget, RankGroup};
 use petnas_core::record::{LoraInit, Precision, Recipe, Reinit, RunRecord, RunSpec};
 use petnas_core::space::SearchSpace;
@@ -406,9 +407,9 @@ struct SearchArgs {
     prune_rounds: Vec<usize>,
 }
 
-fn parse_enum<T: serde::de::DeserializeOwned>(what: &str, s: &str, valid: &str) -> Result<T> {
-    serde_json::from_value(serde_json::Value::String(s.to_string()))
-        .map_err(|_| anyhow::anyhow!("--{what} `{s}`: expected one of {valid}"))
+fn parse_named<T: Named>(what: &str, s: &str, extra: &str) -> Result<T> {
+    T::from_name(s)
+        .ok_or_else(|| anyhow::anyhow!("--{what} `{s}`: expected one of {}{extra}", T::names()))
 }
 
 fn recipe(c: &Common, task: &TaskInfo, default_lr: f64) -> Result<Recipe> {
@@ -578,11 +579,7 @@ fn cmd_search(a: SearchArgs) -> Result<()> {
     let task = task_info(c)?;
     let modes = match a.mode.as_str() {
         "both" => vec![PruneMode::Structured, PruneMode::Unstructured],
-        m => vec![parse_enum::<PruneMode>(
-            "mode",
-            m,
-            "structured, unstructured, both",
-        )?],
+        m => vec![parse_named::<PruneMode>("mode", m, ", both")?],
     };
     let budgets = a
         .budget
@@ -590,13 +587,9 @@ fn cmd_search(a: SearchArgs) -> Result<()> {
         .map(|b| parse_budget(b))
         .collect::<std::result::Result<Vec<_>, _>>()
         .context("--budget")?;
-    let criterion: CriterionKind = parse_enum(
-        "criterion",
-        &a.criterion,
-        "mean, last, abs, magnitude, random",
-    )?;
-    let reinit: Reinit = parse_enum("reinit", &a.reinit, "same, fresh, keep")?;
-    let rank_group: RankGroup = parse_enum("rank-group", &a.rank_group, "uv, u_only")?;
+    let criterion: CriterionKind = parse_named("criterion", &a.criterion, "")?;
+    let reinit: Reinit = parse_named("reinit", &a.reinit, "")?;
+    let rank_group: RankGroup = parse_named("rank-group", &a.rank_group, "")?;
     let r = recipe(c, &task, 1e-3)?;
     let search_recipe = match a.search_lr {
         Some(lr) => Some(

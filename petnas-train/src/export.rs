@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
 use petnas_core::arch::Architecture;
-use petnas_core::inventory::Family;
+use petnas_core::inventory::{Family, ModuleType};
 use petnas_core::record::{Reinit, RunRecord};
 
 use crate::error::{io_err, Result, TrainError};
@@ -312,7 +312,7 @@ pub fn export_peft(run: &LoadedRun, out: &Path) -> Result<PathBuf> {
         let cfg = run.model.config();
         let h = cfg.hidden_size;
         for i in 0..cfg.num_hidden_layers {
-            let path = format!("encoder.layer.{i}.attention.self.query");
+            let path = ModuleType::Query.path(i);
             tensors.push((
                 format!("{pre}{path}.lora_A.weight"),
                 Tensor::zeros((1, h), DType::F32, &Device::Cpu)?,

@@ -16,7 +16,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use candle_core::{DType, Device, IndexOp, Result, Tensor, Var};
 use petnas_core::arch::{Architecture, ModuleArch};
-use petnas_core::inventory::{Activation, EncoderConfig, Family};
+use petnas_core::inventory::{Activation, EncoderConfig, Family, ModuleType};
 use petnas_core::record::{LoraInit, Precision};
 
 use ops::DropoutRng;
@@ -61,6 +61,31 @@ struct Layer {
     inter: PetLinear,
     out: PetLinear,
     out_ln: PetLayerNorm,
+}
+
+/// A layer's module, by its type: the Hugging Face path is `ModuleType::path` (one table, in
+/// petnas-core's inventory).
+enum LayerModule<'a> {
+    Linear(&'a PetLinear),
+    Norm(&'a PetLayerNorm),
+}
+
+impl Layer {
+    /// The layer's modules in inventory order (`ModuleType::ALL` without the embeddings
+    /// LayerNorm).
+    fn modules(&self) -> [(ModuleType, LayerModule<'_>); 8] {
+        use LayerModule::{Linear, Norm};
+        [
+            (ModuleType::Query, Linear(&self.query)),
+            (ModuleType::Key, Linear(&self.key)),
+            (ModuleType::Value, Linear(&self.value)),
+            (ModuleType::AttentionOutput, Linear(&self.attn_out)),
+            (ModuleType::AttentionLayerNorm, Norm(&self.attn_ln)),
+            (ModuleType::Intermediate, Linear(&self.inter)),
+            (ModuleType::Output, Linear(&self.out)),
+            (ModuleType::OutputLayerNorm, Norm(&self.out_ln)),
+        ]
+    }
 }
 
 /// The classification head (always trained, counted apart from the PET budget).
@@ -208,54 +233,30 @@ impl EncoderModel {
             let b = base(&format!("{p}.bias"), &[o], reg)?;
             Ok(fac.linear(PetLinear::new(w, b), by_path.get(p).copied(), reg)?)
         };
-        let emb_ln = ln("embeddings.LayerNorm", &mut reg, &mut base)?;
+        let emb_ln = ln(
+            &ModuleType::EmbeddingsLayerNorm.path(0),
+            &mut reg,
+            &mut base,
+        )?;
         let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
         let f = cfg.intermediate_size;
         for i in 0..cfg.num_hidden_layers {
-            let p = format!("encoder.layer.{i}");
+            let path = |t: ModuleType| t.path(i);
             layers.push(Layer {
-                query: lin(
-                    &format!("{p}.attention.self.query"),
-                    h,
-                    h,
-                    &mut reg,
-                    &mut base,
-                )?,
-                key: lin(
-                    &format!("{p}.attention.self.key"),
-                    h,
-                    h,
-                    &mut reg,
-                    &mut base,
-                )?,
-                value: lin(
-                    &format!("{p}.attention.self.value"),
-                    h,
-                    h,
-                    &mut reg,
-                    &mut base,
-                )?,
+                query: lin(&path(ModuleType::Query), h, h, &mut reg, &mut base)?,
+                key: lin(&path(ModuleType::Key), h, h, &mut reg, &mut base)?,
+                value: lin(&path(ModuleType::Value), h, h, &mut reg, &mut base)?,
                 attn_out: lin(
-                    &format!("{p}.attention.output.dense"),
+                    &path(ModuleType::AttentionOutput),
                     h,
                     h,
                     &mut reg,
                     &mut base,
                 )?,
-                attn_ln: ln(
-                    &format!("{p}.attention.output.LayerNorm"),
-                    &mut reg,
-                    &mut base,
-                )?,
-                inter: lin(
-                    &format!("{p}.intermediate.dense"),
-                    h,
-                    f,
-                    &mut reg,
-                    &mut base,
-                )?,
-                out: lin(&format!("{p}.output.dense"), f, h, &mut reg, &mut base)?,
-                out_ln: ln(&format!("{p}.output.LayerNorm"), &mut reg, &mut base)?,
+                attn_ln: ln(&path(ModuleType::AttentionLayerNorm), &mut reg, &mut base)?,
+                inter: lin(&path(ModuleType::Intermediate), h, f, &mut reg, &mut base)?,
+                out: lin(&path(ModuleType::Output), f, h, &mut reg, &mut base)?,
+                out_ln: ln(&path(ModuleType::OutputLayerNorm), &mut reg, &mut base)?,
             });
         }
         if opts.precision == Precision::Bf16 {
@@ -475,17 +476,11 @@ impl EncoderModel {
     pub fn lora_factors(&self) -> Result<Vec<(String, (Tensor, Tensor))>> {
         let mut out = Vec::new();
         for (i, l) in self.layers.iter().enumerate() {
-            let p = format!("encoder.layer.{i}");
-            for (name, lin) in [
-                (format!("{p}.attention.self.query"), &l.query),
-                (format!("{p}.attention.self.key"), &l.key),
-                (format!("{p}.attention.self.value"), &l.value),
-                (format!("{p}.attention.output.dense"), &l.attn_out),
-                (format!("{p}.intermediate.dense"), &l.inter),
-                (format!("{p}.output.dense"), &l.out),
-            ] {
-                if let Some(f) = lin.lora_factors()? {
-                    out.push((name, f));
+            for (t, m) in l.modules() {
+                if let LayerModule::Linear(lin) = m {
+                    if let Some(f) = lin.lora_factors()? {
+                        out.push((t.path(i), f));
+                    }
                 }
             }
         }
@@ -516,7 +511,11 @@ impl EncoderModel {
                 out.push((format!("{p}.bias"), b));
                 Ok(())
             };
-        push_ln(&mut out, "embeddings.LayerNorm".into(), &self.emb_ln)?;
+        push_ln(
+            &mut out,
+            ModuleType::EmbeddingsLayerNorm.path(0),
+            &self.emb_ln,
+        )?;
         let push_lin =
             |out: &mut Vec<(String, Tensor)>, p: String, lin: &PetLinear| -> Result<()> {
                 let (w, b) = lin.merged()?;
@@ -525,19 +524,12 @@ impl EncoderModel {
                 Ok(())
             };
         for (i, l) in self.layers.iter().enumerate() {
-            let p = format!("encoder.layer.{i}");
-            push_lin(&mut out, format!("{p}.attention.self.query"), &l.query)?;
-            push_lin(&mut out, format!("{p}.attention.self.key"), &l.key)?;
-            push_lin(&mut out, format!("{p}.attention.self.value"), &l.value)?;
-            push_lin(&mut out, format!("{p}.attention.output.dense"), &l.attn_out)?;
-            push_ln(
-                &mut out,
-                format!("{p}.attention.output.LayerNorm"),
-                &l.attn_ln,
-            )?;
-            push_lin(&mut out, format!("{p}.intermediate.dense"), &l.inter)?;
-            push_lin(&mut out, format!("{p}.output.dense"), &l.out)?;
-            push_ln(&mut out, format!("{p}.output.LayerNorm"), &l.out_ln)?;
+            for (t, m) in l.modules() {
+                match m {
+                    LayerModule::Linear(lin) => push_lin(&mut out, t.path(i), lin)?,
+                    LayerModule::Norm(n) => push_ln(&mut out, t.path(i), n)?,
+                }
+            }
         }
         let names = head_names(self.family);
         let (a, c) = match &self.head {

@@ -5,6 +5,7 @@
 //! One function, [`method_label`], turns a [`RunSpec`] into its label, so that every table,
 //! figure and finding groups runs the same way.
 
+use petnas_core::record::Method;
 use petnas_core::{CriterionKind, ModuleCount, PruneMode, Reinit, RunSpec};
 
 /// What kind of run a label stands for.
@@ -66,22 +67,23 @@ pub fn space_has_lora(space: &str, modules: &[ModuleCount]) -> bool {
 
 /// The label of a baseline method name (`"full"`, `"bitfit"`, ...); unknown names and space
 /// specs are shown as given.
-fn baseline_label(method: &str) -> String {
+fn baseline_label(method: &Method) -> String {
     match method {
-        "full" => "Full FT".to_string(),
-        "bitfit" => "BitFit".to_string(),
-        "lora" => "LoRA".to_string(),
-        "mam" => "MaM".to_string(),
-        "mam16" => "MaM (r=16)".to_string(),
-        m => match m.strip_prefix("arch:") {
-            Some(file) => {
-                let stem = std::path::Path::new(file)
-                    .file_stem()
-                    .map(|s| s.to_string_lossy().into_owned())
-                    .unwrap_or_else(|| file.to_string());
-                format!("Arch {stem}")
-            }
-            None => format!("PET[{m}]"),
+        Method::Full => "Full FT".to_string(),
+        Method::Search => "search".to_string(),
+        Method::Arch(file) => {
+            let stem = std::path::Path::new(file)
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_else(|| file.to_string());
+            format!("Arch {stem}")
+        }
+        Method::Space(m) => match m.as_str() {
+            "bitfit" => "BitFit".to_string(),
+            "lora" => "LoRA".to_string(),
+            "mam" => "MaM".to_string(),
+            "mam16" => "MaM (r=16)".to_string(),
+            m => format!("PET[{m}]"),
         },
     }
 }
@@ -95,7 +97,7 @@ fn baseline_label(method: &str) -> String {
 /// than `bitfit`/`mam16`, ` [last]`-style suffixes for other criteria and ` [reinit=…]` for a
 /// re-initialisation other than `same`.
 pub fn method_label(spec: &RunSpec, has_lora: bool) -> MethodLabel {
-    if spec.method != "search" {
+    if !spec.method.is_search() {
         let label = baseline_label(&spec.method);
         return MethodLabel {
             base: label.clone(),
@@ -110,7 +112,7 @@ pub fn method_label(spec: &RunSpec, has_lora: bool) -> MethodLabel {
         // The maximal training of a preset space is that preset trained with the search's recipe:
         // the maximal run of a `bitfit` search *is* full BitFit, the comparison the paper draws.
         if matches!(space, "bitfit" | "lora" | "mam" | "mam16") {
-            let label = baseline_label(space);
+            let label = baseline_label(&Method::Space(space.to_string()));
             return MethodLabel {
                 base: label.clone(),
                 label,

@@ -159,12 +159,12 @@ fn demote_shadowed_search_starts(records: &[(PathBuf, RunRecord)], labels: &mut 
     let real: BTreeSet<(String, &str, u64)> = labels
         .iter()
         .zip(records)
-        .filter(|(ml, (_, r))| ml.group == Group::Baseline && r.spec.method != "search")
+        .filter(|(ml, (_, r))| ml.group == Group::Baseline && !r.spec.method.is_search())
         .map(|(ml, (_, r))| (ml.label.clone(), r.spec.task.as_str(), r.spec.seed))
         .collect();
     for (ml, (_, r)) in labels.iter_mut().zip(records) {
         if ml.group == Group::Baseline
-            && r.spec.method == "search"
+            && r.spec.method.is_search()
             && real.contains(&(ml.label.clone(), r.spec.task.as_str(), r.spec.seed))
         {
             ml.label = format!("{} (search start)", r.spec.space.as_deref().unwrap_or("?"));
@@ -322,7 +322,7 @@ pub fn build_frames(dir: &Path, records: &[(PathBuf, RunRecord)]) -> Result<Swee
         group.push(ml.group.as_str());
         random.push(ml.random);
         ablation.push(ml.ablation);
-        method.push(s.method.clone());
+        method.push(s.method.as_string());
         space.push(s.space.clone());
         mode.push(s.mode.map(|m| match m {
             petnas_core::PruneMode::Structured => "structured",

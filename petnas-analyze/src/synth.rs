@@ -169,7 +169,7 @@ impl SynthRun {
                 hidden_size: HIDDEN,
                 intermediate_size: FFN,
             },
-            method: self.method.clone(),
+            method: petnas_core::record::Method::parse(&self.method),
             space: self.space.clone(),
             mode: self.mode,
             budget: self.budget,

@@ -277,6 +277,79 @@ impl std::str::FromStr for Precision {
     }
 }
 
+/// What a run trains. In records it is one string (`"search"`, `"full"`, `"arch:<file>"`, or a
+/// space preset / spec such as `"bitfit"` or `"mam"`), which is what spec hashes were made of.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Method {
+    /// A search: maximal training, pruning and retraining (the space is `RunSpec::space`).
+    Search,
+    /// Full fine-tuning of every encoder weight.
+    Full,
+    /// A fixed architecture from a file (`arch:<file>`).
+    Arch(String),
+    /// A fixed PET space trained whole: a preset (`bitfit`, `lora`, `mam`, `mam16`) or a spec.
+    Space(String),
+}
+
+impl Method {
+    /// `search` → Search, `full` → Full, `arch:<file>` → Arch, anything else → Space (checked
+    /// against the space grammar where a model's inventory is known).
+    pub fn parse(s: &str) -> Method {
+        match s {
+            "search" => Method::Search,
+            "full" => Method::Full,
+            _ => match s.strip_prefix("arch:") {
+                Some(file) => Method::Arch(file.to_string()),
+                None => Method::Space(s.to_string()),
+            },
+        }
+    }
+
+    /// The record's spelling.
+    pub fn as_string(&self) -> String {
+        match self {
+            Method::Search => "search".into(),
+            Method::Full => "full".into(),
+            Method::Arch(f) => format!("arch:{f}"),
+            Method::Space(s) => s.clone(),
+        }
+    }
+
+    /// Whether this is a search.
+    pub fn is_search(&self) -> bool {
+        *self == Method::Search
+    }
+
+    /// Whether this is full fine-tuning.
+    pub fn is_full(&self) -> bool {
+        *self == Method::Full
+    }
+}
+
+impl From<&str> for Method {
+    fn from(s: &str) -> Method {
+        Method::parse(s)
+    }
+}
+
+impl std::fmt::Display for Method {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.as_string())
+    }
+}
+
+impl Serialize for Method {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.as_string())
+    }
+}
+
+impl<'de> Deserialize<'de> for Method {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Ok(Method::parse(&String::deserialize(d)?))
+    }
+}
+
 /// Everything that defines a run (its hash decides whether a finished run can be reused).
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct RunSpec {
@@ -286,8 +359,8 @@ pub struct RunSpec {
     pub model: String,
     /// Fingerprint of the model.
     pub model_fingerprint: ModelFingerprint,
-    /// `"full"`, `"bitfit"`, `"lora"`, `"mam"`, `"arch:<file>"` or `"search"`.
-    pub method: String,
+    /// What is trained (one string in the record, see [`Method`]).
+    pub method: Method,
     /// Search space (for `search`).
     #[serde(default)]
     pub space: Option<String>,
@@ -504,6 +577,21 @@ impl RunRecord {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn method_is_the_record_string() {
+        for (text, m) in [
+            ("search", Method::Search),
+            ("full", Method::Full),
+            ("arch:archs/best.json", Method::Arch("archs/best.json".into())),
+            ("bitfit", Method::Space("bitfit".into())),
+            ("bias=all; lora=query:8", Method::Space("bias=all; lora=query:8".into())),
+        ] {
+            assert_eq!(Method::parse(text), m);
+            assert_eq!(serde_json::to_value(&m).unwrap(), serde_json::json!(text));
+            assert_eq!(serde_json::from_value::<Method>(serde_json::json!(text)).unwrap(), m);
+        }
+    }
     use crate::inventory::Family;
 
     pub(crate) fn spec() -> RunSpec {
@@ -516,7 +604,7 @@ mod tests {
                 hidden_size: 384,
                 intermediate_size: 1536,
             },
-            method: "search".into(),
+            method: Method::Search,
             space: Some("mam16".into()),
             mode: Some(PruneMode::Structured),
             budget: Some(50_000),

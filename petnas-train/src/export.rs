@@ -68,7 +68,7 @@ pub fn load_run(
         }
     };
     let num_labels = task_def.num_labels();
-    let arch = if spec.method == "full" {
+    let arch = if spec.method.is_full() {
         None
     } else {
         let a = Architecture::load(run_dir)?;
@@ -93,7 +93,7 @@ pub fn load_run(
         num_labels,
         seed: spec.seed,
         lora_init: spec.lora_init,
-        full_finetune: spec.method == "full",
+        full_finetune: spec.method.is_full(),
         dtype: DType::F32,
         precision: spec.precision,
     };

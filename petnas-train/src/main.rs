@@ -10,6 +10,7 @@ use petnas_core::criterion::CriterionKind;
 use petnas_core::inventory::inventory;
 use petnas_core::names::Named;
 use petnas_core::prune::{parse_budget, RankGroup};
+use petnas_core::record::Method;
 use petnas_core::record::{LoraInit, Precision, Recipe, Reinit, RunRecord, RunSpec};
 use petnas_core::space::SearchSpace;
 use petnas_train::device::parse_device;
@@ -496,29 +497,32 @@ fn cmd_train(a: TrainArgs) -> Result<()> {
     let c = &a.common;
     precision_notice(c.precision);
     let task = task_info(c)?;
-    let default_lr = if a.method == "full" { 2e-5 } else { 1e-3 };
+    let method = Method::parse(&a.method);
+    let default_lr = if method.is_full() { 2e-5 } else { 1e-3 };
     let recipe = recipe(c, &task, default_lr)?;
     let (task_def, data) = task.spec_parts()?;
     let inp = load_inputs(c, &task, &recipe)?;
     let cfg = &inp.model.config;
-    let (arch, method, space_name) = if a.method == "full" {
-        (None, "full".to_string(), None)
-    } else if let Some(file) = a.method.strip_prefix("arch:") {
-        let arch =
-            Architecture::load(Path::new(file)).with_context(|| format!("--method arch:{file}"))?;
-        arch.check_model(cfg)
-            .with_context(|| format!("--method arch:{file}"))?;
-        let name = arch.space.clone();
-        (Some(arch), a.method.clone(), Some(name))
-    } else {
-        let space = SearchSpace::from_spec(&a.method, &inventory(cfg))
-            .with_context(|| format!("--method {}", a.method))?;
-        let name = space.name.clone();
-        (
-            Some(Architecture::maximal(&space, cfg)?),
-            a.method.clone(),
-            Some(name),
-        )
+    let (arch, space_name) = match &method {
+        Method::Full => (None, None),
+        Method::Arch(file) => {
+            let arch = Architecture::load(Path::new(file))
+                .with_context(|| format!("--method arch:{file}"))?;
+            arch.check_model(cfg)
+                .with_context(|| format!("--method arch:{file}"))?;
+            let name = arch.space.clone();
+            (Some(arch), Some(name))
+        }
+        Method::Space(spec) => {
+            let space = SearchSpace::from_spec(spec, &inventory(cfg))
+                .with_context(|| format!("--method {spec}"))?;
+            let name = space.name.clone();
+            (Some(Architecture::maximal(&space, cfg)?), Some(name))
+        }
+        Method::Search => anyhow::bail!(
+            "--method search: a search is `petnas-train search`; `train` trains a fixed method \
+             (full, bitfit, lora, mam, mam16, a space spec, or arch:<file>)"
+        ),
     };
     let spec = RunSpec {
         task: task.name().to_string(),
@@ -545,7 +549,7 @@ fn cmd_train(a: TrainArgs) -> Result<()> {
         .as_ref()
         .map(|a| init_map(a, c.seed, c.lora_init))
         .unwrap_or_default();
-    let id = sweep::baseline_id(task.name(), &method, None, c.seed);
+    let id = sweep::baseline_id(task.name(), &method.as_string(), None, c.seed);
     if check_existing(&c.out, &id, &spec, c.overwrite)? {
         println!(
             "{} is already done with this config (a run folder with the same spec hash)",

@@ -156,7 +156,7 @@ pub struct RunOutcome {
 pub fn execute(inp: &RunInputs, plan: RunPlan, id: &str, out_dir: &Path) -> Result<RunOutcome> {
     let t0 = Instant::now();
     let spec = plan.spec.clone();
-    let full = spec.method == "full";
+    let full = spec.method.is_full();
     let opts = BuildOptions {
         num_labels: inp.task.num_labels(),
         seed: spec.seed,

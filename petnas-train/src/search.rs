@@ -12,7 +12,9 @@ use std::path::Path;
 use petnas_core::arch::{Architecture, PruneMode};
 use petnas_core::criterion::{CriterionAccumulator, CriterionKind};
 use petnas_core::prune::{iterative_budgets, prune, scores_at_maximal_shape, RankGroup};
-use petnas_core::record::{LoraInit, Precision, Recipe, Reinit, RunRecord, RunSpec, RunStatus};
+use petnas_core::record::{
+    LoraInit, Method, Precision, Recipe, Reinit, RunRecord, RunSpec, RunStatus,
+};
 use petnas_core::space::SearchSpace;
 
 use crate::error::{Result, TrainError};
@@ -174,7 +176,7 @@ impl SearchConfig {
             task: self.task.clone(),
             model: self.model.clone(),
             model_fingerprint: maximal.model.clone(),
-            method: "search".into(),
+            method: Method::Search,
             space: Some(self.space.name.clone()),
             mode: None,
             budget: None,

@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use petnas_train::glue::{load, load_file, split_path, Example, Label, Split, Task};
+use petnas_train::glue::{load_file, split_path, Example, Label, Split, Task};
 
 fn ex(a: &str, b: Option<&str>, label: Label) -> Example {
     Example {

@@ -106,7 +106,7 @@ fn minilm_configs_plan_on_the_real_model_and_price_full_runs_apart() {
         let secs: f64 = p
             .runs
             .iter()
-            .map(|r| r.steps as f64 * 16.0 / if r.spec.method == "full" { 10.0 } else { 100.0 })
+            .map(|r| r.steps as f64 * 16.0 / if r.spec.method.is_full() { 10.0 } else { 100.0 })
             .sum();
         let text = describe(&p, empty.path(), None, Some(&eps), 16);
         let want = if secs < 3600.0 {

@@ -224,7 +224,7 @@ pub type Throughput = BTreeMap<(String, bool), f64>;
 
 /// Whether a planned run fine-tunes every weight (several times slower per example than a PET).
 pub fn is_full(spec: &RunSpec) -> bool {
-    spec.method == "full"
+    spec.method.is_full()
 }
 
 /// Human summary of a plan: counts, trainings, steps and an estimated cost.

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use petnas_core::arch::{Architecture, ModelFingerprint};
 use petnas_core::inventory::inventory;
 use petnas_core::prune::parse_budget;
-use petnas_core::record::{Recipe, RunSpec};
+use petnas_core::record::{Method, Recipe, RunSpec};
 use petnas_core::space::SearchSpace;
 use serde::Serialize;
 
@@ -175,7 +175,7 @@ pub fn plan(cfg: &SweepConfig, data_override: Option<&Path>) -> Result<Plan> {
                     data: data_sums.clone(),
                     model: cfg.model.clone(),
                     model_fingerprint: fp.clone(),
-                    method: b.method.clone(),
+                    method: Method::parse(&b.method),
                     space,
                     mode: None,
                     budget: None,

@@ -453,3 +453,91 @@ fn iterative_pruning_runs_beside_one_shot() {
         .flatten()
         .all(|e| !e.file_name().to_string_lossy().starts_with(".rounds")));
 }
+
+/// `PETNAS_TRACE` writes the draws another implementation needs to replay a training (the head's
+/// initial values, each step's batch and loss, the dropout seed and counters), changes nothing
+/// about the run, and refuses a folder that already holds a trace.
+#[test]
+fn trace_records_the_draws_and_changes_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tiny(tmp.path(), "bert");
+    let trace = tmp.path().join("trace");
+    let run = |out: &Path, trace: Option<&Path>| {
+        let mut args = vec![
+            "train",
+            "--task",
+            "rte",
+            "--method",
+            "bitfit",
+            "--model",
+            s(&model),
+            "--data",
+            s(glue()),
+            "--seed",
+            "3",
+            "--out",
+            s(out),
+        ];
+        args.extend(TINY);
+        let mut c = command("petnas-train");
+        c.args(&args);
+        if let Some(t) = trace {
+            c.env("PETNAS_TRACE", t);
+        }
+        c.output().unwrap()
+    };
+    let plain = tmp.path().join("plain");
+    let traced = tmp.path().join("traced");
+    assert!(run(&plain, None).status.success());
+    let o = run(&traced, Some(&trace));
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let rec = |d: &Path| json(&d.join("rte-bitfit-s3").join("record.json"));
+    let (a, b) = (rec(&plain), rec(&traced));
+    assert_eq!(a["config_hash"], b["config_hash"]);
+    assert_eq!(a["result"]["metrics"], b["result"]["metrics"]);
+    assert_eq!(
+        a["result"]["final_train_loss"],
+        b["result"]["final_train_loss"]
+    );
+
+    let steps = jsonl(&trace.join("steps.jsonl"));
+    assert_eq!(steps.len() as u64, b["result"]["steps"].as_u64().unwrap());
+    // Within an epoch the batches draw distinct examples of the 64 (3 steps of 8 here).
+    let mut seen: Vec<u64> = steps
+        .iter()
+        .flat_map(|l| {
+            l["idx"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_u64().unwrap())
+        })
+        .collect();
+    assert_eq!(seen.len(), 3 * 8);
+    seen.sort();
+    seen.dedup();
+    assert_eq!(seen.len(), 3 * 8, "an example drawn twice in one epoch");
+    assert!(seen.iter().all(|&i| i < 64));
+    // Dropout counters start at 0 and grow with each forward pass.
+    let counters: Vec<u64> = steps
+        .iter()
+        .map(|l| l["dropout_counter"].as_u64().unwrap())
+        .collect();
+    assert_eq!(counters[0], 0);
+    assert!(counters.windows(2).all(|w| w[1] > w[0]), "{counters:?}");
+    let seed = json(&trace.join("dropout.json"))["seed"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(seed.parse::<u64>().is_ok(), "{seed}");
+    let init = std::fs::read(trace.join("init.safetensors")).unwrap();
+    let text = String::from_utf8_lossy(&init[..init.len().min(64 * 1024)]).into_owned();
+    assert!(
+        text.contains("classifier.weight"),
+        "init.safetensors lacks the head"
+    );
+
+    let again = run(&tmp.path().join("again"), Some(&trace));
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("already holds a trace"));
+}

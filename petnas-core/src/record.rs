@@ -583,13 +583,22 @@ mod tests {
         for (text, m) in [
             ("search", Method::Search),
             ("full", Method::Full),
-            ("arch:archs/best.json", Method::Arch("archs/best.json".into())),
+            (
+                "arch:archs/best.json",
+                Method::Arch("archs/best.json".into()),
+            ),
             ("bitfit", Method::Space("bitfit".into())),
-            ("bias=all; lora=query:8", Method::Space("bias=all; lora=query:8".into())),
+            (
+                "bias=all; lora=query:8",
+                Method::Space("bias=all; lora=query:8".into()),
+            ),
         ] {
             assert_eq!(Method::parse(text), m);
             assert_eq!(serde_json::to_value(&m).unwrap(), serde_json::json!(text));
-            assert_eq!(serde_json::from_value::<Method>(serde_json::json!(text)).unwrap(), m);
+            assert_eq!(
+                serde_json::from_value::<Method>(serde_json::json!(text)).unwrap(),
+                m
+            );
         }
     }
     use crate::inventory::Family;

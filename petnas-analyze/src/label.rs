@@ -53,16 +53,8 @@ pub fn space_has_lora(space: &str, modules: &[ModuleCount]) -> bool {
             .iter()
             .any(|m| m.lora_total > 0 || m.max_rank.is_some());
     }
-    match space.trim() {
-        "bitfit" | "full" => false,
-        "lora" | "mam" | "mam16" => true,
-        spec => spec.split(';').any(|clause| {
-            clause
-                .trim()
-                .strip_prefix("lora=")
-                .is_some_and(|v| !v.trim().starts_with("none"))
-        }),
-    }
+    // The space grammar is petnas-core's; a spec it cannot read counts as bias-only.
+    petnas_core::space::spec_has_lora(space).unwrap_or(false)
 }
 
 /// The label of a baseline method name (`"full"`, `"bitfit"`, ...); unknown names and space

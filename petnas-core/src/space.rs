@@ -120,6 +120,73 @@ impl SearchSpace {
             spec: spec.to_string(),
             reason,
         };
+        let Clauses { bias, lora, layers } = Clauses::parse(spec)?;
+        if let Some(f) = &layers {
+            let n = inv
+                .iter()
+                .filter_map(|m| m.layer)
+                .max()
+                .map_or(0, |l| l + 1);
+            if let Some(bad_layer) = f.layers.iter().find(|&&l| l >= n) {
+                return Err(bad(format!(
+                    "layer {bad_layer} does not exist (the model has {n} layers)"
+                )));
+            }
+        }
+        let (lora_types, rank) = lora.unwrap_or_default();
+        Ok(Self::build(
+            text,
+            inv,
+            &bias.unwrap_or_default(),
+            &lora_types,
+            rank,
+            layers.as_ref(),
+        ))
+    }
+
+    /// Number of PET parameters of the maximal architecture (0 for full fine-tuning; see
+    /// [`SearchSpace::trained_params`]). Paths missing from `inv` count 0; [`crate::Architecture::maximal`]
+    /// rejects them.
+    pub fn pet_params(&self, inv: &[ModuleInfo]) -> usize {
+        let find = |p: &str| inv.iter().find(|m| m.path == p);
+        let bias: usize = self
+            .bias
+            .iter()
+            .filter_map(|p| find(p))
+            .map(|m| m.out_dim)
+            .sum();
+        let lora: usize = self
+            .lora
+            .iter()
+            .filter_map(|(p, r)| find(p).map(|m| r * (m.in_dim + m.out_dim)))
+            .sum();
+        bias + lora
+    }
+
+    /// Parameters trained besides the head: all encoder parameters for `full`, else the PET count.
+    pub fn trained_params(&self, cfg: &EncoderConfig) -> usize {
+        if self.full_finetune {
+            cfg.encoder_params()
+        } else {
+            self.pet_params(&crate::inventory::inventory(cfg))
+        }
+    }
+}
+
+/// The clauses of a space spec (`bias=…; lora=…@r; layers=…`), parsed without a model.
+struct Clauses {
+    bias: Option<BTreeSet<ModuleType>>,
+    lora: Option<(BTreeSet<ModuleType>, usize)>,
+    layers: Option<LayerFilter>,
+}
+
+impl Clauses {
+    fn parse(spec: &str) -> Result<Clauses, CoreError> {
+        let bad = |reason: String| CoreError::BadSpec {
+            spec: spec.to_string(),
+            reason,
+        };
+        let text = spec.trim();
         let mut bias: Option<BTreeSet<ModuleType>> = None;
         let mut lora: Option<(BTreeSet<ModuleType>, usize)> = None;
         let mut layers: Option<LayerFilter> = None;
@@ -191,55 +258,20 @@ impl SearchSpace {
                 "neither bias= nor lora= given: the space would be empty".to_string(),
             ));
         }
-        if let Some(f) = &layers {
-            let n = inv
-                .iter()
-                .filter_map(|m| m.layer)
-                .max()
-                .map_or(0, |l| l + 1);
-            if let Some(bad_layer) = f.layers.iter().find(|&&l| l >= n) {
-                return Err(bad(format!(
-                    "layer {bad_layer} does not exist (the model has {n} layers)"
-                )));
-            }
-        }
-        let (lora_types, rank) = lora.unwrap_or_default();
-        Ok(Self::build(
-            text,
-            inv,
-            &bias.unwrap_or_default(),
-            &lora_types,
-            rank,
-            layers.as_ref(),
-        ))
+        Ok(Clauses { bias, lora, layers })
     }
+}
 
-    /// Number of PET parameters of the maximal architecture (0 for full fine-tuning; see
-    /// [`SearchSpace::trained_params`]). Paths missing from `inv` count 0; [`crate::Architecture::maximal`]
-    /// rejects them.
-    pub fn pet_params(&self, inv: &[ModuleInfo]) -> usize {
-        let find = |p: &str| inv.iter().find(|m| m.path == p);
-        let bias: usize = self
-            .bias
-            .iter()
-            .filter_map(|p| find(p))
-            .map(|m| m.out_dim)
-            .sum();
-        let lora: usize = self
+/// Whether a space (preset name or spec) carries LoRA, read by the same grammar as
+/// [`SearchSpace::from_spec`] but without a model: `lora`, `mam`, `mam16` do, `bitfit` and
+/// `full` do not, a spec does when its `lora=` clause names at least one module type.
+pub fn spec_has_lora(spec: &str) -> Result<bool, CoreError> {
+    match spec.trim() {
+        "full" | "bitfit" => Ok(false),
+        "lora" | "mam" | "mam16" => Ok(true),
+        text => Ok(Clauses::parse(text)?
             .lora
-            .iter()
-            .filter_map(|(p, r)| find(p).map(|m| r * (m.in_dim + m.out_dim)))
-            .sum();
-        bias + lora
-    }
-
-    /// Parameters trained besides the head: all encoder parameters for `full`, else the PET count.
-    pub fn trained_params(&self, cfg: &EncoderConfig) -> usize {
-        if self.full_finetune {
-            cfg.encoder_params()
-        } else {
-            self.pet_params(&crate::inventory::inventory(cfg))
-        }
+            .is_some_and(|(types, _)| !types.is_empty())),
     }
 }
 
@@ -315,6 +347,26 @@ impl LayerFilter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn spec_has_lora_reads_the_grammar() {
+        for (spec, want) in [
+            ("bitfit", false),
+            ("full", false),
+            ("lora", true),
+            ("mam16", true),
+            ("bias=all", false),
+            ("bias=all; lora=none", false),
+            ("lora=query,key@8", true),
+            ("bias=all; lora=all@4; layers=0-2", true),
+        ] {
+            assert_eq!(spec_has_lora(spec).unwrap(), want, "{spec}");
+        }
+        assert!(
+            spec_has_lora("lora=query").is_err(),
+            "a missing rank is an error"
+        );
+    }
     use crate::inventory::{inventory, minilm, Family};
 
     #[test]

@@ -11,7 +11,7 @@ use petnas_core::record::Recipe;
 use petnas_core::rng::Rng;
 
 use crate::batch::{epoch_batches, make_batch};
-use crate::error::{Result, TrainError};
+use crate::error::{io_err, Result, TrainError};
 use crate::glue::Label;
 use crate::metrics::{task_metrics, Predictions};
 use crate::model::ops::{self, DropoutRng};
@@ -259,10 +259,7 @@ impl Trace {
         let Some(dir) = std::env::var_os("PETNAS_TRACE").map(std::path::PathBuf::from) else {
             return Ok(None);
         };
-        let io = |e: std::io::Error, p: &std::path::Path| {
-            TrainError::Invalid(format!("PETNAS_TRACE: {}: {e}", p.display()))
-        };
-        std::fs::create_dir_all(&dir).map_err(|e| io(e, &dir))?;
+        std::fs::create_dir_all(&dir).map_err(io_err(&dir))?;
         let path = dir.join("steps.jsonl");
         if path.exists() {
             return Err(TrainError::Invalid(format!(
@@ -279,8 +276,8 @@ impl Trace {
         let dj = dir.join("dropout.json");
         let meta = serde_json::json!({ "seed": drop.position().0.to_string(),
             "draw": "petnas_core::rng::counter_uniform(seed, counter) >= p keeps, scaled by 1/(1-p)" });
-        std::fs::write(&dj, format!("{meta}\n")).map_err(|e| io(e, &dj))?;
-        let f = std::fs::File::create(&path).map_err(|e| io(e, &path))?;
+        std::fs::write(&dj, format!("{meta}\n")).map_err(io_err(&dj))?;
+        let f = std::fs::File::create(&path).map_err(io_err(&path))?;
         Ok(Some(Trace {
             steps: std::io::BufWriter::new(f),
             path,
@@ -292,7 +289,7 @@ impl Trace {
         let line = serde_json::json!({ "step": step, "idx": idx, "loss": loss, "dropout_counter": drop_at });
         writeln!(self.steps, "{line}")
             .and_then(|_| self.steps.flush())
-            .map_err(|e| TrainError::Invalid(format!("PETNAS_TRACE: {}: {e}", self.path.display())))
+            .map_err(io_err(&self.path))
     }
 }
 

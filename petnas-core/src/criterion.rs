@@ -64,7 +64,8 @@ impl std::str::FromStr for CriterionKind {
             .find(|k| k.as_str() == s.trim())
             .ok_or_else(|| {
                 format!(
-                    "unknown criterion {s:?}: expected one of mean, last, abs, magnitude, random"
+                    "unknown criterion {s:?}: expected one of {}",
+                    <Self as crate::names::Named>::names()
                 )
             })
     }

@@ -18,9 +18,9 @@ use serde::Serialize;
 use crate::error::Result;
 use crate::model::load::ModelDir;
 use crate::model::ops::DropoutRng;
+use crate::model::pet::init_map;
 use crate::model::pet::Role;
 use crate::model::{Batch, BuildOptions, EncoderModel};
-use crate::search::init_map;
 
 /// What to measure.
 #[derive(Debug, Clone)]

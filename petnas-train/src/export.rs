@@ -21,8 +21,8 @@ use crate::error::{io_err, Result, TrainError};
 use crate::glue::Task;
 use crate::model::load::ModelDir;
 use crate::model::pet::Role;
+use crate::model::pet::{init_map, FRESH_STREAM};
 use crate::model::{BuildOptions, EncoderModel};
-use crate::search::{init_map, FRESH_STREAM};
 
 /// A finished run, rebuilt with its trained values.
 pub struct LoadedRun {
@@ -416,7 +416,7 @@ impl LoadedRun {
                 let d = match (data, crate::run::trained_data_dir(run_dir)) {
                     (Some(d), _) => d.to_path_buf(),
                     (None, Some(d)) => d,
-                    (None, None) => crate::sweep::find_data(None)?,
+                    (None, None) => crate::glue::find_data(None)?,
                 };
                 crate::task::TaskInfo::glue(t, &d)
             }

@@ -15,6 +15,7 @@ pub mod export;
 pub mod glue;
 pub mod metrics;
 pub mod model;
+pub mod options;
 pub mod run;
 pub mod search;
 pub mod sweep;

@@ -5,18 +5,17 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
-use petnas_core::arch::{Architecture, PruneMode};
-use petnas_core::criterion::CriterionKind;
+use petnas_core::arch::Architecture;
 use petnas_core::inventory::inventory;
-use petnas_core::names::Named;
-use petnas_core::prune::{parse_budget, RankGroup};
 use petnas_core::record::Method;
-use petnas_core::record::{LoraInit, Precision, Recipe, Reinit, RunRecord, RunSpec};
+use petnas_core::record::{LoraInit, Precision, Recipe, RunRecord, RunSpec};
 use petnas_core::space::SearchSpace;
 use petnas_train::device::parse_device;
-use petnas_train::glue::Task;
+use petnas_train::glue::{self, Task};
+use petnas_train::model::pet::init_map;
+use petnas_train::options::{RecipeOptions, RunBase, SearchOptions};
 use petnas_train::run::{self, DataLimits, RunInputs, RunPlan};
-use petnas_train::search::{self, init_map, SearchConfig, SearchHooks};
+use petnas_train::search::{self, SearchHooks};
 use petnas_train::sweep;
 use petnas_train::task::{TaskInfo, UserTask};
 
@@ -174,7 +173,7 @@ struct Common {
     #[arg(long, default_value = "runs")]
     out: PathBuf,
     #[command(flatten)]
-    recipe: RecipeArgs,
+    recipe: RecipeOptions,
     /// LoRA initialisation: paper (eq. 1: U, V both Gaussian), hu (Hu et al./PEFT: V = 0),
     /// u_zero (U = 0), paper_zero_offset (eq. 1 minus the initial product).
     #[arg(long, default_value = "paper")]
@@ -261,106 +260,30 @@ fn task_info(c: &Common) -> Result<TaskInfo> {
         }
         (Some(t), None) => {
             let task: Task = t.parse().map_err(|e| anyhow::anyhow!("--task: {e}"))?;
-            let data = sweep::find_data(c.data.as_deref())?;
+            let data = glue::find_data(c.data.as_deref())?;
             Ok(TaskInfo::glue(task, &data)?)
         }
         (None, None) => bail!("give --task NAME (GLUE) or --train FILE --dev FILE --text-columns A[,B] --label-column L"),
     }
 }
 
-/// The recipe's options. Each one left out takes the value of [`Recipe::new`] (the paper's recipe),
-/// which is where the defaults live; every one of them is part of the run's spec and its hash.
-#[derive(Args, Clone)]
-struct RecipeArgs {
-    /// Epochs (default: the paper's per-task count).
-    #[arg(long)]
-    epochs: Option<f64>,
-    /// Peak learning rate (default: 2e-5 for full fine-tuning, 1e-3 for PET methods).
-    #[arg(long)]
-    lr: Option<f64>,
-    /// Batch size [default: 16].
-    #[arg(long)]
-    batch_size: Option<usize>,
-    /// Max sequence length in tokens [default: 128].
-    #[arg(long)]
-    max_len: Option<usize>,
-    /// Warm-up fraction of the linear schedule [default: 0.06].
-    #[arg(long)]
-    warmup: Option<f64>,
-    /// Adam weight decay [default: 0, plain Adam].
-    #[arg(long)]
-    weight_decay: Option<f64>,
-    /// Adam β₁ [default: 0.9].
-    #[arg(long)]
-    adam_beta1: Option<f64>,
-    /// Adam β₂ [default: 0.999].
-    #[arg(long)]
-    adam_beta2: Option<f64>,
-    /// Adam ε [default: 1e-8].
-    #[arg(long)]
-    adam_eps: Option<f64>,
-    /// Clip the global gradient norm to this value (`none`: no clipping) [default: none].
-    #[arg(long, value_parser = parse_grad_norm)]
-    max_grad_norm: Option<GradNorm>,
-    /// Stop after this many optimizer steps.
-    #[arg(long)]
-    max_steps: Option<usize>,
-    /// Use only the first N training examples.
-    #[arg(long)]
-    max_train: Option<usize>,
-    /// Use only the first N dev examples.
-    #[arg(long)]
-    max_dev: Option<usize>,
-    /// Length-bucketing window in batches (1 = plain shuffle) [default: 1].
-    #[arg(long)]
-    bucket: Option<usize>,
+/// The recipe of a run on `task` from the command line, checked; a bad value is named as the
+/// option is spelled (`--warmup 1: ...`).
+fn recipe(c: &Common, task: &TaskInfo, default_lr: f64) -> Result<Recipe> {
+    let r = c.recipe.resolve(task, default_lr);
+    r.validate().map_err(cli_recipe_error)?;
+    Ok(r)
 }
 
-/// `--max-grad-norm X|none`. A newtype, because clap reads a field of type `Option<Option<T>>` as
-/// "flag with an optional value" and then panics when the parser yields `Option<T>`.
-#[derive(Clone, Copy, Debug)]
-struct GradNorm(Option<f64>);
-
-fn parse_grad_norm(s: &str) -> std::result::Result<GradNorm, String> {
-    if s == "none" {
-        return Ok(GradNorm(None));
-    }
-    s.parse::<f64>()
-        .map(|x| GradNorm(Some(x)))
-        .map_err(|_| format!("`{s}`: a number or `none`"))
-}
-
-impl RecipeArgs {
-    /// The recipe: `base` with every given option applied, checked.
-    fn apply(&self, base: Recipe) -> Result<Recipe> {
-        let r = Recipe {
-            epochs: self.epochs.unwrap_or(base.epochs),
-            lr: self.lr.unwrap_or(base.lr),
-            batch_size: self.batch_size.unwrap_or(base.batch_size),
-            max_len: self.max_len.unwrap_or(base.max_len),
-            warmup_frac: self.warmup.unwrap_or(base.warmup_frac),
-            weight_decay: self.weight_decay.unwrap_or(base.weight_decay),
-            max_steps: self.max_steps.or(base.max_steps),
-            max_train: self.max_train.or(base.max_train),
-            max_dev: self.max_dev.or(base.max_dev),
-            adam_beta1: self.adam_beta1.unwrap_or(base.adam_beta1),
-            adam_beta2: self.adam_beta2.unwrap_or(base.adam_beta2),
-            adam_eps: self.adam_eps.unwrap_or(base.adam_eps),
-            max_grad_norm: self.max_grad_norm.map_or(base.max_grad_norm, |g| g.0),
-            bucket: self.bucket.unwrap_or(base.bucket),
-        };
-        r.validate().map_err(|e| {
-            // "warmup_frac = 1: ..." → "--warmup 1: ...", as the option is spelled.
-            let (field, rest) = e.split_once(" = ").unwrap_or((e.as_str(), ""));
-            let flag = if field == "warmup_frac" {
-                "warmup".to_string()
-            } else {
-                field.replace('_', "-")
-            };
-            anyhow::anyhow!("--{flag} {rest}")
-        })?;
-        Ok(r)
-    }
+/// "warmup_frac = 1: ..." → "--warmup 1: ...", as the option is spelled.
+fn cli_recipe_error(e: String) -> anyhow::Error {
+    let (field, rest) = e.split_once(" = ").unwrap_or((e.as_str(), ""));
+    let flag = if field == "warmup_frac" {
+        "warmup".to_string()
+    } else {
+        field.replace('_', "-")
+    };
+    anyhow::anyhow!("--{flag} {rest}")
 }
 
 #[derive(Args)]
@@ -376,46 +299,8 @@ struct TrainArgs {
 struct SearchArgs {
     #[command(flatten)]
     common: Common,
-    /// Maximal space: bitfit, mam16, ... or a space spec.
-    #[arg(long)]
-    space: String,
-    /// structured, unstructured, or both.
-    #[arg(long, default_value = "both")]
-    mode: String,
-    /// Budgets in PET parameters, comma separated (2000,10k,3.4M).
-    #[arg(
-        long,
-        value_delimiter = ',',
-        required = true,
-        allow_hyphen_values = true
-    )]
-    budget: Vec<String>,
-    /// Criterion: mean (the paper's), last, abs, magnitude, random.
-    #[arg(long, default_value = "mean")]
-    criterion: String,
-    /// Pruned training starts from: same (the paper's), fresh, keep.
-    #[arg(long, default_value = "same")]
-    reinit: String,
-    /// Rank-component score: uv (column k of U and of V) or u_only.
-    #[arg(long, default_value = "uv")]
-    rank_group: String,
-    /// Peak LR of the maximal (search) training, if it should differ from --lr.
-    #[arg(long)]
-    search_lr: Option<f64>,
-    /// Pruning rounds, comma separated: 1 = one-shot (the paper's main setting); N > 1 = iterative
-    /// pruning over N geometric budgets with a retraining (and fresh criterion) between rounds.
-    #[arg(long, value_delimiter = ',', default_value = "1")]
-    prune_rounds: Vec<usize>,
-}
-
-fn parse_named<T: Named>(what: &str, s: &str, extra: &str) -> Result<T> {
-    T::from_name(s)
-        .ok_or_else(|| anyhow::anyhow!("--{what} `{s}`: expected one of {}{extra}", T::names()))
-}
-
-fn recipe(c: &Common, task: &TaskInfo, default_lr: f64) -> Result<Recipe> {
-    c.recipe
-        .apply(Recipe::new(task.default_epochs(), default_lr))
+    #[command(flatten)]
+    search: SearchOptions,
 }
 
 fn load_inputs(c: &Common, task: &TaskInfo, r: &Recipe) -> Result<RunInputs> {
@@ -500,51 +385,29 @@ fn cmd_train(a: TrainArgs) -> Result<()> {
     let method = Method::parse(&a.method);
     let default_lr = if method.is_full() { 2e-5 } else { 1e-3 };
     let recipe = recipe(c, &task, default_lr)?;
-    let (task_def, data) = task.spec_parts()?;
     let inp = load_inputs(c, &task, &recipe)?;
     let cfg = &inp.model.config;
-    let (arch, space_name) = match &method {
-        Method::Full => (None, None),
+    let arch = match &method {
+        Method::Full => None,
         Method::Arch(file) => {
             let arch = Architecture::load(Path::new(file))
                 .with_context(|| format!("--method arch:{file}"))?;
             arch.check_model(cfg)
                 .with_context(|| format!("--method arch:{file}"))?;
-            let name = arch.space.clone();
-            (Some(arch), Some(name))
+            Some(arch)
         }
         Method::Space(spec) => {
             let space = SearchSpace::from_spec(spec, &inventory(cfg))
                 .with_context(|| format!("--method {spec}"))?;
-            let name = space.name.clone();
-            (Some(Architecture::maximal(&space, cfg)?), Some(name))
+            Some(Architecture::maximal(&space, cfg)?)
         }
         Method::Search => anyhow::bail!(
             "--method search: a search is `petnas-train search`; `train` trains a fixed method \
              (full, bitfit, lora, mam, mam16, a space spec, or arch:<file>)"
         ),
     };
-    let spec = RunSpec {
-        task: task.name().to_string(),
-        task_def,
-        data,
-        model: c.model.clone(),
-        model_fingerprint: petnas_core::arch::ModelFingerprint::from_config(cfg)?,
-        method: method.clone(),
-        space: space_name,
-        mode: arch.as_ref().and_then(|a| a.mode),
-        budget: arch.as_ref().and_then(|a| a.budget),
-        seed: c.seed,
-        recipe,
-        criterion: None,
-        reinit: None,
-        lora_init: c.lora_init,
-        device: c.device.clone(),
-        rank_group: None,
-        maximal_hash: None,
-        precision: c.precision,
-        prune_rounds: None,
-    };
+    let base = RunBase::new(&task, &c.model, cfg, c.seed, &c.device, c.precision)?;
+    let spec = base.baseline_spec(method.clone(), arch.as_ref(), recipe, c.lora_init);
     let start = arch
         .as_ref()
         .map(|a| init_map(a, c.seed, c.lora_init))
@@ -581,63 +444,22 @@ fn cmd_search(a: SearchArgs) -> Result<()> {
     let c = &a.common;
     precision_notice(c.precision);
     let task = task_info(c)?;
-    let modes = match a.mode.as_str() {
-        "both" => vec![PruneMode::Structured, PruneMode::Unstructured],
-        m => vec![parse_named::<PruneMode>("mode", m, ", both")?],
-    };
-    let budgets = a
-        .budget
-        .iter()
-        .map(|b| parse_budget(b))
-        .collect::<std::result::Result<Vec<_>, _>>()
-        .context("--budget")?;
-    let criterion: CriterionKind = parse_named("criterion", &a.criterion, "")?;
-    let reinit: Reinit = parse_named("reinit", &a.reinit, "")?;
-    let rank_group: RankGroup = parse_named("rank-group", &a.rank_group, "")?;
     let r = recipe(c, &task, 1e-3)?;
-    let search_recipe = match a.search_lr {
-        Some(lr) => Some(
-            RecipeArgs {
-                lr: Some(lr),
-                ..c.recipe.clone()
-            }
-            .apply(r.clone())
-            .context("--search-lr")?,
-        ),
-        None => None,
-    };
-    let (task_def, data) = task.spec_parts()?;
     let inp = load_inputs(c, &task, &r)?;
-    let space = SearchSpace::from_spec(&a.space, &inventory(&inp.model.config))
-        .with_context(|| format!("--space {}", a.space))?;
-    if space.full_finetune {
-        bail!(
-            "--space {}: full fine-tuning has no PET parameters to search over",
-            a.space
-        );
-    }
-    let cfg = SearchConfig {
-        task: task.name().to_string(),
-        task_def,
-        data,
-        model: c.model.clone(),
-        space,
-        tag: String::new(),
-        modes,
-        budgets,
-        seed: c.seed,
-        recipe: r,
-        search_recipe,
-        criteria: vec![criterion],
-        reinits: vec![reinit],
+    let base = RunBase::new(
+        &task,
+        &c.model,
+        &inp.model.config,
+        c.seed,
+        &c.device,
+        c.precision,
+    )?;
+    let opts = SearchOptions {
+        lr: r.lr,
         lora_init: c.lora_init,
-        rank_group,
-        device: c.device.clone(),
-        precision: c.precision,
-        rounds: a.prune_rounds.clone(),
+        ..a.search.clone()
     };
-    let maximal = Architecture::maximal(&cfg.space, &inp.model.config)?;
-    cfg.validate(&maximal)?;
+    let (cfg, maximal) = opts.resolve(&base, &inp.model.config, r)?;
     // Refuse before training anything if a run folder of this search holds another config.
     check_existing(
         &c.out,
@@ -688,7 +510,8 @@ struct SweepArgs {
     /// GLUE folder, overriding the config's.
     #[arg(long)]
     data: Option<PathBuf>,
-    /// Print the plan and touch nothing.
+    /// Print the plan (each run with its state and spec hash, the `config_hash` its record will
+    /// carry) and touch nothing.
     #[arg(long)]
     dry_run: bool,
     /// Run shard K of N (0-based), e.g. 0/4, for job arrays.
@@ -819,10 +642,11 @@ fn cmd_sweep(a: SweepArgs) -> Result<()> {
         {
             if writeln!(
                 stdout,
-                "  {} ({} steps) [{:?}]",
+                "  {} ({} steps) [{:?}] spec {}",
                 r.id,
                 r.steps,
-                plan.state(&out, &r.id, &r.hash)
+                plan.state(&out, &r.id, &r.hash),
+                r.hash
             )
             .is_err()
             {
@@ -908,7 +732,7 @@ fn main() -> Result<()> {
                     .with_context(|| format!("loading run {}", run.display()))?;
             // The data the run was trained on, unless told otherwise.
             let data = match data {
-                Some(d) => Some(sweep::find_data(Some(&d))?),
+                Some(d) => Some(glue::find_data(Some(&d))?),
                 None => None,
             };
             let task = loaded.task_info(&run, data.as_deref())?;
@@ -971,7 +795,7 @@ fn main() -> Result<()> {
             let padded = match padded {
                 Some(t) => Some(petnas_train::bench::PaddedData {
                     task: t.parse().map_err(|e| anyhow::anyhow!("--padded: {e}"))?,
-                    data: sweep::find_data(data.as_deref())?,
+                    data: glue::find_data(data.as_deref())?,
                 }),
                 None => None,
             };

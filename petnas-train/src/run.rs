@@ -23,6 +23,9 @@ use crate::task::{SplitName, TaskInfo};
 use crate::tokenize::TextTokenizer;
 use crate::train::{self, Dataset, TrainContext};
 
+/// File in the maximal run's directory holding the criterion sums (read back by a resumed search).
+pub const CRITERION_FILE: &str = "criterion.safetensors";
+
 /// Everything a run on one (model, task) needs, loaded once and shared by many runs.
 pub struct RunInputs {
     /// The model folder and config.
@@ -344,7 +347,7 @@ fn write_dir(
         candle_core::safetensors::save(&map, &p)?;
     }
     if let Some(c) = criterion {
-        c.save(&tmp.join(crate::search::CRITERION_FILE))?;
+        c.save(&tmp.join(CRITERION_FILE))?;
     }
     if let Some(inp) = inputs {
         let mut v = serde_json::json!({ "version": 1, "data": inp.data_dir.display().to_string() });

@@ -18,14 +18,8 @@ use petnas_core::record::{
 use petnas_core::space::SearchSpace;
 
 use crate::error::{Result, TrainError};
-use crate::model::pet::initial_values;
-use crate::run::{self, RunInputs, RunPlan};
-
-/// Stream offset for `Reinit::Fresh`: a different draw from the same seed.
-pub const FRESH_STREAM: u64 = 0x4652_4553_48; // "FRESH"
-
-/// File in the maximal run's directory holding the criterion sums.
-pub const CRITERION_FILE: &str = "criterion.safetensors";
+use crate::model::pet::{init_map, FRESH_STREAM};
+use crate::run::{self, RunInputs, RunPlan, CRITERION_FILE};
 
 /// What a search does.
 #[derive(Debug, Clone)]
@@ -85,14 +79,6 @@ pub struct PrunedRun {
     pub budget: usize,
     /// Pruning rounds (1: one-shot).
     pub rounds: usize,
-}
-
-/// Initial values of every PET tensor of `arch` at maximal shape.
-pub fn init_map(arch: &Architecture, seed: u64, init: LoraInit) -> HashMap<String, Vec<f32>> {
-    arch.modules
-        .iter()
-        .flat_map(|m| initial_values(seed, m, init))
-        .collect()
 }
 
 /// A file-name-safe version of a space name or method (specs contain `=;@,`).

@@ -13,9 +13,9 @@ use petnas_core::space::SearchSpace;
 use petnas_train::export::{export_merged, export_peft, load_run, predict_dev};
 use petnas_train::glue::Task;
 use petnas_train::model::load::{write_tiny_model, ModelDir};
+use petnas_train::model::pet::init_map;
 use petnas_train::model::{BuildOptions, EncoderModel};
 use petnas_train::run::{execute, DataLimits, RunInputs, RunPlan};
-use petnas_train::search::init_map;
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")

@@ -11,9 +11,9 @@ use petnas_core::record::LoraInit;
 use petnas_core::space::SearchSpace;
 use petnas_train::batch::make_batch;
 use petnas_train::model::load::Weights;
+use petnas_train::model::pet::init_map;
 use petnas_train::model::pet::Role;
 use petnas_train::model::{BuildOptions, EncoderModel};
-use petnas_train::search::init_map;
 use petnas_train::tokenize::Encoded;
 
 fn opts(init: LoraInit) -> BuildOptions {

@@ -444,7 +444,7 @@ fn dry_run_touches_nothing_and_shards_cover_the_plan() {
     let planned: Vec<String> = dry
         .stdout
         .lines()
-        .filter(|l| l.ends_with("[Missing]"))
+        .filter(|l| l.contains(" [Missing] spec "))
         .map(|l| l.trim().split(' ').next().unwrap().to_string())
         .collect();
     assert_eq!(planned.len(), 20, "{}", dry.stdout);
@@ -471,7 +471,7 @@ fn dry_run_touches_nothing_and_shards_cover_the_plan() {
         let ids: Vec<String> = d
             .stdout
             .lines()
-            .filter(|l| l.ends_with("[Missing]"))
+            .filter(|l| l.contains(" [Missing] spec "))
             .map(|l| l.trim().split(' ').next().unwrap().to_string())
             .collect();
         train(&[
@@ -632,4 +632,131 @@ fn a_sweep_resumes_from_its_records_folder_alone() {
         "--no-estimate",
     ])
     .fails_with(&["made with a different config"]);
+}
+
+/// The command line and a sweep file are two spellings of the same options: runs made by `train`
+/// and `search` with recipe and search flags are the very runs a sweep plans from the same
+/// settings (same ids, same spec hashes), so a sweep whose `records` folder is the command
+/// line's output finds them all done.
+#[test]
+fn command_line_runs_are_the_sweeps_runs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tiny(tmp.path(), "bert");
+    let cli = tmp.path().join("cli");
+    let recipe = [
+        "--epochs",
+        "1",
+        "--warmup",
+        "0.1",
+        "--weight-decay",
+        "0.01",
+        "--adam-beta2",
+        "0.99",
+        "--adam-eps",
+        "1e-6",
+        "--max-grad-norm",
+        "1",
+        "--bucket",
+        "2",
+    ];
+    let common = |cmd: &'static str| {
+        let mut v = vec![
+            cmd,
+            "--task",
+            "rte",
+            "--model",
+            s(&model),
+            "--data",
+            s(glue()),
+            "--out",
+            s(&cli),
+        ];
+        v.extend(recipe);
+        v.extend(TINY);
+        v
+    };
+    let mut a = common("train");
+    a.extend(["--method", "bitfit", "--lr", "2e-3", "--seed", "1"]);
+    train(&a).ok();
+    let mut a = common("search");
+    a.extend([
+        "--space",
+        "bitfit",
+        "--mode",
+        "both",
+        "--budget",
+        "100,0.2k",
+        "--criterion",
+        "mean,random",
+        "--reinit",
+        "same,fresh",
+        "--search-lr",
+        "3e-3",
+        "--seed",
+        "1",
+        "--tag",
+        "t",
+    ]);
+    train(&a).ok();
+    // 1 baseline + 1 maximal + 2 modes × 2 budgets × 2 criteria × 2 re-inits.
+    assert_eq!(run_names(&cli).len(), 18, "{:?}", run_names(&cli));
+
+    let body = format!(
+        r#"tasks = ["rte"]
+seeds = [1]
+bucket = 2
+records = {cli:?}
+
+[[baselines]]
+method = "bitfit"
+lr = 2e-3
+
+[[searches]]
+space = "bitfit"
+budgets = [100, "0.2k"]
+criteria = ["mean", "random"]
+reinit = ["same", "fresh"]
+lr = 1e-3
+search_lr = 3e-3
+tag = "t"
+"#,
+        cli = s(&cli)
+    );
+    let cfg = sweep_toml(&model, &body)
+        + "warmup_frac = 0.1\nweight_decay = 0.01\nadam_beta2 = 0.99\nadam_eps = 1e-6\nmax_grad_norm = 1\n";
+    let path = tmp.path().join("same.toml");
+    std::fs::write(&path, &cfg).unwrap();
+    let dry = train(&[
+        "sweep",
+        "--config",
+        s(&path),
+        "--out",
+        s(&tmp.path().join("sweep")),
+        "--dry-run",
+        "--no-estimate",
+    ])
+    .ok();
+    assert!(
+        dry.stdout.contains(", 18 done, 0 to do, 0 changed"),
+        "{cfg}\n{}",
+        dry.stdout
+    );
+
+    // And one setting apart is another run: the sweep sees every run as changed.
+    std::fs::write(&path, cfg.replace("adam_eps = 1e-6", "adam_eps = 1e-7")).unwrap();
+    let dry = train(&[
+        "sweep",
+        "--config",
+        s(&path),
+        "--out",
+        s(&tmp.path().join("sweep")),
+        "--dry-run",
+        "--no-estimate",
+    ])
+    .ok();
+    assert!(
+        dry.stdout.contains(", 0 done, 18 to do, 18 changed"),
+        "{}",
+        dry.stdout
+    );
 }

@@ -550,5 +550,33 @@ fn parse_label(
     Ok(Label::Class(class))
 }
 
+/// The GLUE folder: the one given (`--data`, a sweep's `data`), else $PETNAS_DATA, data/glue, ../shared/data/glue.
+pub fn find_data(given: Option<&Path>) -> crate::error::Result<PathBuf> {
+    if let Some(d) = given {
+        if !d.is_dir() {
+            return Err(crate::error::TrainError::Invalid(format!(
+                "data folder {} does not exist",
+                d.display()
+            )));
+        }
+        return Ok(d.to_path_buf());
+    }
+    let mut tried = Vec::new();
+    let env = std::env::var_os("PETNAS_DATA").map(PathBuf::from);
+    for c in env.into_iter().chain([
+        PathBuf::from("data/glue"),
+        PathBuf::from("../shared/data/glue"),
+    ]) {
+        if c.is_dir() {
+            return Ok(c);
+        }
+        tried.push(c.display().to_string());
+    }
+    Err(crate::error::TrainError::Invalid(format!(
+        "no GLUE data found (looked in {}): pass --data DIR (or `data = ...` in the sweep) with <DIR>/<TASK>/train.tsv and dev.tsv, or set PETNAS_DATA",
+        tried.join(", ")
+    )))
+}
+
 #[cfg(test)]
 mod tests;

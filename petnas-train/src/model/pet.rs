@@ -324,6 +324,23 @@ pub fn lora_init_values(
     }
 }
 
+/// Stream offset for `Reinit::Fresh`: a different draw from the same seed.
+pub const FRESH_STREAM: u64 = 0x4652_4553_48; // "FRESH"
+
+/// Initial values of every PET tensor of `arch` at maximal shape: what a run starts from, and
+/// what a pruned retraining is re-initialised to (`Reinit::Same`: the same seed; `Fresh`: the
+/// seed XOR [`FRESH_STREAM`]).
+pub fn init_map(
+    arch: &petnas_core::arch::Architecture,
+    seed: u64,
+    init: LoraInit,
+) -> HashMap<String, Vec<f32>> {
+    arch.modules
+        .iter()
+        .flat_map(|m| initial_values(seed, m, init))
+        .collect()
+}
+
 /// Initial values of every PET tensor of a module at maximal shape: `(name, values)`.
 pub fn initial_values(seed: u64, m: &ModuleArch, init: LoraInit) -> Vec<(String, Vec<f32>)> {
     let mut out = Vec::new();

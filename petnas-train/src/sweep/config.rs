@@ -1,16 +1,15 @@
 //! The sweep file: tasks, recipe, baselines and searches as TOML (serde).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
-use petnas_core::arch::PruneMode;
-use petnas_core::criterion::CriterionKind;
-use petnas_core::prune::{parse_budget, RankGroup};
-use petnas_core::record::{LoraInit, Precision, Recipe, Reinit};
+use petnas_core::record::{LoraInit, Precision, Recipe};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{io_err, Result, TrainError};
 use crate::glue::Task;
+use crate::options::lora_init_from_str;
+pub use crate::options::{BudgetValue, RecipeOptions, SearchOptions};
 use crate::task::{TaskInfo, UserTask};
 
 /// One entry of a sweep's `tasks`: a GLUE name (`"mrpc"`) or a user task's table.
@@ -51,15 +50,6 @@ impl TaskEntry {
     }
 }
 
-/// Whether a per-task key of a config (`epochs_per_task`, `max_train_per_task`) means `task`:
-/// any spelling of a GLUE task's name, or a user task's exact name.
-fn key_means(key: &str, task: &TaskInfo) -> bool {
-    match task.glue_task() {
-        Some(g) => key.parse::<Task>().ok() == Some(g),
-        None => key == task.name(),
-    }
-}
-
 /// A sweep config (TOML). Unknown keys are rejected.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -80,18 +70,20 @@ pub struct SweepConfig {
     pub tasks: Vec<TaskEntry>,
     /// Seeds.
     pub seeds: Vec<u64>,
-    /// Recipe defaults for every run.
+    /// Recipe settings shared by all runs (each optional; the paper's values otherwise): the
+    /// command line's recipe options, by their field names.
     #[serde(default)]
-    pub recipe: RecipeConfig,
+    pub recipe: RecipeOptions,
     /// Baseline methods.
     #[serde(default)]
     pub baselines: Vec<BaselineConfig>,
-    /// Searches.
+    /// Searches: the command line's search options, by their field names.
     #[serde(default)]
-    pub searches: Vec<SearchEntry>,
-    /// Length-bucketing window in batches (1 = plain shuffle).
-    #[serde(default = "one")]
-    pub bucket: usize,
+    pub searches: Vec<SearchOptions>,
+    /// Length-bucketing window in batches (1 = plain shuffle): the same as `[recipe] bucket`,
+    /// kept at the top level where earlier configs give it.
+    #[serde(default)]
+    pub bucket: Option<usize>,
     /// Arithmetic of the frozen matmuls: `fp32` (default) or `bf16`.
     #[serde(default)]
     pub precision: Precision,
@@ -105,66 +97,6 @@ pub struct SweepConfig {
 
 fn default_device() -> String {
     "cpu".into()
-}
-fn one() -> usize {
-    1
-}
-
-/// Recipe settings shared by all runs (each optional; the paper's values otherwise).
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct RecipeConfig {
-    /// Epochs for every task (default: the paper's per-task count).
-    pub epochs: Option<f64>,
-    /// Per-task epochs, overriding `epochs`.
-    #[serde(default)]
-    pub epochs_per_task: BTreeMap<String, f64>,
-    /// Per-task caps on training examples, overriding `max_train`.
-    #[serde(default)]
-    pub max_train_per_task: BTreeMap<String, usize>,
-    /// Batch size (16).
-    pub batch_size: Option<usize>,
-    /// Max tokens (128).
-    pub max_len: Option<usize>,
-    /// Warm-up fraction (0.06).
-    pub warmup_frac: Option<f64>,
-    /// Adam weight decay (0).
-    pub weight_decay: Option<f64>,
-    /// Cap on optimizer steps per run.
-    pub max_steps: Option<usize>,
-    /// Use the first N training examples only.
-    pub max_train: Option<usize>,
-    /// Use the first N dev examples only.
-    pub max_dev: Option<usize>,
-    /// Adam β₁ (0.9).
-    pub adam_beta1: Option<f64>,
-    /// Adam β₂ (0.999).
-    pub adam_beta2: Option<f64>,
-    /// Adam ε (1e-8).
-    pub adam_eps: Option<f64>,
-    /// Clip the global gradient norm to this value, or `"none"` for no clipping (default: the
-    /// recipe's, [`Recipe::new`]).
-    #[serde(
-        default,
-        deserialize_with = "grad_norm_setting",
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub max_grad_norm: Option<Option<f64>>,
-}
-
-/// `max_grad_norm = 1.0` or `max_grad_norm = "none"`; absent: the recipe's default.
-fn grad_norm_setting<'de, D: serde::Deserializer<'de>>(
-    d: D,
-) -> std::result::Result<Option<Option<f64>>, D::Error> {
-    use serde::de::Error;
-    match toml::Value::deserialize(d)? {
-        toml::Value::String(s) if s == "none" => Ok(Some(None)),
-        toml::Value::Float(f) => Ok(Some(Some(f))),
-        toml::Value::Integer(i) => Ok(Some(Some(i as f64))),
-        other => Err(D::Error::custom(format!(
-            "max_grad_norm = {other}: a number or \"none\""
-        ))),
-    }
 }
 
 /// One baseline method.
@@ -181,119 +113,6 @@ pub struct BaselineConfig {
     /// Keeps ids apart when a method appears twice (e.g. two LRs).
     #[serde(default)]
     pub tag: Option<String>,
-}
-
-/// A budget as a number or text (`2000`, `"2k"`, `"3.4M"`).
-#[derive(Debug, Clone, Serialize)]
-#[serde(untagged)]
-pub enum BudgetValue {
-    /// A count.
-    Count(u64),
-    /// Text with an optional k/M suffix.
-    Text(String),
-}
-
-// By hand rather than `untagged`: a bad budget (`-5`, `1.5`, `"abc"`) is then reported with its
-// reason at its line in the TOML, not as "data did not match any variant".
-impl<'de> Deserialize<'de> for BudgetValue {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
-        use serde::de::Error;
-        struct V;
-        impl serde::de::Visitor<'_> for V {
-            type Value = BudgetValue;
-            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str("a parameter budget: a whole number (2000) or text with a k/M suffix (\"2k\", \"3.4M\")")
-            }
-            fn visit_u64<E: Error>(self, v: u64) -> std::result::Result<BudgetValue, E> {
-                Ok(BudgetValue::Count(v))
-            }
-            fn visit_i64<E: Error>(self, v: i64) -> std::result::Result<BudgetValue, E> {
-                u64::try_from(v).map(BudgetValue::Count).map_err(|_| {
-                    E::custom(format!(
-                        "bad parameter budget {v}: a budget cannot be negative"
-                    ))
-                })
-            }
-            fn visit_f64<E: Error>(self, v: f64) -> std::result::Result<BudgetValue, E> {
-                if v < 0.0 {
-                    Err(E::custom(format!(
-                        "bad parameter budget {v}: a budget cannot be negative"
-                    )))
-                } else if v.fract() != 0.0 || v > u64::MAX as f64 {
-                    Err(E::custom(format!(
-                        "bad parameter budget {v}: not a whole number of parameters"
-                    )))
-                } else {
-                    Ok(BudgetValue::Count(v as u64))
-                }
-            }
-            fn visit_str<E: Error>(self, v: &str) -> std::result::Result<BudgetValue, E> {
-                parse_budget(v).map_err(E::custom)?;
-                Ok(BudgetValue::Text(v.to_string()))
-            }
-        }
-        d.deserialize_any(V)
-    }
-}
-
-/// One search: a space pruned to budgets in modes, with criteria and re-initialisations.
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct SearchEntry {
-    /// Maximal space (bitfit, mam16, or a spec).
-    pub space: String,
-    /// structured / unstructured (default both).
-    #[serde(default = "both_modes")]
-    pub modes: Vec<PruneMode>,
-    /// Budgets.
-    pub budgets: Vec<BudgetValue>,
-    /// Criteria (default: mean, the paper's).
-    #[serde(default = "mean_only")]
-    pub criteria: Vec<CriterionKind>,
-    /// Re-initialisations (default: same, the paper's).
-    #[serde(default = "same_only")]
-    pub reinit: Vec<Reinit>,
-    /// Peak LR of the pruned retrainings.
-    pub lr: f64,
-    /// Peak LR of the maximal training (default: `lr`).
-    #[serde(default)]
-    pub search_lr: Option<f64>,
-    /// LoRA init.
-    #[serde(default, deserialize_with = "lora_init_from_str")]
-    pub lora_init: LoraInit,
-    /// Rank grouping.
-    #[serde(default)]
-    pub rank_group: RankGroup,
-    /// Pruning rounds (default [1], one-shot; e.g. [1, 3] adds iterative pruning in 3 rounds).
-    #[serde(default = "one_round")]
-    pub rounds: Vec<usize>,
-    /// Keeps ids apart when a space is searched twice.
-    #[serde(default)]
-    pub tag: Option<String>,
-}
-
-/// A config's `lora_init` by its CLI name: the records' alias `lora` (the old name of `u_zero`)
-/// is refused here as on the command line, since a new config saying `lora` most likely means
-/// Hu et al.'s init.
-fn lora_init_from_str<'de, D: serde::Deserializer<'de>>(
-    d: D,
-) -> std::result::Result<LoraInit, D::Error> {
-    let s = String::deserialize(d)?;
-    s.parse().map_err(serde::de::Error::custom)
-}
-
-fn one_round() -> Vec<usize> {
-    vec![1]
-}
-
-fn both_modes() -> Vec<PruneMode> {
-    vec![PruneMode::Structured, PruneMode::Unstructured]
-}
-fn mean_only() -> Vec<CriterionKind> {
-    vec![CriterionKind::Mean]
-}
-fn same_only() -> Vec<Reinit> {
-    vec![Reinit::Same]
 }
 
 impl SweepConfig {
@@ -340,6 +159,12 @@ impl SweepConfig {
                 })?;
             }
         }
+        if let (Some(a), Some(b)) = (cfg.bucket, cfg.recipe.bucket) {
+            return Err(TrainError::Invalid(format!(
+                "{}: `bucket = {a}` and `[recipe] bucket = {b}`: give the bucketing window once",
+                path.display()
+            )));
+        }
         if cfg.baselines.is_empty() && cfg.searches.is_empty() {
             return Err(TrainError::Invalid(format!(
                 "{}: no [[baselines]] and no [[searches]]: nothing to run",
@@ -366,7 +191,7 @@ impl SweepConfig {
                 )));
             }
             if s.budgets.is_empty()
-                || s.modes.is_empty()
+                || s.modes.0.is_empty()
                 || s.criteria.is_empty()
                 || s.reinit.is_empty()
             {
@@ -380,52 +205,30 @@ impl SweepConfig {
         Ok(cfg)
     }
 
-    pub(super) fn recipe_for(&self, task: &TaskInfo, lr: f64) -> Recipe {
-        let r = &self.recipe;
-        let epochs = r
-            .epochs_per_task
-            .iter()
-            .find(|(k, _)| key_means(k, task))
-            .map(|(_, v)| *v)
-            .or(r.epochs)
-            .unwrap_or_else(|| task.default_epochs());
-        let d = Recipe::new(epochs, lr);
-        Recipe {
-            batch_size: r.batch_size.unwrap_or(d.batch_size),
-            max_len: r.max_len.unwrap_or(d.max_len),
-            warmup_frac: r.warmup_frac.unwrap_or(d.warmup_frac),
-            weight_decay: r.weight_decay.unwrap_or(d.weight_decay),
-            max_steps: r.max_steps,
-            max_train: self.max_train_for(task),
-            max_dev: r.max_dev,
-            adam_beta1: r.adam_beta1.unwrap_or(d.adam_beta1),
-            adam_beta2: r.adam_beta2.unwrap_or(d.adam_beta2),
-            adam_eps: r.adam_eps.unwrap_or(d.adam_eps),
-            max_grad_norm: r.max_grad_norm.unwrap_or(d.max_grad_norm),
-            bucket: self.bucket,
-            ..d
+    /// The recipe options of every run: `[recipe]`, with the top-level `bucket`.
+    pub fn recipe_options(&self) -> RecipeOptions {
+        RecipeOptions {
+            bucket: self.bucket.or(self.recipe.bucket),
+            ..self.recipe.clone()
         }
+    }
+
+    pub(super) fn recipe_for(&self, task: &TaskInfo, lr: f64) -> Recipe {
+        self.recipe_options().resolve(task, lr)
     }
 
     /// The max sequence length every run of this sweep uses.
     pub fn max_len(&self) -> usize {
-        self.recipe.max_len.unwrap_or(Recipe::new(1.0, 1.0).max_len)
+        self.recipe.max_len()
     }
 
     /// The batch size every run of this sweep uses.
     pub fn batch_size(&self) -> usize {
-        self.recipe
-            .batch_size
-            .unwrap_or(Recipe::new(1.0, 1.0).batch_size)
+        self.recipe.batch_size()
     }
 
     /// The cap on training examples for `task` (per-task value, else the global one).
     pub fn max_train_for(&self, task: &TaskInfo) -> Option<usize> {
-        let r = &self.recipe;
-        r.max_train_per_task
-            .iter()
-            .find(|(k, _)| key_means(k, task))
-            .map(|(_, v)| *v)
-            .or(r.max_train)
+        self.recipe.max_train_for(task)
     }
 }

@@ -7,8 +7,9 @@ use candle_core::Device;
 use petnas_core::record::{RunRecord, RunSpec};
 
 use crate::error::{io_err, Result, TrainError};
+use crate::model::pet::init_map;
 use crate::run::{self, DataLimits, RunInputs, RunPlan};
-use crate::search::{self, init_map, SearchHooks};
+use crate::search::{self, SearchHooks};
 use crate::task::TaskInfo;
 
 use super::*;

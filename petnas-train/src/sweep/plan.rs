@@ -3,17 +3,17 @@
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
-use petnas_core::arch::{Architecture, ModelFingerprint};
+use petnas_core::arch::Architecture;
 use petnas_core::inventory::inventory;
-use petnas_core::prune::parse_budget;
-use petnas_core::record::{Method, Recipe, RunSpec};
+use petnas_core::record::{Method, RunSpec};
 use petnas_core::space::SearchSpace;
 use serde::Serialize;
 
 use crate::error::{Result, TrainError};
 use crate::glue::Task;
 use crate::model::load::ModelDir;
-use crate::search::{slug, SearchConfig};
+use crate::options::RunBase;
+use crate::search::SearchConfig;
 use crate::task::{SplitName, TaskInfo};
 
 use super::*;
@@ -96,39 +96,10 @@ impl Plan {
     }
 }
 
-/// The GLUE folder: the config's, $PETNAS_DATA, data/glue, ../shared/data/glue.
-pub fn find_data(given: Option<&Path>) -> Result<PathBuf> {
-    if let Some(d) = given {
-        if !d.is_dir() {
-            return Err(TrainError::Invalid(format!(
-                "data folder {} does not exist",
-                d.display()
-            )));
-        }
-        return Ok(d.to_path_buf());
-    }
-    let mut tried = Vec::new();
-    let env = std::env::var_os("PETNAS_DATA").map(PathBuf::from);
-    for c in env.into_iter().chain([
-        PathBuf::from("data/glue"),
-        PathBuf::from("../shared/data/glue"),
-    ]) {
-        if c.is_dir() {
-            return Ok(c);
-        }
-        tried.push(c.display().to_string());
-    }
-    Err(TrainError::Invalid(format!(
-        "no GLUE data found (looked in {}): pass --data DIR (or `data = ...` in the sweep) with <DIR>/<TASK>/train.tsv and dev.tsv, or set PETNAS_DATA",
-        tried.join(", ")
-    )))
-}
-
 /// Expands a config into jobs and runs (reads the model's config and counts training rows).
 pub fn plan(cfg: &SweepConfig, data_override: Option<&Path>) -> Result<Plan> {
     let md = ModelDir::open(&cfg.model)?;
     let mc = &md.config;
-    let fp = ModelFingerprint::from_config(mc)?;
     let inv = inventory(mc);
     let mut data: Option<PathBuf> = None;
     let mut tasks: Vec<TaskInfo> = Vec::new();
@@ -139,7 +110,9 @@ pub fn plan(cfg: &SweepConfig, data_override: Option<&Path>) -> Result<Plan> {
                     .parse()
                     .map_err(|e| TrainError::Invalid(format!("task `{name}`: {e}")))?;
                 if data.is_none() {
-                    data = Some(find_data(data_override.or(cfg.data.as_deref()))?);
+                    data = Some(crate::glue::find_data(
+                        data_override.or(cfg.data.as_deref()),
+                    )?);
                 }
                 TaskInfo::glue(task, data.as_deref().expect("found above"))?
             }
@@ -158,38 +131,23 @@ pub fn plan(cfg: &SweepConfig, data_override: Option<&Path>) -> Result<Plan> {
     for task in &tasks {
         let n = task.load(SplitName::Train)?.len();
         let n = cfg.max_train_for(task).map_or(n, |m| n.min(m));
-        let (task_def, data_sums) = task.spec_parts()?;
         for &seed in &cfg.seeds {
+            let base = RunBase::new(task, &cfg.model, mc, seed, &cfg.device, cfg.precision)?;
             for b in &cfg.baselines {
-                let (arch, space) = if b.method == "full" {
-                    (None, None)
+                let arch = if b.method == "full" {
+                    None
                 } else {
                     let sp = SearchSpace::from_spec(&b.method, &inv).map_err(|e| {
                         TrainError::Invalid(format!("baseline `{}`: {e}", b.method))
                     })?;
-                    (Some(Architecture::maximal(&sp, mc)?), Some(sp.name.clone()))
+                    Some(Architecture::maximal(&sp, mc)?)
                 };
-                let spec = RunSpec {
-                    task: task.name().into(),
-                    task_def: task_def.clone(),
-                    data: data_sums.clone(),
-                    model: cfg.model.clone(),
-                    model_fingerprint: fp.clone(),
-                    method: Method::parse(&b.method),
-                    space,
-                    mode: None,
-                    budget: None,
-                    seed,
-                    recipe: cfg.recipe_for(task, b.lr),
-                    criterion: None,
-                    reinit: None,
-                    lora_init: b.lora_init,
-                    device: cfg.device.clone(),
-                    rank_group: None,
-                    maximal_hash: None,
-                    precision: cfg.precision,
-                    prune_rounds: None,
-                };
+                let spec = base.baseline_spec(
+                    Method::parse(&b.method),
+                    arch.as_ref(),
+                    cfg.recipe_for(task, b.lr),
+                    b.lora_init,
+                );
                 spec.recipe.validate().map_err(|e| {
                     TrainError::Invalid(format!("baseline `{}` on {}: {e}", b.method, task.name()))
                 })?;
@@ -210,52 +168,7 @@ pub fn plan(cfg: &SweepConfig, data_override: Option<&Path>) -> Result<Plan> {
                 });
             }
             for s in &cfg.searches {
-                let space = SearchSpace::from_spec(&s.space, &inv)
-                    .map_err(|e| TrainError::Invalid(format!("search space `{}`: {e}", s.space)))?;
-                if space.full_finetune {
-                    return Err(TrainError::Invalid(format!(
-                        "search space `{}` has no PET parameters",
-                        s.space
-                    )));
-                }
-                let budgets = s
-                    .budgets
-                    .iter()
-                    .map(|b| match b {
-                        BudgetValue::Count(n) => Ok(*n as usize),
-                        BudgetValue::Text(t) => parse_budget(t),
-                    })
-                    .collect::<std::result::Result<Vec<_>, _>>()?;
-                let recipe = cfg.recipe_for(task, s.lr);
-                let sc = SearchConfig {
-                    task: task.name().into(),
-                    task_def: task_def.clone(),
-                    data: data_sums.clone(),
-                    model: cfg.model.clone(),
-                    space,
-                    tag: s
-                        .tag
-                        .as_deref()
-                        .map(|t| format!("-{}", slug(t)))
-                        .unwrap_or_default(),
-                    modes: s.modes.clone(),
-                    budgets,
-                    seed,
-                    search_recipe: s.search_lr.map(|lr| Recipe {
-                        lr,
-                        ..recipe.clone()
-                    }),
-                    recipe,
-                    criteria: s.criteria.clone(),
-                    reinits: s.reinit.clone(),
-                    lora_init: s.lora_init,
-                    rank_group: s.rank_group,
-                    device: cfg.device.clone(),
-                    precision: cfg.precision,
-                    rounds: s.rounds.clone(),
-                };
-                let maximal = Architecture::maximal(&sc.space, mc)?;
-                sc.validate(&maximal)?;
+                let (sc, maximal) = s.resolve(&base, mc, cfg.recipe_for(task, s.lr))?;
                 let ms = sc.maximal_spec(&maximal);
                 runs.push(PlannedRun {
                     id: sc.maximal_id(),

@@ -5,6 +5,7 @@
 //! One function, [`method_label`], turns a [`RunSpec`] into its label, so that every table,
 //! figure and finding groups runs the same way.
 
+use petnas_core::record::LoraInit;
 use petnas_core::record::Method;
 use petnas_core::{CriterionKind, ModuleCount, PruneMode, Reinit, RunSpec};
 
@@ -90,13 +91,14 @@ fn baseline_label(method: &Method) -> String {
 /// re-initialisation other than `same`.
 pub fn method_label(spec: &RunSpec, has_lora: bool) -> MethodLabel {
     if !spec.method.is_search() {
-        let label = baseline_label(&spec.method);
+        let base = baseline_label(&spec.method);
+        let init = init_suffix(spec, has_lora);
         return MethodLabel {
-            base: label.clone(),
-            label,
+            label: format!("{base}{}", init.as_deref().unwrap_or("")),
+            base,
             group: Group::Baseline,
             random: false,
-            ablation: false,
+            ablation: init.is_some(),
         };
     }
     let space = spec.space.as_deref().unwrap_or("?");
@@ -104,13 +106,14 @@ pub fn method_label(spec: &RunSpec, has_lora: bool) -> MethodLabel {
         // The maximal training of a preset space is that preset trained with the search's recipe:
         // the maximal run of a `bitfit` search *is* full BitFit, the comparison the paper draws.
         if matches!(space, "bitfit" | "lora" | "mam" | "mam16") {
-            let label = baseline_label(&Method::Space(space.to_string()));
+            let base = baseline_label(&Method::Space(space.to_string()));
+            let init = init_suffix(spec, has_lora);
             return MethodLabel {
-                base: label.clone(),
-                label,
+                label: format!("{base}{}", init.as_deref().unwrap_or("")),
+                base,
                 group: Group::Baseline,
                 random: false,
-                ablation: false,
+                ablation: init.is_some(),
             };
         }
         let label = format!("{space} (search start)");
@@ -154,6 +157,10 @@ pub fn method_label(spec: &RunSpec, has_lora: bool) -> MethodLabel {
         label.push_str(&format!(" [reinit={name}]"));
         ablation = true;
     }
+    if let Some(init) = init_suffix(spec, has_lora) {
+        label.push_str(&init);
+        ablation = true;
+    }
     if let Some(r) = spec.prune_rounds.filter(|&r| r > 1) {
         label.push_str(&format!(" [iterative x{r}]"));
         ablation = true;
@@ -165,6 +172,13 @@ pub fn method_label(spec: &RunSpec, has_lora: bool) -> MethodLabel {
         random,
         ablation,
     }
+}
+
+/// ` [lora_init=hu]` (and the like) for a run with LoRA whose init is not the paper's eq. 1, so
+/// that an init ablation is never averaged with the paper's runs.
+fn init_suffix(spec: &RunSpec, has_lora: bool) -> Option<String> {
+    (has_lora && spec.lora_init != LoraInit::Paper)
+        .then(|| format!(" [lora_init={}]", spec.lora_init.as_str()))
 }
 
 /// Sort key of a label in the tables: baselines in the paper's order (Full FT, BitFit, LoRA,
@@ -313,6 +327,23 @@ mod tests {
         assert_eq!(st.group, Group::Baseline);
         let st = method_label(&search("bias=all", None, Mean, Reinit::Same), false);
         assert_eq!(st.group, Group::SearchStart);
+        // A LoRA init other than eq. 1 is an ablation, for the searched runs and the maximal one.
+        let mut hu = search("mam16", u, Mean, Reinit::Same);
+        hu.lora_init = LoraInit::Hu;
+        let l = method_label(&hu, true);
+        assert_eq!(
+            (l.label.as_str(), l.ablation),
+            ("U-MaM [lora_init=hu]", true)
+        );
+        hu.mode = None;
+        let l = method_label(&hu, true);
+        assert_eq!(
+            (l.label.as_str(), l.ablation),
+            ("MaM (r=16) [lora_init=hu]", true)
+        );
+        let mut bitfit = search("bitfit", u, Mean, Reinit::Same);
+        bitfit.lora_init = LoraInit::Hu;
+        assert_eq!(method_label(&bitfit, false).label, "U-BitFit");
         // Iterative pruning is its own method, never a seed of the one-shot one.
         let mut it = search("bitfit", u, Mean, Reinit::Same);
         it.prune_rounds = Some(3);

@@ -15,8 +15,14 @@ use serde::{Deserialize, Serialize};
 use crate::rng::{counter_uniform, hash_str, mix64};
 use crate::CoreError;
 
-/// Version of the criterion safetensors file.
+/// Version of the criterion safetensors file. Files without AdaLoRA's two averages (written
+/// before they were added) still load; they cannot give [`CriterionKind::Adalora`] scores.
 pub const CRITERION_VERSION: u32 = 1;
+
+/// AdaLoRA's sensitivity smoothing factor β₁ (PEFT `AdaLoraConfig.beta1`, its default).
+pub const ADALORA_BETA1: f64 = 0.85;
+/// AdaLoRA's uncertainty smoothing factor β₂ (PEFT `AdaLoraConfig.beta2`, its default).
+pub const ADALORA_BETA2: f64 = 0.85;
 
 /// Which score to prune by.
 #[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -32,16 +38,20 @@ pub enum CriterionKind {
     Magnitude,
     /// Seeded uniform scores (a random-pruning baseline).
     Random,
+    /// AdaLoRA's importance (Zhang et al., 2023, eq. 8–10), as PEFT's `RankAllocator` computes
+    /// it each step: I = |θ·g|, Ī ← β₁Ī + (1−β₁)I, Ū ← β₂Ū + (1−β₂)|I − Ī|, score Ī·Ū.
+    Adalora,
 }
 
 impl CriterionKind {
     /// All kinds.
-    pub const ALL: [CriterionKind; 5] = [
+    pub const ALL: [CriterionKind; 6] = [
         CriterionKind::Mean,
         CriterionKind::Last,
         CriterionKind::Abs,
         CriterionKind::Magnitude,
         CriterionKind::Random,
+        CriterionKind::Adalora,
     ];
 
     /// The snake_case name.
@@ -52,6 +62,7 @@ impl CriterionKind {
             CriterionKind::Abs => "abs",
             CriterionKind::Magnitude => "magnitude",
             CriterionKind::Random => "random",
+            CriterionKind::Adalora => "adalora",
         }
     }
 }
@@ -77,10 +88,15 @@ struct Acc {
     sum_abs: Vec<f64>,
     last_neg: Vec<f32>,
     last_theta: Vec<f32>,
+    /// AdaLoRA's smoothed sensitivity Ī and uncertainty Ū (empty when loaded from a file that
+    /// predates them).
+    ema_ipt: Vec<f64>,
+    ema_unc: Vec<f64>,
     steps: usize,
 }
 
-/// Running sums of −θ·g and |θ·g| per PET tensor, plus the last −θ·g and θ.
+/// Running sums of −θ·g and |θ·g| per PET tensor, the last −θ·g and θ, and AdaLoRA's two
+/// exponential averages.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct CriterionAccumulator {
     acc: BTreeMap<String, Acc>,
@@ -110,6 +126,8 @@ impl CriterionAccumulator {
                 sum_abs: vec![0.0; n],
                 last_neg: vec![0.0; n],
                 last_theta: vec![0.0; n],
+                ema_ipt: vec![0.0; n],
+                ema_unc: vec![0.0; n],
                 steps: 0,
             }),
         };
@@ -120,18 +138,30 @@ impl CriterionAccumulator {
                 found: n,
             });
         }
+        if a.ema_ipt.len() != n {
+            // Loaded from a file without AdaLoRA's averages: they cannot be resumed.
+            return Err(CoreError::LengthMismatch {
+                name: format!("{name} (AdaLoRA averages)"),
+                expected: n,
+                found: a.ema_ipt.len(),
+            });
+        }
         a.last_theta.copy_from_slice(theta);
-        for ((((t, g), s), sa), l) in theta
+        for (((((t, g), s), sa), l), (e, u)) in theta
             .iter()
             .zip(grad)
             .zip(a.sum_neg.iter_mut())
             .zip(a.sum_abs.iter_mut())
             .zip(a.last_neg.iter_mut())
+            .zip(a.ema_ipt.iter_mut().zip(a.ema_unc.iter_mut()))
         {
             let p = -(*t as f64) * (*g as f64);
             *s += p;
             *sa += p.abs();
             *l = p as f32;
+            // PEFT's order: the sensitivity average first, then the uncertainty against it.
+            *e = ADALORA_BETA1 * *e + (1.0 - ADALORA_BETA1) * p.abs();
+            *u = ADALORA_BETA2 * *u + (1.0 - ADALORA_BETA2) * (p.abs() - *e).abs();
         }
         a.steps += 1;
         Ok(())
@@ -152,9 +182,20 @@ impl CriterionAccumulator {
         self.acc.is_empty()
     }
 
+    /// Whether [`CriterionAccumulator::scores`] can give `kind`: every kind but AdaLoRA's
+    /// always; AdaLoRA's unless the accumulator was loaded from a file that predates it.
+    pub fn supports(&self, kind: CriterionKind) -> bool {
+        kind != CriterionKind::Adalora
+            || self
+                .acc
+                .values()
+                .all(|a| a.ema_ipt.len() == a.sum_neg.len())
+    }
+
     /// The score of every observed tensor under `kind`. Higher = more important (pruning
     /// removes the lowest first). `seed` only matters for [`CriterionKind::Random`], whose score
-    /// of entry `i` of tensor `name` depends only on `(seed, name, i)`.
+    /// of entry `i` of tensor `name` depends only on `(seed, name, i)`. AdaLoRA's scores need
+    /// [`CriterionAccumulator::supports`]; without it they are empty.
     pub fn scores(&self, kind: CriterionKind, seed: u64) -> BTreeMap<String, Vec<f32>> {
         self.acc
             .iter()
@@ -171,6 +212,12 @@ impl CriterionAccumulator {
                             .map(|i| counter_uniform(s, i))
                             .collect()
                     }
+                    CriterionKind::Adalora => a
+                        .ema_ipt
+                        .iter()
+                        .zip(&a.ema_unc)
+                        .map(|(i, u)| (i * u) as f32)
+                        .collect(),
                 };
                 (name.clone(), v)
             })
@@ -214,6 +261,16 @@ impl CriterionAccumulator {
                 n,
                 a.last_theta.iter().flat_map(|x| x.to_le_bytes()).collect(),
             ));
+            if a.ema_ipt.len() == n {
+                for (what, v) in [("ema_ipt", &a.ema_ipt), ("ema_unc", &a.ema_unc)] {
+                    bufs.push((
+                        format!("{name}::{what}"),
+                        Dtype::F64,
+                        n,
+                        v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+                    ));
+                }
+            }
             meta.insert(format!("steps::{name}"), a.steps.to_string());
         }
         let views = bufs
@@ -285,13 +342,35 @@ impl CriterionAccumulator {
                 sum_abs: f64s(&format!("{name}::sum_abs"))?,
                 last_neg: f32s(&format!("{name}::last_neg"))?,
                 last_theta: f32s(&format!("{name}::last_theta"))?,
+                // Absent from files written before AdaLoRA's score was added.
+                ema_ipt: match st.tensor(&format!("{name}::ema_ipt")) {
+                    Ok(_) => f64s(&format!("{name}::ema_ipt"))?,
+                    Err(_) => Vec::new(),
+                },
+                ema_unc: match st.tensor(&format!("{name}::ema_unc")) {
+                    Ok(_) => f64s(&format!("{name}::ema_unc"))?,
+                    Err(_) => Vec::new(),
+                },
                 steps,
             };
             let n = a.sum_neg.len();
+            if a.ema_ipt.len() != a.ema_unc.len() {
+                return Err(bad(format!(
+                    "{name}: ema_ipt has {} entries, ema_unc {}",
+                    a.ema_ipt.len(),
+                    a.ema_unc.len()
+                )));
+            }
+            let ema = if a.ema_ipt.is_empty() {
+                n
+            } else {
+                a.ema_ipt.len()
+            };
             for (what, len) in [
                 ("sum_abs", a.sum_abs.len()),
                 ("last_neg", a.last_neg.len()),
                 ("last_theta", a.last_theta.len()),
+                ("ema_ipt", ema),
             ] {
                 if len != n {
                     return Err(bad(format!(
@@ -410,5 +489,49 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("not a petnas criterion"));
+    }
+
+    /// AdaLoRA's score against the numbers worked by hand from PEFT's `update_ipt` and
+    /// `_element_score` (β₁ = β₂ = 0.85) over two steps.
+    #[test]
+    fn adalora_score_follows_peft_update_ipt() {
+        let mut c = CriterionAccumulator::new();
+        c.observe("a", &[1.0, 2.0], &[-0.5, 1.0]).unwrap();
+        c.observe("a", &[1.0, 2.0], &[2.0, -1.0]).unwrap();
+        // Step 1: I = [0.5, 2], Ī = [0.075, 0.3], Ū = 0.15·|I − Ī| = [0.06375, 0.255].
+        // Step 2: I = [2, 2], Ī = [0.36375, 0.555], Ū = [0.299625, 0.4335].
+        let got = &c.scores(CriterionKind::Adalora, 0)["a"];
+        let want = [0.36375f64 * 0.299625, 0.555 * 0.4335];
+        for (g, w) in got.iter().zip(want) {
+            assert!((*g as f64 - w).abs() < 1e-7, "{got:?} vs {want:?}");
+        }
+        assert!(c.supports(CriterionKind::Adalora));
+    }
+
+    /// A criterion file written before AdaLoRA's averages existed still loads and scores every
+    /// other kind; it says it cannot give AdaLoRA's (so a resumed search trains again).
+    #[test]
+    fn criterion_file_without_adalora_averages_loads() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = CriterionAccumulator::new();
+        c.observe("a", &[1.0, 2.0], &[-0.5, 1.0]).unwrap();
+        let mut old = c.clone();
+        for a in old.acc.values_mut() {
+            a.ema_ipt.clear();
+            a.ema_unc.clear();
+        }
+        let p = dir.path().join("old.safetensors");
+        old.save(&p).unwrap();
+        let back = CriterionAccumulator::load(&p).unwrap();
+        assert_eq!(back, old);
+        assert!(!back.supports(CriterionKind::Adalora));
+        assert!(back.supports(CriterionKind::Mean));
+        assert_eq!(
+            back.scores(CriterionKind::Mean, 0),
+            c.scores(CriterionKind::Mean, 0)
+        );
+        let p2 = dir.path().join("new.safetensors");
+        c.save(&p2).unwrap();
+        assert_eq!(CriterionAccumulator::load(&p2).unwrap(), c);
     }
 }

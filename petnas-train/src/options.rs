@@ -314,7 +314,7 @@ pub struct SearchOptions {
         allow_hyphen_values = true
     )]
     pub budgets: Vec<BudgetValue>,
-    /// Criteria, comma separated: mean (the paper's), last, abs, magnitude, random.
+    /// Criteria, comma separated: mean (the paper's), last, abs, magnitude, random, adalora.
     #[arg(long = "criterion", value_delimiter = ',', default_value = "mean", value_parser = parse_named::<CriterionKind>)]
     #[serde(default = "default_criteria")]
     pub criteria: Vec<CriterionKind>,

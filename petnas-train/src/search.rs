@@ -336,9 +336,16 @@ pub fn search(
     let max_failed = max_done
         && RunRecord::load(&max_dir.join("record.json"))
             .is_ok_and(|r| matches!(r.result.status, RunStatus::Failed { .. }));
+    // A criterion file that cannot give every requested score (one written before AdaLoRA's
+    // averages were kept) is treated as absent: the maximal run is trained again.
+    let saved = if max_done && max_dir.join(CRITERION_FILE).exists() {
+        let c = CriterionAccumulator::load(&max_dir.join(CRITERION_FILE))?;
+        cfg.criteria.iter().all(|&k| c.supports(k)).then_some(c)
+    } else {
+        None
+    };
     let (crit, trained): (CriterionAccumulator, Option<HashMap<String, Vec<f32>>>) =
-        if max_done && max_dir.join(CRITERION_FILE).exists() {
-            let crit = CriterionAccumulator::load(&max_dir.join(CRITERION_FILE))?;
+        if let Some(crit) = saved {
             let trained = if need_trained {
                 Some(run::load_pet_values(&max_dir)?)
             } else {

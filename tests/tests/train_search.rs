@@ -541,3 +541,89 @@ fn trace_records_the_draws_and_changes_nothing() {
     assert!(!again.status.success());
     assert!(String::from_utf8_lossy(&again.stderr).contains("already holds a trace"));
 }
+
+/// `--criterion adalora` prunes by AdaLoRA's importance. A search resumed with it over a
+/// maximal run whose criterion file predates AdaLoRA's averages trains the maximal run again
+/// (the old file cannot give those scores), and over a current file it does not.
+#[test]
+fn adalora_criterion_and_resume_over_an_older_criterion_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tiny(tmp.path(), "bert");
+    let out = tmp.path().join("runs");
+    let run = |criteria: &str| {
+        let mut args = vec![
+            "search",
+            "--task",
+            "rte",
+            "--model",
+            s(&model),
+            "--data",
+            s(glue()),
+            "--space",
+            "bitfit",
+            "--mode",
+            "unstructured",
+            "--budget",
+            "200",
+            "--criterion",
+            criteria,
+            "--out",
+            s(&out),
+        ];
+        args.extend(TINY);
+        train(&args).ok();
+    };
+    run("mean");
+    let crit = out
+        .join("rte-bitfit-maximal-s0")
+        .join("criterion.safetensors");
+    let bytes = std::fs::read(&crit).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let names: Vec<String> = st.names().into_iter().map(str::to_string).collect();
+    assert!(names.iter().any(|n| n.ends_with("::ema_ipt")), "{names:?}");
+    // The file as the previous version wrote it: without the two averages.
+    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+    let kept: Vec<(String, safetensors::tensor::TensorView)> = names
+        .iter()
+        .filter(|n| !n.ends_with("::ema_ipt") && !n.ends_with("::ema_unc"))
+        .map(|n| (n.clone(), st.tensor(n).unwrap()))
+        .collect();
+    let old = safetensors::serialize(kept, meta.metadata().clone()).unwrap();
+    std::fs::write(&crit, old).unwrap();
+    let max_record = out.join("rte-bitfit-maximal-s0").join("record.json");
+    let before = json(&max_record)["created_unix"].clone();
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+
+    run("mean,adalora");
+    let r = json(
+        &out.join("rte-bitfit-u200-adalora-same-s0")
+            .join("record.json"),
+    );
+    assert_eq!(text(&r, "/spec/criterion"), "adalora");
+    assert_eq!(num(&r, "/result/pet_params"), 200.0);
+    let after = json(&max_record)["created_unix"].clone();
+    assert_ne!(
+        before, after,
+        "the maximal run was not trained again for AdaLoRA's scores"
+    );
+    let a = json(
+        &out.join("rte-bitfit-u200-adalora-same-s0")
+            .join("architecture.json"),
+    );
+    let m = json(
+        &out.join("rte-bitfit-u200-mean-same-s0")
+            .join("architecture.json"),
+    );
+    assert_ne!(
+        a["modules"], m["modules"],
+        "AdaLoRA's and the mean criterion kept the same entries"
+    );
+
+    // With a current criterion file the maximal run is reused.
+    run("mean,adalora,abs");
+    assert_eq!(json(&max_record)["created_unix"], after);
+    assert!(out
+        .join("rte-bitfit-u200-abs-same-s0")
+        .join("record.json")
+        .exists());
+}

@@ -11,6 +11,7 @@ use std::path::Path;
 
 use petnas_core::arch::{Architecture, PruneMode};
 use petnas_core::criterion::{CriterionAccumulator, CriterionKind};
+use petnas_core::names::Named;
 use petnas_core::prune::{iterative_budgets, prune, scores_at_maximal_shape, RankGroup};
 use petnas_core::record::{
     LoraInit, Method, Precision, Recipe, Reinit, RunRecord, RunSpec, RunStatus,
@@ -97,13 +98,6 @@ pub fn slug(s: &str) -> String {
         out = out.replace("__", "_");
     }
     out.trim_matches('_').to_string()
-}
-
-fn enum_str<T: serde::Serialize>(v: &T) -> String {
-    serde_json::to_value(v)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_string))
-        .unwrap_or_default()
 }
 
 impl SearchConfig {
@@ -206,8 +200,8 @@ impl SearchConfig {
                             let id = format!(
                                 "{}-{m}{budget}{it}-{}-{}-s{}",
                                 self.base(),
-                                enum_str(&criterion),
-                                enum_str(&reinit),
+                                criterion.as_str(),
+                                reinit.as_str(),
                                 self.seed
                             );
                             let spec = RunSpec {

@@ -13,7 +13,7 @@ use polars::prelude::*;
 
 use crate::aggregate::{
     f64_values, i64_values, labels_in_group, layer_profile, medians, most_common_budget,
-    str_values, Metric,
+    scored_runs, str_values, Metric,
 };
 use crate::error::{AnalyzeError, Result};
 use crate::figures::{draw_figures, FigureSet};
@@ -68,6 +68,66 @@ fn compare(map: &MedianMap, a: &str, b: &str) -> Vec<(Option<i64>, usize, usize,
     out
 }
 
+/// `(label, budget, task, seed) → score`, for comparisons paired by task and seed.
+type SeedMap = BTreeMap<(String, Option<i64>, String, i64), f64>;
+
+fn seed_map(sweep: &Sweep, metric: &Metric) -> Result<SeedMap> {
+    let df = scored_runs(&sweep.runs, metric)
+        .collect()
+        .map_err(AnalyzeError::polars("scoring runs"))?;
+    let (l, b, t, s, v) = (
+        str_values(&df, "label")?,
+        i64_values(&df, "budget")?,
+        str_values(&df, "task")?,
+        i64_values(&df, "seed")?,
+        f64_values(&df, "score")?,
+    );
+    let mut out = BTreeMap::new();
+    for i in 0..df.height() {
+        if let (Some(l), Some(t), Some(s), Some(v)) = (&l[i], &t[i], s[i], v[i]) {
+            out.insert((l.clone(), b[i], t.clone(), s), v);
+        }
+    }
+    Ok(out)
+}
+
+/// The linear-interpolation quantile `q` of sorted values (numpy's default).
+fn quantile(sorted: &[f64], q: f64) -> f64 {
+    let pos = q * (sorted.len() - 1) as f64;
+    let (lo, hi) = (pos.floor() as usize, pos.ceil() as usize);
+    sorted[lo] + (sorted[hi] - sorted[lo]) * (pos - lo as f64)
+}
+
+/// `a` against `b` at `budget`, paired by task and seed (a baseline `b` without a budget pairs
+/// with every budget of `a`): ", paired by task and seed: W wins, T ties, L losses of N, median
+/// difference ±d (IQR lo to hi)", or nothing when no pair exists.
+fn paired_text(seeds: &SeedMap, a: &str, b: &str, budget: Option<i64>) -> String {
+    let mut d: Vec<f64> = seeds
+        .iter()
+        .filter(|((l, bb, _, _), _)| l == a && *bb == budget)
+        .filter_map(|((_, _, t, s), va)| {
+            seeds
+                .get(&(b.to_string(), budget, t.clone(), *s))
+                .or_else(|| seeds.get(&(b.to_string(), None, t.clone(), *s)))
+                .map(|vb| va - vb)
+        })
+        .collect();
+    if d.is_empty() {
+        return String::new();
+    }
+    d.sort_by(f64::total_cmp);
+    let ties = d.iter().filter(|x| x.abs() < 1e-9).count();
+    let wins = d.iter().filter(|x| **x >= 1e-9).count();
+    let losses = d.len() - wins - ties;
+    format!(
+        "; paired by task and seed: {wins} wins, {ties} ties, {losses} losses of {}, median difference {} (IQR {} to {})",
+        d.len(),
+        fmt_diff(quantile(&d, 0.5)),
+        fmt_diff(quantile(&d, 0.25)),
+        fmt_diff(quantile(&d, 0.75)),
+    )
+}
+
 fn budget_text(b: Option<i64>) -> String {
     b.map(|b| format!("budget {}", humanize(b as f64)))
         .unwrap_or_else(|| "no budget".to_string())
@@ -94,6 +154,7 @@ fn fmt_layers(ls: &[i64]) -> String {
 pub fn findings(sweep: &Sweep, metric: &Metric, budget: Option<i64>) -> Result<Vec<String>> {
     let med = medians(&sweep.runs, metric)?;
     let map = median_map(&med)?;
+    let seeds = seed_map(sweep, metric)?;
     let mut out = Vec::new();
     // Unstructured vs structured (the paper: unstructured pruning is the stronger of the two).
     for (s, u) in [("S-BitFit", "U-BitFit"), ("S-MaM", "U-MaM")] {
@@ -102,9 +163,10 @@ pub fn findings(sweep: &Sweep, metric: &Metric, budget: Option<i64>) -> Result<V
                 continue;
             }
             out.push(format!(
-                "{u} beats {s} at {} on {wins} of {n} tasks (mean difference {} points).",
+                "{u} beats {s} at {} on {wins} of {n} tasks (mean difference {} points{}).",
                 budget_text(b),
-                fmt_diff(diff)
+                fmt_diff(diff),
+                paired_text(&seeds, u, s, b)
             ));
         }
     }
@@ -119,17 +181,19 @@ pub fn findings(sweep: &Sweep, metric: &Metric, budget: Option<i64>) -> Result<V
                 continue;
             }
             out.push(format!(
-                "{label} beats {random} (search beats random) at {} on {wins} of {n} tasks (mean difference {} points).",
+                "{label} beats {random} (search beats random) at {} on {wins} of {n} tasks (mean difference {} points{}).",
                 budget_text(b),
-                fmt_diff(diff)
+                fmt_diff(diff),
+                paired_text(&seeds, &label, &random, b)
             ));
         }
         // Searched vs the BitFit baseline.
         for (b, wins, n, diff) in compare(&map, &label, "BitFit") {
             out.push(format!(
-                "{label} at {} beats BitFit on {wins} of {n} tasks (mean difference {} points).",
+                "{label} at {} beats BitFit on {wins} of {n} tasks (mean difference {} points{}).",
                 budget_text(b),
-                fmt_diff(diff)
+                fmt_diff(diff),
+                paired_text(&seeds, &label, "BitFit", b)
             ));
         }
     }
@@ -407,4 +471,40 @@ pub fn tasks_present(med: &DataFrame) -> Result<Vec<String>> {
         .collect();
     t.sort_by_key(|x| task_order(x));
     Ok(t)
+}
+
+#[cfg(test)]
+mod paired_tests {
+    use super::*;
+
+    /// Pairs by task and seed, counts wins, ties and losses, and gives the median and the
+    /// quartiles of the differences (linear interpolation, as numpy's default).
+    #[test]
+    fn paired_text_counts_and_quartiles() {
+        let mut m = SeedMap::new();
+        let b = Some(1000);
+        // (task, seed, a, b): differences +2, 0, −1, +4 and one seed without a partner.
+        for (t, s, va, vb) in [
+            ("rte", 0, 62.0, 60.0),
+            ("rte", 1, 61.0, 61.0),
+            ("mrpc", 0, 70.0, 71.0),
+            ("mrpc", 1, 75.0, 71.0),
+        ] {
+            m.insert(("A".into(), b, t.into(), s), va);
+            m.insert(("B".into(), b, t.into(), s), vb);
+        }
+        m.insert(("A".into(), b, "rte".into(), 2), 50.0);
+        let got = paired_text(&m, "A", "B", b);
+        assert_eq!(
+            got,
+            "; paired by task and seed: 2 wins, 1 ties, 1 losses of 4, median difference +1.0 (IQR −0.2 to +2.5)".replace('−', "-")
+        );
+        // A baseline without a budget pairs with every budget.
+        let mut base = SeedMap::new();
+        base.insert(("A".into(), b, "rte".into(), 0), 62.0);
+        base.insert(("BitFit".into(), None, "rte".into(), 0), 61.0);
+        assert!(paired_text(&base, "A", "BitFit", b).contains("1 wins, 0 ties, 0 losses of 1"));
+        assert_eq!(paired_text(&base, "A", "nobody", b), "");
+        assert_eq!(quantile(&[1.0, 2.0, 3.0, 4.0], 0.25), 1.75);
+    }
 }

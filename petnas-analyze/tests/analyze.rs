@@ -301,6 +301,10 @@ fn report_has_tables_figures_findings_and_provenance() {
         "{md}"
     );
     assert!(
+        md.contains("; paired by task and seed: ") && md.contains(" losses of "),
+        "{md}"
+    );
+    assert!(
         md.contains(
             "S-BitFit beats Random S-BitFit (search beats random) at budget 10k on 1 of 1 tasks"
         ),

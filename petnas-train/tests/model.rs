@@ -535,3 +535,109 @@ fn gradient_clipping_scales_to_the_max_norm() {
         "a norm below the limit must not change"
     );
 }
+
+/// Every value of `a` equals `b` (bit for bit but for the sign of zero, which no later operation
+/// can turn into a difference: sums start from +0.0).
+fn assert_same(what: &str, a: &Tensor, b: &Tensor) {
+    let a = a.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    let b = b.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    assert_eq!(a.len(), b.len(), "{what}: lengths");
+    for (i, (x, y)) in a.iter().zip(&b).enumerate() {
+        assert!(x == y, "{what}[{i}]: {x:e} (fused layer) vs {y:e} (per-op)");
+    }
+}
+
+#[test]
+fn the_fused_layer_op_matches_the_per_op_path_bit_for_bit() {
+    use petnas_core::record::Precision;
+    use petnas_train::model::ops::DropoutRng;
+    // Structured and unstructured LoRA (masked entries), all bias deltas, every LoRA init, both
+    // families and precisions, with dropout on: the fused encoder layer must give exactly the
+    // per-op path's outputs and gradients.
+    let cases = [
+        (Family::Bert, "mam", LoraInit::Paper, Precision::Fp32),
+        (
+            Family::Roberta,
+            "mam",
+            LoraInit::PaperZeroOffset,
+            Precision::Fp32,
+        ),
+        (Family::Bert, "bitfit", LoraInit::Paper, Precision::Fp32),
+        (Family::Bert, "mam", LoraInit::Hu, Precision::Bf16),
+        (Family::Roberta, "mam", LoraInit::Paper, Precision::Bf16),
+    ];
+    for (ci, &(family, space, init, precision)) in cases.iter().enumerate() {
+        let cfg = EncoderConfig::tiny(family);
+        let w = Weights::random(&cfg, 1).unwrap();
+        let sp = SearchSpace::from_spec(space, &inventory(&cfg)).unwrap();
+        let mut arch = Architecture::maximal(&sp, &cfg).unwrap();
+        if ci == 0 {
+            // Unstructured: drop every third entry of U and V and every other bias entry.
+            for m in arch.modules.iter_mut() {
+                if let Some(l) = m.lora.as_mut() {
+                    let r = l.max_rank;
+                    let u = Mask::from_fn(m.in_dim * r, |i| i % 3 != 0);
+                    let v = Mask::from_fn(m.out_dim * r, |i| i % 3 != 1);
+                    l.keep = LoraKeep::Entries { u, v };
+                }
+                if m.bias.is_some() {
+                    m.bias = Some(petnas_core::arch::BiasArch::Masked(Mask::from_fn(
+                        m.out_dim,
+                        |i| i % 2 == 0,
+                    )));
+                }
+            }
+            arch.mode = Some(PruneMode::Unstructured);
+        }
+        let start = init_map(&arch, 5, init);
+        let mut o = opts(init);
+        o.precision = precision;
+        let run = |fused: bool| {
+            let mut m =
+                EncoderModel::build(&cfg, &w, Some(&arch), &start, &o, &Device::Cpu).unwrap();
+            m.set_layer_fusion(fused);
+            let mut rng = DropoutRng::new(11);
+            let (hidden, logits) = m.forward(&batch(&cfg, family), Some(&mut rng)).unwrap();
+            let y = Tensor::new(&[1u32, 0], &Device::Cpu).unwrap();
+            let loss = petnas_train::model::ops::cross_entropy(&logits, &y).unwrap();
+            let grads = loss.backward().unwrap();
+            let g: Vec<(String, Tensor)> = m
+                .trainables()
+                .iter()
+                .map(|t| {
+                    (
+                        t.name.clone(),
+                        grads.get(t.var.as_tensor()).unwrap().clone(),
+                    )
+                })
+                .collect();
+            (hidden, logits, loss, g, rng.position())
+        };
+        let (ha, la, lossa, ga, pa) = run(true);
+        let (hb, lb, lossb, gb, pb) = run(false);
+        let case = format!("case {ci} ({family:?} {space} {init:?} {precision:?})");
+        assert_eq!(pa, pb, "{case}: dropout counters");
+        assert_same(&format!("{case} hidden"), &ha, &hb);
+        assert_same(&format!("{case} logits"), &la, &lb);
+        assert_same(&format!("{case} loss"), &lossa, &lossb);
+        assert_eq!(ga.len(), gb.len());
+        let mut nonzero = 0;
+        for ((n, a), (_, b)) in ga.iter().zip(&gb) {
+            assert_same(&format!("{case} grad {n}"), a, b);
+            nonzero += (a
+                .abs()
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap()
+                > 0.0) as usize;
+        }
+        // The comparison means something only if gradients reached the PET tensors.
+        assert!(
+            nonzero > ga.len() / 2,
+            "{case}: {nonzero} of {} gradients nonzero",
+            ga.len()
+        );
+    }
+}

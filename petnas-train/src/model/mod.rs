@@ -71,6 +71,36 @@ enum LayerModule<'a> {
 }
 
 impl Layer {
+    /// The layer as the fused encoder-layer op takes it; `None` when a base weight is trained.
+    fn fused_parts(&self) -> Result<Option<fused::LayerParts>> {
+        let lin = |l: &PetLinear| l.fused_parts();
+        let (Some(query), Some(key), Some(value), Some(attn_out), Some(inter), Some(out)) = (
+            lin(&self.query)?,
+            lin(&self.key)?,
+            lin(&self.value)?,
+            lin(&self.attn_out)?,
+            lin(&self.inter)?,
+            lin(&self.out)?,
+        ) else {
+            return Ok(None);
+        };
+        let (Some(attn_ln), Some(out_ln)) =
+            (self.attn_ln.fused_parts()?, self.out_ln.fused_parts()?)
+        else {
+            return Ok(None);
+        };
+        Ok(Some(fused::LayerParts {
+            query,
+            key,
+            value,
+            attn_out,
+            attn_ln,
+            inter,
+            out,
+            out_ln,
+        }))
+    }
+
     /// The layer's modules in inventory order (`ModuleType::ALL` without the embeddings
     /// LayerNorm).
     fn modules(&self) -> [(ModuleType, LayerModule<'_>); 8] {
@@ -115,6 +145,8 @@ pub struct EncoderModel {
     act: Activation,
     device: Device,
     dtype: DType,
+    /// Run each encoder layer as one fused op where it can (see [`fused::encoder_layer`]).
+    layer_fusion: bool,
 }
 
 /// HF names of the head's tensors for a family: (dense weight, dense bias, out weight, out bias).
@@ -341,7 +373,15 @@ impl EncoderModel {
             act,
             device: device.clone(),
             dtype: dt,
+            layer_fusion: true,
         })
+    }
+
+    /// Switches the fused encoder-layer op on or off (on by default; `PETNAS_UNFUSED=layer` turns
+    /// it off process-wide). Both paths give bit-identical results; this is for the tests and
+    /// benchmarks that compare them.
+    pub fn set_layer_fusion(&mut self, on: bool) {
+        self.layer_fusion = on;
     }
 
     /// The trainable tensors (PET, head, and base weights under full fine-tuning).
@@ -421,7 +461,33 @@ impl EncoderModel {
         let dh = h / nh;
         let scale = 1.0 / (dh as f64).sqrt();
         let fused_attn = fused::enabled(fused::Kind::Attention, &x);
+        use fused::Kind as K;
+        let fuse_layers = self.layer_fusion
+            && self.act == Activation::GeluErf
+            && [K::Linear, K::Attention, K::LayerNorm, K::Dropout, K::Layer]
+                .iter()
+                .all(|k| fused::enabled(*k, &x));
         for layer in &self.layers {
+            if fuse_layers {
+                if let Some(parts) = layer.fused_parts()? {
+                    // The same counters as the per-op path below, reserved in its order.
+                    let mut d = fused::LayerDropout::default();
+                    if let Some(rng) = drop.as_deref_mut() {
+                        if p_attn > 0.0 {
+                            let (seed, base) = rng.reserve(b * nh * l * l);
+                            d.attn = Some((seed, base, p_attn as f32));
+                        }
+                        if p_hidden > 0.0 {
+                            let (seed, base) = rng.reserve(b * l * h);
+                            d.hidden1 = Some((seed, base, p_hidden as f32));
+                            let (seed, base) = rng.reserve(b * l * h);
+                            d.hidden2 = Some((seed, base, p_hidden as f32));
+                        }
+                    }
+                    x = fused::encoder_layer(&x, &batch.attention_mask, nh, scale, &parts, d)?;
+                    continue;
+                }
+            }
             let q = layer.query.forward(&x)?; // [batch, seq, hidden]
             let k = layer.key.forward(&x)?;
             let v = layer.value.forward(&x)?;

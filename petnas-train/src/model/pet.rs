@@ -176,6 +176,29 @@ impl PetLinear {
         }
     }
 
+    /// What the fused encoder-layer op takes of this layer: `None` when the weight is trained
+    /// (full fine-tuning), which needs the per-op path's weight gradient.
+    pub fn fused_parts(&self) -> Result<Option<fused::LinearParts>> {
+        if self.weight.track_op() {
+            return Ok(None);
+        }
+        let bias = match &self.delta {
+            Some(d) => self.bias.add(&d.effective()?)?,
+            None => self.bias.clone(),
+        };
+        let (lora, offset) = match &self.lora {
+            Some(l) => (Some((l.u.effective()?, l.v.effective()?)), l.offset.clone()),
+            None => (None, None),
+        };
+        Ok(Some(fused::LinearParts {
+            weight: self.weight.clone(),
+            bias,
+            lora,
+            offset,
+            bf16: self.bf16.clone(),
+        }))
+    }
+
     /// The composite (unfused) forward, for any device and dtype.
     pub fn forward_composite(&self, x: &Tensor) -> Result<Tensor> {
         let dims = x.dims().to_vec();
@@ -262,6 +285,22 @@ impl PetLayerNorm {
         } else {
             ops::layer_norm_composite(x, &self.gamma, &beta, self.eps)
         }
+    }
+
+    /// What the fused encoder-layer op takes of this LayerNorm: `None` when γ is trained.
+    pub fn fused_parts(&self) -> Result<Option<fused::NormParts>> {
+        if self.gamma.track_op() {
+            return Ok(None);
+        }
+        let beta = match &self.delta {
+            Some(d) => self.beta.add(&d.effective()?)?,
+            None => self.beta.clone(),
+        };
+        Ok(Some(fused::NormParts {
+            gamma: self.gamma.clone(),
+            beta,
+            eps: self.eps,
+        }))
     }
 
     /// The merged LayerNorm parameters `(gamma, beta + m⊙Δb)`.

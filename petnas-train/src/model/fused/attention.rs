@@ -17,7 +17,7 @@ use super::*;
 /// head) runs its three small products single-threaded, which keeps both cores busy where candle
 /// would run 192 tiny GEMMs one after another. The softmax probabilities are kept for backward
 /// (one [batch, heads, seq, seq] buffer, as PyTorch keeps them); the dropout mask is redrawn.
-struct Attention {
+pub(super) struct Attention {
     heads: usize,
     scale: f32,
     /// Additive mask per key position: 0 for tokens, −1e9 for padding. [batch·seq]
@@ -81,45 +81,47 @@ multiversion! {
 }
 
 impl Attention {
-    fn dims(&self, l: &Layout) -> Result<(usize, usize, usize, usize)> {
-        let (b, s, h) = l.shape().dims3()?;
-        if h % self.heads != 0 || self.mask_bias.len() != b * s {
-            bail!(
-                "fused attention: shape [{b}, {s}, {h}], {} heads, mask of {}",
-                self.heads,
-                self.mask_bias.len()
-            );
-        }
-        Ok((b, s, h, h / self.heads))
+    /// The op for `attention_mask` [batch, seq] (1.0 tokens, 0.0 padding); `keep`: keep the
+    /// probabilities for a backward pass.
+    pub(super) fn new(
+        attention_mask: &Tensor,
+        heads: usize,
+        scale: f64,
+        drop: Option<(u64, u64, f32)>,
+        keep: bool,
+    ) -> Result<Self> {
+        // Same additive bias as the composite path: (m − 1)·1e9.
+        let mask_bias: Vec<f32> = attention_mask
+            .to_dtype(DType::F32)?
+            .flatten_all()?
+            .to_vec1::<f32>()?
+            .iter()
+            .map(|m| (m - 1.0) * 1e9)
+            .collect();
+        Ok(Self {
+            heads,
+            scale: scale as f32,
+            mask_bias,
+            drop: drop
+                .filter(|d| d.2 > 0.0)
+                .map(|(s, b, p)| (mix_seed(s), b, p)),
+            probs: Mutex::new(None),
+            keep,
+        })
     }
-}
 
-impl candle_core::CustomOp3 for Attention {
-    fn name(&self) -> &'static str {
-        "petnas-attention"
-    }
-
-    fn cpu_fwd(
+    /// The forward pass on slices: `q`, `k`, `v` [b, l, h] → ctx [b, l, h]; keeps the
+    /// probabilities for backward when `keep`.
+    pub(super) fn forward_slices(
         &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-        s3: &CpuStorage,
-        l3: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let (b, l, h, dh) = self.dims(l1)?;
-        if l2.shape() != l1.shape() || l3.shape() != l1.shape() {
-            bail!(
-                "fused attention: q {:?}, k {:?}, v {:?}",
-                l1.shape(),
-                l2.shape(),
-                l3.shape()
-            );
-        }
-        let q = cpu_slice(s1, l1, "attention")?;
-        let k = cpu_slice(s2, l2, "attention")?;
-        let v = cpu_slice(s3, l3, "attention")?;
+        q: &[f32],
+        k: &[f32],
+        v: &[f32],
+        b: usize,
+        l: usize,
+        h: usize,
+    ) -> Result<Vec<f32>> {
+        let dh = h / self.heads;
         let nh = self.heads;
         let mut probs = vec![0f32; b * nh * l * l]; // [batch, heads, seq, seq]
         let mut ctx = vec![0f32; b * l * h]; // [batch, seq, hidden]
@@ -189,20 +191,24 @@ impl candle_core::CustomOp3 for Attention {
                 .map_err(|_| candle_core::Error::Msg("fused attention: poisoned lock".into()))? =
                 Some(probs);
         }
-        Ok((CpuStorage::F32(ctx), Shape::from((b, l, h))))
+        Ok(ctx)
     }
 
-    fn bwd(
+    /// The backward pass on slices: (dq, dk, dv) from the saved probabilities and `grad` (the
+    /// gradient of ctx), all [b, l, h].
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn backward_slices(
         &self,
-        q: &Tensor,
-        k: &Tensor,
-        v: &Tensor,
-        _res: &Tensor,
-        grad: &Tensor,
-    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let grad = grad.contiguous()?;
-        let (b, l, h, dh) = self.dims(q.layout())?;
+        qs: &[f32],
+        ks: &[f32],
+        vs: &[f32],
+        gs: &[f32],
+        b: usize,
+        l: usize,
+        h: usize,
+    ) -> Result<(Vec<f32>, Vec<f32>, Vec<f32>)> {
         let nh = self.heads;
+        let dh = h / nh;
         let guard = self
             .probs
             .lock()
@@ -222,97 +228,151 @@ impl candle_core::CustomOp3 for Attention {
         );
         let hs = h as isize;
         let ls = l as isize;
-        with_slice(q, "attention", |qs| {
+        probs.par_chunks(l * l).enumerate().for_each(|(t, p)| {
+            let (dqp, dkp, dvp) = (dqp, dkp, dvp);
+            let (bi, hi) = (t / nh, t % nh);
+            let off = bi * l * h + hi * dh;
+            let (sm, base, pd, dscale, on) = match self.drop {
+                Some((sm, base, pd)) => (sm, base + (t * l * l) as u64, pd, 1.0 / (1.0 - pd), true),
+                None => (0, 0, 0.0, 1.0, false),
+            };
+            let mut dropped = Vec::new();
+            let pdrop: &[f32] = if on {
+                dropped = vec![0f32; l * l];
+                apply_drop(p, &mut dropped, sm, base, pd, dscale);
+                &dropped
+            } else {
+                p
+            };
+            let mut d = vec![0f32; l * l];
+            unsafe {
+                // dV_h = P_dropᵀ · dctx_h
+                gemm_f32(
+                    l,
+                    dh,
+                    l,
+                    dvp.0.add(off),
+                    hs,
+                    1,
+                    false,
+                    Mat(pdrop.as_ptr(), 1, ls),
+                    Mat(gs.as_ptr().add(off), hs, 1),
+                    1.0,
+                    Parallelism::None,
+                );
+                // d(P_drop) = dctx_h · V_hᵀ
+                gemm_f32(
+                    l,
+                    l,
+                    dh,
+                    d.as_mut_ptr(),
+                    ls,
+                    1,
+                    false,
+                    Mat(gs.as_ptr().add(off), hs, 1),
+                    Mat(vs.as_ptr().add(off), 1, hs),
+                    1.0,
+                    Parallelism::None,
+                );
+            }
+            drop(dropped);
+            softmax_bwd_rows(&mut d, p, l, sm, base, pd, dscale, on);
+            unsafe {
+                // dQ_h = scale · dS · K_h ; dK_h = scale · dSᵀ · Q_h
+                gemm_f32(
+                    l,
+                    dh,
+                    l,
+                    dqp.0.add(off),
+                    hs,
+                    1,
+                    false,
+                    Mat(d.as_ptr(), ls, 1),
+                    Mat(ks.as_ptr().add(off), hs, 1),
+                    self.scale,
+                    Parallelism::None,
+                );
+                gemm_f32(
+                    l,
+                    dh,
+                    l,
+                    dkp.0.add(off),
+                    hs,
+                    1,
+                    false,
+                    Mat(d.as_ptr(), 1, ls),
+                    Mat(qs.as_ptr().add(off), hs, 1),
+                    self.scale,
+                    Parallelism::None,
+                );
+            }
+        });
+        drop(guard);
+        Ok((dq, dk, dv))
+    }
+
+    pub(super) fn dims(&self, l: &Layout) -> Result<(usize, usize, usize, usize)> {
+        let (b, s, h) = l.shape().dims3()?;
+        if h % self.heads != 0 || self.mask_bias.len() != b * s {
+            bail!(
+                "fused attention: shape [{b}, {s}, {h}], {} heads, mask of {}",
+                self.heads,
+                self.mask_bias.len()
+            );
+        }
+        Ok((b, s, h, h / self.heads))
+    }
+}
+
+impl candle_core::CustomOp3 for Attention {
+    fn name(&self) -> &'static str {
+        "petnas-attention"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (b, l, h, _) = self.dims(l1)?;
+        if l2.shape() != l1.shape() || l3.shape() != l1.shape() {
+            bail!(
+                "fused attention: q {:?}, k {:?}, v {:?}",
+                l1.shape(),
+                l2.shape(),
+                l3.shape()
+            );
+        }
+        let q = cpu_slice(s1, l1, "attention")?;
+        let k = cpu_slice(s2, l2, "attention")?;
+        let v = cpu_slice(s3, l3, "attention")?;
+        let ctx = self.forward_slices(q, k, v, b, l, h)?;
+        Ok((CpuStorage::F32(ctx), Shape::from((b, l, h))))
+    }
+
+    fn bwd(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let grad = grad.contiguous()?;
+        let (b, l, h, _) = self.dims(q.layout())?;
+        let (dq, dk, dv) = with_slice(q, "attention", |qs| {
             with_slice(k, "attention", |ks| {
                 with_slice(v, "attention", |vs| {
                     with_slice(&grad, "attention", |gs| {
-                        probs.par_chunks(l * l).enumerate().for_each(|(t, p)| {
-                            let (dqp, dkp, dvp) = (dqp, dkp, dvp);
-                            let (bi, hi) = (t / nh, t % nh);
-                            let off = bi * l * h + hi * dh;
-                            let (sm, base, pd, dscale, on) = match self.drop {
-                                Some((sm, base, pd)) => {
-                                    (sm, base + (t * l * l) as u64, pd, 1.0 / (1.0 - pd), true)
-                                }
-                                None => (0, 0, 0.0, 1.0, false),
-                            };
-                            let mut dropped = Vec::new();
-                            let pdrop: &[f32] = if on {
-                                dropped = vec![0f32; l * l];
-                                apply_drop(p, &mut dropped, sm, base, pd, dscale);
-                                &dropped
-                            } else {
-                                p
-                            };
-                            let mut d = vec![0f32; l * l];
-                            unsafe {
-                                // dV_h = P_dropᵀ · dctx_h
-                                gemm_f32(
-                                    l,
-                                    dh,
-                                    l,
-                                    dvp.0.add(off),
-                                    hs,
-                                    1,
-                                    false,
-                                    Mat(pdrop.as_ptr(), 1, ls),
-                                    Mat(gs.as_ptr().add(off), hs, 1),
-                                    1.0,
-                                    Parallelism::None,
-                                );
-                                // d(P_drop) = dctx_h · V_hᵀ
-                                gemm_f32(
-                                    l,
-                                    l,
-                                    dh,
-                                    d.as_mut_ptr(),
-                                    ls,
-                                    1,
-                                    false,
-                                    Mat(gs.as_ptr().add(off), hs, 1),
-                                    Mat(vs.as_ptr().add(off), 1, hs),
-                                    1.0,
-                                    Parallelism::None,
-                                );
-                            }
-                            drop(dropped);
-                            softmax_bwd_rows(&mut d, p, l, sm, base, pd, dscale, on);
-                            unsafe {
-                                // dQ_h = scale · dS · K_h ; dK_h = scale · dSᵀ · Q_h
-                                gemm_f32(
-                                    l,
-                                    dh,
-                                    l,
-                                    dqp.0.add(off),
-                                    hs,
-                                    1,
-                                    false,
-                                    Mat(d.as_ptr(), ls, 1),
-                                    Mat(ks.as_ptr().add(off), hs, 1),
-                                    self.scale,
-                                    Parallelism::None,
-                                );
-                                gemm_f32(
-                                    l,
-                                    dh,
-                                    l,
-                                    dkp.0.add(off),
-                                    hs,
-                                    1,
-                                    false,
-                                    Mat(d.as_ptr(), 1, ls),
-                                    Mat(qs.as_ptr().add(off), hs, 1),
-                                    self.scale,
-                                    Parallelism::None,
-                                );
-                            }
-                        });
-                        Ok(())
+                        self.backward_slices(qs, ks, vs, gs, b, l, h)
                     })
                 })
             })
         })?;
-        drop(guard);
         let dev = q.device();
         let mk = |x: Vec<f32>, t: &Tensor| -> Result<Option<Tensor>> {
             if t.track_op() {
@@ -337,25 +397,8 @@ pub fn attention(
     scale: f64,
     drop: Option<(u64, u64, f32)>,
 ) -> Result<Tensor> {
-    // Same additive bias as the composite path: (m − 1)·1e9.
-    let mask_bias: Vec<f32> = attention_mask
-        .to_dtype(DType::F32)?
-        .flatten_all()?
-        .to_vec1::<f32>()?
-        .iter()
-        .map(|m| (m - 1.0) * 1e9)
-        .collect();
     let keep = q.track_op() || k.track_op() || v.track_op();
-    let op = Attention {
-        heads,
-        scale: scale as f32,
-        mask_bias,
-        drop: drop
-            .filter(|d| d.2 > 0.0)
-            .map(|(s, b, p)| (mix_seed(s), b, p)),
-        probs: Mutex::new(None),
-        keep,
-    };
+    let op = Attention::new(attention_mask, heads, scale, drop, keep)?;
     q.contiguous()?
         .apply_op3(&k.contiguous()?, &v.contiguous()?, op)
 }

@@ -25,6 +25,26 @@ multiversion! {
     }
 }
 
+/// `x ⊙ keep-scale` with the mask at counters `base..base + x.len()` (seed already mixed).
+pub(super) fn dropout_slice(x: &[f32], seed_mixed: u64, base: u64, p: f32) -> Vec<f32> {
+    let mut y = vec![0f32; x.len()];
+    let scale = 1.0 / (1.0 - p);
+    y.par_chunks_mut(ELEMS_PER_TASK)
+        .zip(x.par_chunks(ELEMS_PER_TASK))
+        .enumerate()
+        .for_each(|(c, (yc, xc))| {
+            dropout_chunk(
+                xc,
+                yc,
+                seed_mixed,
+                base + (c * ELEMS_PER_TASK) as u64,
+                p,
+                scale,
+            )
+        });
+    y
+}
+
 impl candle_core::CustomOp1 for Dropout {
     fn name(&self) -> &'static str {
         "petnas-dropout"
@@ -32,15 +52,7 @@ impl candle_core::CustomOp1 for Dropout {
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let x = cpu_slice(s, l, "dropout")?;
-        let mut y = vec![0f32; x.len()];
-        let scale = 1.0 / (1.0 - self.p);
-        let (sm, base, p) = (self.seed_mixed, self.base, self.p);
-        y.par_chunks_mut(ELEMS_PER_TASK)
-            .zip(x.par_chunks(ELEMS_PER_TASK))
-            .enumerate()
-            .for_each(|(c, (yc, xc))| {
-                dropout_chunk(xc, yc, sm, base + (c * ELEMS_PER_TASK) as u64, p, scale)
-            });
+        let y = dropout_slice(x, self.seed_mixed, self.base, self.p);
         Ok((CpuStorage::F32(y), l.shape().clone()))
     }
 

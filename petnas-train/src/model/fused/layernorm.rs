@@ -60,6 +60,45 @@ multiversion! {
     }
 }
 
+/// LayerNorm forward over rows of width `h` (parallel over fixed row blocks).
+pub(super) fn ln_forward(x: &[f32], g: &[f32], b: &[f32], h: usize, eps: f32) -> Vec<f32> {
+    let mut y = vec![0f32; x.len()];
+    y.par_chunks_mut(ROWS_PER_TASK * h)
+        .zip(x.par_chunks(ROWS_PER_TASK * h))
+        .for_each(|(yc, xc)| ln_rows(xc, g, b, yc, h, eps));
+    y
+}
+
+/// LayerNorm backward: (dx, dγ, dβ); the per-block partial sums of dγ and dβ are added in block
+/// order (deterministic).
+pub(super) fn ln_backward(
+    xs: &[f32],
+    dy: &[f32],
+    g: &[f32],
+    h: usize,
+    eps: f32,
+) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    let mut dx = vec![0f32; xs.len()];
+    let partial: Vec<(Vec<f32>, Vec<f32>)> = dx
+        .par_chunks_mut(ROWS_PER_TASK * h)
+        .zip(
+            xs.par_chunks(ROWS_PER_TASK * h)
+                .zip(dy.par_chunks(ROWS_PER_TASK * h)),
+        )
+        .map(|(dxc, (xc, dyc))| {
+            let (mut dg, mut db, mut xh) = (vec![0f32; h], vec![0f32; h], vec![0f32; h]);
+            ln_bwd_rows(xc, dyc, g, dxc, &mut dg, &mut db, &mut xh, h, eps);
+            (dg, db)
+        })
+        .collect();
+    let (mut dg, mut db) = (vec![0f32; h], vec![0f32; h]);
+    for (pg, pb) in &partial {
+        add_into(&mut dg, pg);
+        add_into(&mut db, pb);
+    }
+    (dx, dg, db)
+}
+
 impl candle_core::CustomOp3 for LayerNorm {
     fn name(&self) -> &'static str {
         "petnas-layer-norm"
@@ -85,11 +124,7 @@ impl candle_core::CustomOp3 for LayerNorm {
                 b.len()
             );
         }
-        let mut y = vec![0f32; x.len()];
-        let eps = self.eps;
-        y.par_chunks_mut(ROWS_PER_TASK * h)
-            .zip(x.par_chunks(ROWS_PER_TASK * h))
-            .for_each(|(yc, xc)| ln_rows(xc, g, b, yc, h, eps));
+        let y = ln_forward(x, g, b, h, self.eps);
         Ok((CpuStorage::F32(y), l1.shape().clone()))
     }
 
@@ -106,28 +141,7 @@ impl candle_core::CustomOp3 for LayerNorm {
         let eps = self.eps;
         let (dx, dg, db) = with_slice(x, "layer norm", |xs| {
             with_slice(&grad, "layer norm", |dy| {
-                with_slice(gamma, "layer norm", |g| {
-                    let mut dx = vec![0f32; xs.len()];
-                    let partial: Vec<(Vec<f32>, Vec<f32>)> = dx
-                        .par_chunks_mut(ROWS_PER_TASK * h)
-                        .zip(
-                            xs.par_chunks(ROWS_PER_TASK * h)
-                                .zip(dy.par_chunks(ROWS_PER_TASK * h)),
-                        )
-                        .map(|(dxc, (xc, dyc))| {
-                            let (mut dg, mut db, mut xh) =
-                                (vec![0f32; h], vec![0f32; h], vec![0f32; h]);
-                            ln_bwd_rows(xc, dyc, g, dxc, &mut dg, &mut db, &mut xh, h, eps);
-                            (dg, db)
-                        })
-                        .collect();
-                    let (mut dg, mut db) = (vec![0f32; h], vec![0f32; h]);
-                    for (pg, pb) in &partial {
-                        add_into(&mut dg, pg);
-                        add_into(&mut db, pb);
-                    }
-                    Ok((dx, dg, db))
-                })
+                with_slice(gamma, "layer norm", |g| Ok(ln_backward(xs, dy, g, h, eps)))
             })
         })?;
         let dev = x.device();

@@ -11,7 +11,7 @@ use super::*;
 // PET linear: y = act(x·Wᵀ + b + (x·U)·Vᵀ − (x·U₀)·V₀ᵀ) with a frozen W.
 
 /// Gradients of a PET linear op: (dx when wanted, db, d[U; V]).
-type LinearGrads = (Option<Vec<f32>>, Vec<f32>, Vec<f32>);
+pub(super) type LinearGrads = (Option<Vec<f32>>, Vec<f32>, Vec<f32>);
 
 /// A thin-matrix kernel: (a, k, m, out) for [`rows_times_small`].
 type RowsKernel = fn(&[f32], usize, &[f32], &mut [f32]);
@@ -73,7 +73,7 @@ pub fn bf16_notice() -> Option<String> {
     }
 }
 
-struct PetLinearOp {
+pub(super) struct PetLinearOp {
     w: Tensor, // [out, in], contiguous, frozen
     /// bf16 mode: the frozen matmuls run as bf16 × bf16 → fp32 on AMX. `packed` is `W` packed
     /// once (no LoRA); with LoRA the effective weight is packed each forward pass.
@@ -93,8 +93,42 @@ struct PetLinearOp {
 }
 
 impl PetLinearOp {
+    /// The op for a frozen `weight` [out, in] with LoRA of `rank` (0: none) and the optional
+    /// frozen offset factors; `keep`: keep what backward needs.
+    pub(super) fn new(
+        weight: &Tensor,
+        rank: usize,
+        offset: Option<(&Tensor, &Tensor)>,
+        gelu: bool,
+        bf16: Option<Option<Arc<PackedWeight>>>,
+        keep: bool,
+    ) -> Result<Self> {
+        Ok(Self {
+            w: weight.contiguous()?,
+            bf16: bf16.is_some(),
+            packed: bf16.flatten(),
+            saved_packed: Mutex::new(None),
+            rank,
+            offset: match offset {
+                Some((u0, v0)) => Some((u0.contiguous()?, v0.contiguous()?)),
+                None => None,
+            },
+            gelu,
+            saved: Mutex::new(None),
+            saved_w: Mutex::new(None),
+            keep,
+        })
+    }
+
     /// Forward on slices: `uv` empty without LoRA.
-    fn forward(&self, x: &[f32], n: usize, k: usize, b: &[f32], uv: &[f32]) -> Result<Vec<f32>> {
+    pub(super) fn forward(
+        &self,
+        x: &[f32],
+        n: usize,
+        k: usize,
+        b: &[f32],
+        uv: &[f32],
+    ) -> Result<Vec<f32>> {
         let (o, k2) = self.w.dims2()?;
         if k != k2 || b.len() != o || uv.len() != (k + o) * self.rank {
             bail!(
@@ -223,7 +257,7 @@ impl PetLinearOp {
     }
 
     /// Backward on slices: (dx if `want_x`, db, d[U; V]).
-    fn backward(
+    pub(super) fn backward(
         &self,
         x: &[f32],
         n: usize,
@@ -661,32 +695,17 @@ pub fn pet_linear(
 ) -> Result<Tensor> {
     let x = x.contiguous()?;
     let bias = bias.contiguous()?;
-    let mut op = PetLinearOp {
-        w: weight.contiguous()?,
-        bf16: bf16.is_some(),
-        packed: bf16.flatten(),
-        saved_packed: Mutex::new(None),
-        rank: 0,
-        offset: None,
-        gelu,
-        saved: Mutex::new(None),
-        saved_w: Mutex::new(None),
-        keep: false,
-    };
     match lora {
         None => {
-            op.keep = x.track_op() || bias.track_op();
+            let keep = x.track_op() || bias.track_op();
+            let op = PetLinearOp::new(weight, 0, None, gelu, bf16, keep)?;
             x.apply_op2(&bias, op)
         }
         Some(l) => {
-            op.rank = l.u.dim(1)?;
-            op.offset = match l.offset {
-                Some((u0, v0)) => Some((u0.contiguous()?, v0.contiguous()?)),
-                None => None,
-            };
             // [U; V]: one input for both factors; `cat`'s backward splits the gradient again.
             let uv = Tensor::cat(&[l.u, l.v], 0)?.contiguous()?;
-            op.keep = x.track_op() || bias.track_op() || uv.track_op();
+            let keep = x.track_op() || bias.track_op() || uv.track_op();
+            let op = PetLinearOp::new(weight, l.u.dim(1)?, l.offset, gelu, bf16, keep)?;
             x.apply_op3(&bias, &uv, op)
         }
     }

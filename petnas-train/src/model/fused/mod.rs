@@ -14,7 +14,7 @@
 //!
 //! Scope: CPU and f32 only. [`enabled`] says when a fused op may be used; callers fall back to the
 //! composite ops otherwise (CUDA, half precision), and `PETNAS_UNFUSED` turns fused ops off by name
-//! (`linear,attention,layernorm,gelu,dropout` or `all`) to measure each one or to debug.
+//! (`linear,attention,layernorm,gelu,dropout,layer` or `all`) to measure each one or to debug.
 //!
 //! Determinism: every parallel loop splits work into chunks whose size does not depend on the
 //! thread count, each output element is written by exactly one task, and reductions across chunks
@@ -41,6 +41,8 @@ pub enum Kind {
     Gelu,
     /// Dropout.
     Dropout,
+    /// A whole encoder layer as one op (every base weight frozen).
+    Layer,
 }
 
 impl Kind {
@@ -51,6 +53,7 @@ impl Kind {
             Kind::LayerNorm => "layernorm",
             Kind::Gelu => "gelu",
             Kind::Dropout => "dropout",
+            Kind::Layer => "layer",
         }
     }
 }
@@ -345,12 +348,14 @@ const ELEMS_PER_TASK: usize = 1 << 15;
 mod attention;
 mod dropout;
 mod gelu;
+mod layer;
 mod layernorm;
 mod linear;
 
 pub use attention::*;
 pub use dropout::*;
 pub use gelu::*;
+pub use layer::*;
 pub use layernorm::*;
 pub use linear::*;
 

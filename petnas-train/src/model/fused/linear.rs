@@ -29,19 +29,64 @@ type TransposedKernel = fn(&[f32], usize, usize, usize, &[f32], &mut [f32]);
 ///
 /// Arguments: `x` [n, in], `b` [out], and with LoRA `uv` = [U; V] stacked, [(in + out), r], so
 /// that the op has three tensor inputs (candle's limit) while U and V stay separate `Var`s.
-/// A frozen weight `W` [out, in] in bf16, packed once for the AMX GEMMs of both directions:
-/// `fwd` is `Wᵀ` (for `y = x·Wᵀ`), `bwd` is `W` (for `dx = g·W`, only when a backward follows).
+/// A frozen weight `W` [out, in] in bf16, packed once for the GEMMs of both directions.
 pub struct PackedWeight {
-    fwd: petnas_amx::PackedB,
-    bwd: Option<petnas_amx::PackedB>,
+    out: usize,
+    inp: usize,
+    kind: Packed,
+}
+
+enum Packed {
+    /// AMX or AVX512-BF16: `fwd` is `Wᵀ` (for `y = x·Wᵀ`), `bwd` is `W` (for `dx = g·W`, only
+    /// when a backward follows), in petnas-amx's tile layout.
+    Tiles {
+        fwd: petnas_amx::PackedB,
+        bwd: Option<petnas_amx::PackedB>,
+    },
+    /// No bf16 instructions (e.g. AVX2 only): `W` rounded to bf16 and kept as f32 [out, in], for
+    /// gemm's f32 kernels on bf16-rounded activations. The same arithmetic as bf16 × bf16 → fp32
+    /// (a product of two bf16 values is exact in f32), at fp32 speed; petnas-amx's portable
+    /// fallback kernel ran the frozen matmuls about 3× slower than `--precision fp32` here.
+    Rounded(Vec<f32>),
+}
+
+/// `x` rounded to bf16 (nearest even), kept as f32.
+fn round_bf16(x: &[f32]) -> Vec<f32> {
+    let mut out = vec![0f32; x.len()];
+    out.par_chunks_mut(ELEMS_PER_TASK)
+        .zip(x.par_chunks(ELEMS_PER_TASK))
+        .for_each(|(o, c)| {
+            for (o, &v) in o.iter_mut().zip(c) {
+                *o = petnas_amx::bf16_to_f32(petnas_amx::f32_to_bf16_rne(v));
+            }
+        });
+    out
 }
 
 impl PackedWeight {
     /// Packs `w` [out, in] row-major (rounded to bf16, nearest even).
     pub fn new(w: &[f32], out: usize, inp: usize, with_backward: bool) -> Self {
-        let fwd = petnas_amx::PackedB::pack(w, inp, out, 1, inp as isize);
-        let bwd = with_backward.then(|| petnas_amx::PackedB::pack(w, out, inp, inp as isize, 1));
-        Self { fwd, bwd }
+        Self::with_layout(w, out, inp, with_backward, petnas_amx::backend() != "fp32")
+    }
+
+    /// [`PackedWeight::new`] in petnas-amx's tile layout (`tiles`) or as rounded f32 values,
+    /// whatever the CPU (the tile layout then runs petnas-amx's portable kernel).
+    pub(super) fn with_layout(
+        w: &[f32],
+        out: usize,
+        inp: usize,
+        with_backward: bool,
+        tiles: bool,
+    ) -> Self {
+        let kind = if tiles {
+            let fwd = petnas_amx::PackedB::pack(w, inp, out, 1, inp as isize);
+            let bwd =
+                with_backward.then(|| petnas_amx::PackedB::pack(w, out, inp, inp as isize, 1));
+            Packed::Tiles { fwd, bwd }
+        } else {
+            Packed::Rounded(round_bf16(w))
+        };
+        Self { out, inp, kind }
     }
 
     /// Packs a frozen weight tensor (CPU, f32).
@@ -51,16 +96,67 @@ impl PackedWeight {
             Ok(Self::new(s, o, k, true))
         })
     }
+
+    /// `y += bf16(x)·bf16(W)ᵀ` for `x` [n, in], `y` [n, out].
+    pub(super) fn forward(&self, n: usize, x: &[f32], y: &mut [f32]) {
+        let (o, k) = (self.out, self.inp);
+        match &self.kind {
+            Packed::Tiles { fwd, .. } => petnas_amx::gemm_bf16(n, o, k, x, k, fwd, y, o, true),
+            Packed::Rounded(w) => unsafe {
+                let xr = round_bf16(&x[..n * k]);
+                gemm_f32(
+                    n,
+                    o,
+                    k,
+                    y.as_mut_ptr(),
+                    o as isize,
+                    1,
+                    true,
+                    Mat(xr.as_ptr(), k as isize, 1),
+                    Mat(w.as_ptr(), 1, k as isize),
+                    1.0,
+                    parallelism(),
+                );
+            },
+        }
+    }
+
+    /// `bf16(g)·bf16(W)` for `g` [n, out]: dx [n, in]; `None` if packed without backward.
+    pub(super) fn backward(&self, n: usize, g: &[f32]) -> Option<Vec<f32>> {
+        let (o, k) = (self.out, self.inp);
+        let mut dx = vec![0f32; n * k];
+        match &self.kind {
+            Packed::Tiles { bwd, .. } => {
+                petnas_amx::gemm_bf16(n, k, o, g, o, bwd.as_ref()?, &mut dx, k, false)
+            }
+            Packed::Rounded(w) => unsafe {
+                let gr = round_bf16(&g[..n * o]);
+                gemm_f32(
+                    n,
+                    k,
+                    o,
+                    dx.as_mut_ptr(),
+                    k as isize,
+                    1,
+                    false,
+                    Mat(gr.as_ptr(), o as isize, 1),
+                    Mat(w.as_ptr(), k as isize, 1),
+                    1.0,
+                    parallelism(),
+                );
+            },
+        }
+        Some(dx)
+    }
 }
 
 impl std::fmt::Debug for PackedWeight {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "PackedWeight(bf16 [{} × {}])",
-            self.fwd.n(),
-            self.fwd.k()
-        )
+        let how = match self.kind {
+            Packed::Tiles { .. } => "tiles",
+            Packed::Rounded(_) => "rounded f32",
+        };
+        write!(f, "PackedWeight(bf16 [{} × {}], {how})", self.out, self.inp)
     }
 }
 
@@ -155,7 +251,7 @@ impl PetLinearOp {
                 (None, Some(p)) => p.clone(),
                 (None, None) => Arc::new(PackedWeight::from_tensor(&self.w)?),
             };
-            petnas_amx::gemm_bf16(n, o, k, x, k, &packed.fwd, &mut y, o, true);
+            packed.forward(n, x, &mut y);
             if self.keep {
                 *self
                     .saved_packed
@@ -298,11 +394,9 @@ impl PetLinearOp {
                 .saved_packed
                 .lock()
                 .map_err(|_| candle_core::Error::Msg("fused linear: poisoned lock".into()))?;
-            let Some(bwd) = saved.as_ref().and_then(|p| p.bwd.as_ref()) else {
+            let Some(dx) = saved.as_ref().and_then(|p| p.backward(n, g)) else {
                 bail!("fused linear: backward without the packed weight")
             };
-            let mut dx = vec![0f32; n * k];
-            petnas_amx::gemm_bf16(n, k, o, g, o, bwd, &mut dx, k, false);
             Some(dx)
         } else if want_x {
             // dx = g·W' (W' = W + V·Uᵀ − V₀·U₀ᵀ from the forward pass, or W).

@@ -247,6 +247,56 @@ fn pet_linear_in_bf16_stays_near_fp32_forward_and_backward() -> Result<()> {
 }
 
 #[test]
+fn both_bf16_weight_layouts_compute_bf16_products_in_fp32() {
+    // The tile layout (AMX / AVX512-BF16 / portable kernel) and the rounded-f32 layout (gemm's
+    // f32 kernels, for CPUs without bf16 instructions) must both compute bf16(a)·bf16(b) with
+    // fp32 accumulation: against an f64 reference on the rounded values, to fp32 accuracy, and
+    // clearly apart from the unrounded product.
+    let (n, k, o) = (37, 70, 45);
+    let x = rand(&[n, k], 41, 1.0);
+    let w = rand(&[o, k], 42, 0.3);
+    let g = rand(&[n, o], 43, 1.0);
+    let r = |v: f32| petnas_amx::bf16_to_f32(petnas_amx::f32_to_bf16_rne(v)) as f64;
+    let (mut y_ref, mut y_raw) = (vec![0f64; n * o], vec![0f64; n * o]);
+    let mut dx_ref = vec![0f64; n * k];
+    for i in 0..n {
+        for j in 0..o {
+            for t in 0..k {
+                y_ref[i * o + j] += r(x[i * k + t]) * r(w[j * k + t]);
+                y_raw[i * o + j] += x[i * k + t] as f64 * w[j * k + t] as f64;
+                dx_ref[i * k + t] += r(g[i * o + j]) * r(w[j * k + t]);
+            }
+        }
+    }
+    let worst = |a: &[f32], b: &[f64]| {
+        a.iter()
+            .zip(b)
+            .map(|(&a, &b)| (a as f64 - b).abs())
+            .fold(0.0, f64::max)
+    };
+    for tiles in [true, false] {
+        let p = PackedWeight::with_layout(&w, o, k, true, tiles);
+        let mut y = vec![0f32; n * o];
+        p.forward(n, &x, &mut y);
+        let dx = p.backward(n, &g).expect("packed with backward");
+        assert!(
+            worst(&y, &y_ref) < 1e-4,
+            "{p:?}: forward {}",
+            worst(&y, &y_ref)
+        );
+        assert!(
+            worst(&dx, &dx_ref) < 1e-4,
+            "{p:?}: backward {}",
+            worst(&dx, &dx_ref)
+        );
+        assert!(
+            worst(&y, &y_raw) > 1e-3,
+            "{p:?}: the inputs were not rounded to bf16"
+        );
+    }
+}
+
+#[test]
 fn layer_norm_matches_composite() -> Result<()> {
     for h in [7usize, 48] {
         let x = var(&[3, 11, h], 4, 2.0);

@@ -243,7 +243,7 @@ pub fn bench(cfg: &BenchConfig, device: &Device) -> Result<BenchReport> {
         precision: cfg.precision,
         backend: match cfg.precision {
             petnas_core::record::Precision::Fp32 => "gemm-f32".into(),
-            petnas_core::record::Precision::Bf16 => petnas_amx::backend().into(),
+            petnas_core::record::Precision::Bf16 => crate::model::fused::bf16_path().into(),
         },
         flush_denormals: crate::model::cpu::flush_denormals_on()
             && rayon::broadcast(|_| crate::model::cpu::flush_denormals_on())

@@ -409,7 +409,7 @@ pub fn verify(
         backend: match precision {
             Precision::Fp32 => "f32".into(),
             Precision::Bf16 if device.is_cpu() && crate::model::fused::linear_enabled() => {
-                petnas_amx::backend().into()
+                crate::model::fused::bf16_path().into()
             }
             // The composite path: candle's bf16 matmul (cuBLAS on CUDA).
             Precision::Bf16 => format!("candle bf16 matmul on {}", device_name(device)),

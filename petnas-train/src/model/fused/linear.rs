@@ -37,16 +37,20 @@ pub struct PackedWeight {
 }
 
 enum Packed {
-    /// AMX or AVX512-BF16: `fwd` is `Wᵀ` (for `y = x·Wᵀ`), `bwd` is `W` (for `dx = g·W`, only
-    /// when a backward follows), in petnas-amx's tile layout.
+    /// AMX: `fwd` is `Wᵀ` (for `y = x·Wᵀ`), `bwd` is `W` (for `dx = g·W`, only when a backward
+    /// follows), in petnas-amx's tile layout.
     Tiles {
         fwd: petnas_amx::PackedB,
         bwd: Option<petnas_amx::PackedB>,
     },
-    /// No bf16 instructions (e.g. AVX2 only): `W` rounded to bf16 and kept as f32 [out, in], for
-    /// gemm's f32 kernels on bf16-rounded activations. The same arithmetic as bf16 × bf16 → fp32
-    /// (a product of two bf16 values is exact in f32), at fp32 speed; petnas-amx's portable
-    /// fallback kernel ran the frozen matmuls about 3× slower than `--precision fp32` here.
+    /// No AMX: `W` rounded to bf16 and kept as f32 [out, in], for gemm's f32 kernels on
+    /// bf16-rounded activations. The same arithmetic as bf16 × bf16 → fp32 (a product of two
+    /// bf16 values is exact in f32), at fp32 speed. Measured against petnas-amx's other paths:
+    /// its portable kernel ran the frozen matmuls about 3× slower than `--precision fp32` on an
+    /// AVX2 machine, and its AVX512-BF16 kernel (`vdpbf16ps`) ran at 74–82 GFLOP/s per thread
+    /// against gemm f32's 124–166 on a Xeon without AMX
+    /// (`reports/bench/petnas-amx-kernels-xeon-avx512bf16-noamx.jsonl`): `vdpbf16ps` issues on
+    /// one port where fp32 FMAs issue on two, so it brings no speed over fp32 there.
     Rounded(Vec<f32>),
 }
 
@@ -66,7 +70,7 @@ fn round_bf16(x: &[f32]) -> Vec<f32> {
 impl PackedWeight {
     /// Packs `w` [out, in] row-major (rounded to bf16, nearest even).
     pub fn new(w: &[f32], out: usize, inp: usize, with_backward: bool) -> Self {
-        Self::with_layout(w, out, inp, with_backward, petnas_amx::backend() != "fp32")
+        Self::with_layout(w, out, inp, with_backward, bf16_on_tiles())
     }
 
     /// [`PackedWeight::new`] in petnas-amx's tile layout (`tiles`) or as rounded f32 values,
@@ -160,13 +164,33 @@ impl std::fmt::Debug for PackedWeight {
     }
 }
 
-/// Whether `--precision bf16` runs on AMX tiles here; otherwise a one-line notice of the path it
-/// takes instead (AVX512-BF16 `vdpbf16ps`, or fp32 arithmetic on bf16-rounded values).
-pub fn bf16_notice() -> Option<String> {
-    match petnas_amx::backend() {
-        "amx" => None,
-        other => Some(format!("--precision bf16: no AMX tiles on this CPU (or the kernel refused them); the frozen matmuls run on the {other} path, slower than AMX")),
+/// Whether the CPU bf16 matmuls run on AMX tiles (petnas-amx's AMX backend); otherwise they run
+/// gemm's f32 kernels on bf16-rounded values (see [`Packed::Rounded`]).
+fn bf16_on_tiles() -> bool {
+    petnas_amx::backend() == "amx"
+}
+
+/// The path the frozen matmuls of `--precision bf16` take on this CPU, as benchmarks and
+/// `verify` report it: "amx", or "gemm-f32 on bf16-rounded values".
+pub fn bf16_path() -> &'static str {
+    if bf16_on_tiles() {
+        "amx"
+    } else {
+        "gemm-f32 on bf16-rounded values"
     }
+}
+
+/// `None` when `--precision bf16` runs on AMX tiles here; otherwise a one-line notice of the path
+/// it takes instead.
+pub fn bf16_notice() -> Option<String> {
+    if bf16_on_tiles() {
+        return None;
+    }
+    let why = match petnas_amx::backend() {
+        "avx512bf16" => "this CPU has AVX512-BF16 but no AMX tiles (or the kernel refused them)",
+        _ => "this CPU has no AMX tiles and no AVX512-BF16 (or the kernel refused them)",
+    };
+    Some(format!("--precision bf16: {why}; the frozen matmuls run gemm's f32 kernels on bf16-rounded values: bf16 numerics at fp32 speed"))
 }
 
 pub(super) struct PetLinearOp {

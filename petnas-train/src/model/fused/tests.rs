@@ -450,3 +450,32 @@ fn softmax_rows_match_composite() -> Result<()> {
     let _ = want.sum_keepdim(D::Minus1)?;
     Ok(())
 }
+
+#[test]
+fn the_rank_major_transposed_kernel_gives_the_bits_of_plain_ordered_sums() {
+    // xᵀ·b for the LoRA factor gradients: each sum runs over the rows in order, whatever the
+    // register layout, so the result equals the plain triple loop bit for bit (the kernel's
+    // layout changed in a later commit; the study's records rest on these bits).
+    for &(rows, cols, r) in &[
+        (300usize, 212usize, 8usize),
+        (257, 1536, 8),
+        (129, 70, 16),
+        (64, 384, 16),
+    ] {
+        let a = rand(&[rows, cols], 11 + cols as u64, 1.0);
+        let b = rand(&[rows, r], 7 + r as u64, 1.0);
+        let got = super::linear::transposed_times_small_for_test(&a, rows, cols, &b, r);
+        let want = super::linear::transposed_times_small_reference(&a, rows, cols, &b, r);
+        let diff = got
+            .iter()
+            .zip(&want)
+            .filter(|(g, w)| g.to_bits() != w.to_bits())
+            .count();
+        assert_eq!(
+            diff,
+            0,
+            "rows {rows} cols {cols} rank {r}: {diff} of {} sums differ",
+            want.len()
+        );
+    }
+}

@@ -40,8 +40,9 @@ enum Command {
         /// Output directory for the figures.
         #[arg(long)]
         out: PathBuf,
-        /// Budget shown in heat maps and profiles (default: each method's most common budget).
-        #[arg(long)]
+        /// Budget shown in heat maps and profiles, as in sweep configs: 5000, 5k, 2.5k, 3.4M
+        /// (default: each method's most common budget).
+        #[arg(long, value_parser = parse_budget_arg)]
         budget: Option<i64>,
         /// Metric of the score-vs-budget curves.
         #[arg(long, default_value = "primary")]
@@ -55,8 +56,9 @@ enum Command {
         /// Output directory, e.g. reports/NAME.
         #[arg(long)]
         out: PathBuf,
-        /// Budget shown in heat maps and profiles (default: each method's most common budget).
-        #[arg(long)]
+        /// Budget shown in heat maps and profiles, as in sweep configs: 5000, 5k, 2.5k, 3.4M
+        /// (default: each method's most common budget).
+        #[arg(long, value_parser = parse_budget_arg)]
         budget: Option<i64>,
         /// Metric of tables and curves.
         #[arg(long, default_value = "primary")]
@@ -183,4 +185,10 @@ fn main() -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// `--budget` with the sweep configs' spelling (`petnas_core::prune::parse_budget`).
+fn parse_budget_arg(s: &str) -> Result<i64, String> {
+    let n = petnas_core::prune::parse_budget(s).map_err(|e| e.to_string())?;
+    i64::try_from(n).map_err(|_| format!("budget {s} is too large"))
 }

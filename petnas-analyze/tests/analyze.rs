@@ -508,3 +508,43 @@ fn a_search_start_beside_its_baseline_is_not_a_second_seed() {
         "MRPC's lone search start stands in for BitFit: {row}"
     );
 }
+
+/// `--budget` takes the sweep configs' spelling: `5k` is `5000`, and a bad value names itself.
+#[test]
+fn budget_flag_takes_the_sweep_spelling() {
+    let dir = tempfile::tempdir().unwrap();
+    fixture(dir.path());
+    let exe = env!("CARGO_BIN_EXE_petnas-analyze");
+    let report = |budget: &str, out: &Path| {
+        std::process::Command::new(exe)
+            .args(["report", "--runs"])
+            .arg(dir.path())
+            .arg("--out")
+            .arg(out)
+            .args(["--budget", budget])
+            .output()
+            .unwrap()
+    };
+    let (a, b) = (dir.path().join("a/rep"), dir.path().join("b/rep"));
+    for (budget, out) in [("5k", &a), ("5000", &b)] {
+        let o = report(budget, out);
+        assert!(
+            o.status.success(),
+            "--budget {budget}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    }
+    let text = |p: &Path| {
+        std::fs::read_to_string(p.join("README.md"))
+            .unwrap()
+            .replace(p.to_str().unwrap(), "OUT")
+    };
+    assert_eq!(text(&a), text(&b));
+    let bad = report("5kk", &dir.path().join("c"));
+    assert!(!bad.status.success());
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("5kk"),
+        "{}",
+        String::from_utf8_lossy(&bad.stderr)
+    );
+}

@@ -187,8 +187,8 @@ pub fn bf16_notice() -> Option<String> {
         return None;
     }
     let why = match petnas_amx::backend() {
-        "avx512bf16" => "this CPU has AVX512-BF16 but no AMX tiles (or the kernel refused them)",
-        _ => "this CPU has no AMX tiles and no AVX512-BF16 (or the kernel refused them)",
+        "avx512bf16" => "no AMX tiles here (the CPU lacks them or Linux refused them), and AVX512-BF16 is no faster than fp32 FMAs",
+        _ => "no AMX tiles here (the CPU lacks them or Linux refused them)",
     };
     Some(format!("--precision bf16: {why}; the frozen matmuls run gemm's f32 kernels on bf16-rounded values: bf16 numerics at fp32 speed"))
 }

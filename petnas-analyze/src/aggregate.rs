@@ -248,6 +248,42 @@ pub fn most_common_budget(runs: &DataFrame, label: &str) -> Result<Option<i64>> 
     Ok(i64_values(&df, "budget")?.first().copied().flatten())
 }
 
+/// The budgets of `label`'s completed runs, ascending.
+pub fn budgets_of(runs: &DataFrame, label: &str) -> Result<Vec<i64>> {
+    let df = runs
+        .clone()
+        .lazy()
+        .filter(
+            col("status")
+                .eq(lit("completed"))
+                .and(col("label").eq(lit(label.to_string())))
+                .and(col("budget").is_not_null()),
+        )
+        .select([col("budget")])
+        .unique(None, UniqueKeepStrategy::First)
+        .sort(["budget"], SortMultipleOptions::default())
+        .collect()
+        .map_err(AnalyzeError::polars("listing budgets"))?;
+    Ok(i64_values(&df, "budget")?.into_iter().flatten().collect())
+}
+
+/// The budget figures and findings of `label` use: the first of `budgets` at which `label` has
+/// completed runs, else the first of `budgets` (so the figure is reported as skipped there), and
+/// with no `budgets` the label's most common budget.
+pub fn chosen_budget(runs: &DataFrame, label: &str, budgets: &[i64]) -> Result<Option<i64>> {
+    if budgets.is_empty() {
+        return most_common_budget(runs, label);
+    }
+    let have = budgets_of(runs, label)?;
+    Ok(Some(
+        budgets
+            .iter()
+            .copied()
+            .find(|b| have.contains(b))
+            .unwrap_or(budgets[0]),
+    ))
+}
+
 /// Distinct labels of completed runs in `group`, in table order.
 pub fn labels_in_group(runs: &DataFrame, group: &str) -> Result<Vec<String>> {
     let df = runs

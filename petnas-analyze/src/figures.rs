@@ -23,7 +23,7 @@ use plotters::style::text_anchor::{HPos, Pos, VPos};
 
 use crate::aggregate::{
     f64_values, heatmap_frame, heatmap_support, i64_values, labels_in_group, layer_profile,
-    medians, most_common_budget, str_values, HeatValue, Metric,
+    medians, str_values, HeatValue, Metric,
 };
 use crate::error::{AnalyzeError, Result};
 use crate::load::Sweep;
@@ -579,12 +579,9 @@ fn num_layers(sweep: &Sweep) -> Result<usize> {
         .unwrap_or(1))
 }
 
-/// Chooses the budget figures of `label` show: `budget` if given, else the most common one.
-fn pick_budget(sweep: &Sweep, label: &str, budget: Option<i64>) -> Result<Option<i64>> {
-    match budget {
-        Some(b) => Ok(Some(b)),
-        None => most_common_budget(&sweep.runs, label),
-    }
+/// Chooses the budget figures of `label` show (see [`crate::aggregate::chosen_budget`]).
+fn pick_budget(sweep: &Sweep, label: &str, budgets: &[i64]) -> Result<Option<i64>> {
+    crate::aggregate::chosen_budget(&sweep.runs, label, budgets)
 }
 
 /// Heat-map figure specs: (stem, label, value, rows, what the colour means).
@@ -623,13 +620,13 @@ const HEATMAPS: [(&str, &str, HeatValue, bool, &str); 4] = [
 /// `skipped`.
 pub fn heat_grids(
     sweep: &Sweep,
-    budget: Option<i64>,
+    budgets: &[i64],
     skipped: &mut Vec<String>,
 ) -> Result<Vec<(String, String, HeatGrid)>> {
     let layers = num_layers(sweep)?;
     let mut out = Vec::new();
     for (stem, label, what, bias_rows, scale) in HEATMAPS {
-        let b = pick_budget(sweep, label, budget)?;
+        let b = pick_budget(sweep, label, budgets)?;
         let (runs, tasks) = heatmap_support(&sweep.modules, label, b, what)?;
         if runs == 0 {
             skipped.push(format!(
@@ -722,13 +719,13 @@ pub fn score_plots(sweep: &Sweep, metric: &Metric) -> Result<Vec<(String, LinePl
 
 /// The layer profile plot (kept fraction per layer for each searched method), if any searched
 /// run has per-layer modules.
-pub fn layer_plot(sweep: &Sweep, budget: Option<i64>) -> Result<Option<LinePlot>> {
+pub fn layer_plot(sweep: &Sweep, budgets: &[i64]) -> Result<Option<LinePlot>> {
     let mut lines = Vec::new();
     for label in labels_in_group(&sweep.runs, "searched")? {
         if label.contains(" [") {
             continue;
         }
-        let b = pick_budget(sweep, &label, budget)?;
+        let b = pick_budget(sweep, &label, budgets)?;
         let df = layer_profile(&sweep.modules, &label, b)?;
         let layers = i64_values(&df, "layer")?;
         let values = f64_values(&df, "value")?;
@@ -769,11 +766,11 @@ pub fn layer_plot(sweep: &Sweep, budget: Option<i64>) -> Result<Option<LinePlot>
 pub fn draw_figures(
     sweep: &Sweep,
     out: &Path,
-    budget: Option<i64>,
+    budgets: &[i64],
     metric: &Metric,
 ) -> Result<FigureSet> {
     let mut set = FigureSet::default();
-    for (stem, caption, grid) in heat_grids(sweep, budget, &mut set.skipped)? {
+    for (stem, caption, grid) in heat_grids(sweep, budgets, &mut set.skipped)? {
         set.figures
             .push(render(&grid, out, &stem, &caption, HEATMAP_SIZE)?);
     }
@@ -786,7 +783,7 @@ pub fn draw_figures(
         set.figures
             .push(render(&plot, out, &stem, &plot.title, LINE_SIZE)?);
     }
-    match layer_plot(sweep, budget)? {
+    match layer_plot(sweep, budgets)? {
         Some(plot) => {
             set.figures
                 .push(render(&plot, out, "layer_profile", &plot.title, LINE_SIZE)?)

@@ -40,10 +40,11 @@ enum Command {
         /// Output directory for the figures.
         #[arg(long)]
         out: PathBuf,
-        /// Budget shown in heat maps and profiles, as in sweep configs: 5000, 5k, 2.5k, 3.4M
-        /// (default: each method's most common budget).
-        #[arg(long, value_parser = parse_budget_arg)]
-        budget: Option<i64>,
+        /// Budget shown in heat maps and profiles, as in sweep configs: 5000, 5k, 2.5k, 3.4M.
+        /// Repeat it for methods of different spaces (`--budget 5k --budget 270912`): each method
+        /// shows the first one it has runs at. Default: each method's most common budget.
+        #[arg(long = "budget", value_parser = parse_budget_arg)]
+        budget: Vec<i64>,
         /// Metric of the score-vs-budget curves.
         #[arg(long, default_value = "primary")]
         metric: String,
@@ -56,10 +57,11 @@ enum Command {
         /// Output directory, e.g. reports/NAME.
         #[arg(long)]
         out: PathBuf,
-        /// Budget shown in heat maps and profiles, as in sweep configs: 5000, 5k, 2.5k, 3.4M
-        /// (default: each method's most common budget).
-        #[arg(long, value_parser = parse_budget_arg)]
-        budget: Option<i64>,
+        /// Budget shown in heat maps and profiles, as in sweep configs: 5000, 5k, 2.5k, 3.4M.
+        /// Repeat it for methods of different spaces (`--budget 5k --budget 270912`): each method
+        /// shows the first one it has runs at. Default: each method's most common budget.
+        #[arg(long = "budget", value_parser = parse_budget_arg)]
+        budget: Vec<i64>,
         /// Metric of tables and curves.
         #[arg(long, default_value = "primary")]
         metric: String,
@@ -139,7 +141,7 @@ fn main() -> anyhow::Result<()> {
         } => {
             let metric = Metric::parse(&metric)?;
             let sweep = load(&runs)?;
-            let set = figures::draw_figures(&sweep, &out, budget, &metric)
+            let set = figures::draw_figures(&sweep, &out, &budget, &metric)
                 .with_context(|| format!("drawing figures into {}", out.display()))?;
             for s in &set.skipped {
                 eprintln!("skipped {s}");
@@ -157,7 +159,7 @@ fn main() -> anyhow::Result<()> {
         } => {
             let metric = Metric::parse(&metric)?;
             let sweep = load(&runs)?;
-            let r = report::write_report(&sweep, &out, &metric, budget)
+            let r = report::write_report(&sweep, &out, &metric, &budget)
                 .with_context(|| format!("writing the report into {}", out.display()))?;
             for s in &r.figures.skipped {
                 eprintln!("skipped {s}");

@@ -12,8 +12,8 @@ use std::path::{Path, PathBuf};
 use polars::prelude::*;
 
 use crate::aggregate::{
-    f64_values, i64_values, labels_in_group, layer_profile, medians, most_common_budget,
-    scored_runs, str_values, Metric,
+    f64_values, i64_values, labels_in_group, layer_profile, medians, scored_runs, str_values,
+    Metric,
 };
 use crate::error::{AnalyzeError, Result};
 use crate::figures::{draw_figures, FigureSet};
@@ -151,7 +151,7 @@ fn fmt_layers(ls: &[i64]) -> String {
 }
 
 /// Findings computed from the data, one sentence each, with the numbers behind them.
-pub fn findings(sweep: &Sweep, metric: &Metric, budget: Option<i64>) -> Result<Vec<String>> {
+pub fn findings(sweep: &Sweep, metric: &Metric, budgets: &[i64]) -> Result<Vec<String>> {
     let med = medians(&sweep.runs, metric)?;
     let map = median_map(&med)?;
     let seeds = seed_map(sweep, metric)?;
@@ -202,10 +202,7 @@ pub fn findings(sweep: &Sweep, metric: &Metric, budget: Option<i64>) -> Result<V
         if label.contains(" [") {
             continue;
         }
-        let b = match budget {
-            Some(b) => Some(b),
-            None => most_common_budget(&sweep.runs, &label)?,
-        };
+        let b = crate::aggregate::chosen_budget(&sweep.runs, &label, budgets)?;
         let prof = layer_profile(&sweep.modules, &label, b)?;
         let layers: Vec<i64> = i64_values(&prof, "layer")?.into_iter().flatten().collect();
         let values: Vec<f64> = f64_values(&prof, "value")?.into_iter().flatten().collect();
@@ -398,19 +395,14 @@ pub struct Report {
 
 /// Writes `<out>/README.md`, `<out>/figures/*`, `<out>/tables.md`, `table1.csv`,
 /// `table2.csv` and `<out>/data/*` (the export).
-pub fn write_report(
-    sweep: &Sweep,
-    out: &Path,
-    metric: &Metric,
-    budget: Option<i64>,
-) -> Result<Report> {
+pub fn write_report(sweep: &Sweep, out: &Path, metric: &Metric, budgets: &[i64]) -> Result<Report> {
     std::fs::create_dir_all(out).map_err(|e| AnalyzeError::io(out, e))?;
     let tables = build_tables(sweep, metric)?;
     tables.write(out)?;
     let fig_dir = out.join("figures");
-    let figures = draw_figures(sweep, &fig_dir, budget, metric)?;
+    let figures = draw_figures(sweep, &fig_dir, budgets, metric)?;
     export(sweep, &out.join("data"), metric)?;
-    let found = findings(sweep, metric, budget)?;
+    let found = findings(sweep, metric, budgets)?;
 
     let name = out
         .file_name()

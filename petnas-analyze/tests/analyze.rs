@@ -247,7 +247,7 @@ fn png_size(p: &Path) -> (u32, u32, u64) {
 fn figures_are_drawn_or_skipped() {
     let (d, s) = sweep();
     let out = d.path().join("figs");
-    let set = draw_figures(&s, &out, None, &Metric::Primary).unwrap();
+    let set = draw_figures(&s, &out, &[], &Metric::Primary).unwrap();
     let stems: Vec<&str> = set.figures.iter().map(|f| f.stem.as_str()).collect();
     for want in [
         "bias_heatmap_structured",
@@ -288,7 +288,7 @@ fn figures_are_drawn_or_skipped() {
 fn report_has_tables_figures_findings_and_provenance() {
     let (d, s) = sweep();
     let out = d.path().join("reports/test");
-    let r = write_report(&s, &out, &Metric::Primary, None).unwrap();
+    let r = write_report(&s, &out, &Metric::Primary, &[]).unwrap();
     let md = std::fs::read_to_string(&r.readme).unwrap();
     assert!(
         md.contains("| Method | #params | CoLA | MRPC | RTE | Avg |"),
@@ -316,7 +316,7 @@ fn report_has_tables_figures_findings_and_provenance() {
         assert!(out.join(format!("data/{f}.parquet")).is_file());
         assert!(out.join(format!("data/{f}.csv")).is_file());
     }
-    let f = findings(&s, &Metric::Primary, None).unwrap();
+    let f = findings(&s, &Metric::Primary, &[]).unwrap();
     // Layers 1..5 keep 0.5, layer 0 keeps 0.5 on average: no middle preference in the fixture.
     assert!(
         f.iter()
@@ -509,38 +509,58 @@ fn a_search_start_beside_its_baseline_is_not_a_second_seed() {
     );
 }
 
-/// `--budget` takes the sweep configs' spelling: `5k` is `5000`, and a bad value names itself.
+/// `--budget` takes the sweep configs' spelling (`5k` is `5000`; a bad value names itself), and
+/// repeated, each method shows the first budget it has runs at.
 #[test]
-fn budget_flag_takes_the_sweep_spelling() {
+fn budget_flag_takes_the_sweep_spelling_and_a_list() {
     let dir = tempfile::tempdir().unwrap();
     fixture(dir.path());
     let exe = env!("CARGO_BIN_EXE_petnas-analyze");
-    let report = |budget: &str, out: &Path| {
-        std::process::Command::new(exe)
-            .args(["report", "--runs"])
+    let report = |budgets: &[&str], out: &Path| {
+        let mut c = std::process::Command::new(exe);
+        c.args(["report", "--runs"])
             .arg(dir.path())
             .arg("--out")
-            .arg(out)
-            .args(["--budget", budget])
-            .output()
-            .unwrap()
+            .arg(out);
+        for b in budgets {
+            c.args(["--budget", b]);
+        }
+        c.output().unwrap()
     };
-    let (a, b) = (dir.path().join("a/rep"), dir.path().join("b/rep"));
-    for (budget, out) in [("5k", &a), ("5000", &b)] {
-        let o = report(budget, out);
+    // Output folders of one name, so that the reports' titles agree.
+    let text = |budgets: &[&str], case: &str| {
+        let out = dir.path().join(case).join("rep");
+        let o = report(budgets, &out);
         assert!(
             o.status.success(),
-            "--budget {budget}: {}",
+            "--budget {budgets:?}: {}",
             String::from_utf8_lossy(&o.stderr)
         );
-    }
-    let text = |p: &Path| {
-        std::fs::read_to_string(p.join("README.md"))
+        // The fixture has no S-/U-MaM runs: their skip notes name the first budget asked for.
+        std::fs::read_to_string(out.join("README.md"))
             .unwrap()
-            .replace(p.to_str().unwrap(), "OUT")
+            .replace(out.to_str().unwrap(), "OUT")
+            .lines()
+            .filter(|l| !l.contains("MaM runs at budget"))
+            .collect::<Vec<_>>()
+            .join("\n")
     };
-    assert_eq!(text(&a), text(&b));
-    let bad = report("5kk", &dir.path().join("c"));
+    // The fixture's searched runs are all at 10,000.
+    let ten_k = text(&["10k"], "a");
+    assert_eq!(ten_k, text(&["10000"], "b"));
+    assert_eq!(
+        ten_k,
+        text(&["5k", "10k"], "c"),
+        "a method takes the first budget it has runs at"
+    );
+    let five_k = text(&["5k"], "d");
+    assert_ne!(ten_k, five_k);
+    assert!(
+        !five_k.contains("bias_heatmap_structured.png"),
+        "no S-BitFit runs at 5k: skipped"
+    );
+    assert!(ten_k.contains("bias_heatmap_structured.png"));
+    let bad = report(&["5kk"], &dir.path().join("e"));
     assert!(!bad.status.success());
     assert!(
         String::from_utf8_lossy(&bad.stderr).contains("5kk"),

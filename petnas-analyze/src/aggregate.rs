@@ -225,18 +225,20 @@ pub fn layer_profile(modules: &DataFrame, label: &str, budget: Option<i64>) -> R
         )))
 }
 
+/// The completed runs of `label` that have a budget.
+fn budgeted_runs(runs: &DataFrame, label: &str) -> LazyFrame {
+    runs.clone().lazy().filter(
+        col("status")
+            .eq(lit("completed"))
+            .and(col("label").eq(lit(label.to_string())))
+            .and(col("budget").is_not_null()),
+    )
+}
+
 /// The budget with the most completed runs of `label` (ties: the smallest budget), or None if
 /// the label has no run with a budget.
 pub fn most_common_budget(runs: &DataFrame, label: &str) -> Result<Option<i64>> {
-    let df = runs
-        .clone()
-        .lazy()
-        .filter(
-            col("status")
-                .eq(lit("completed"))
-                .and(col("label").eq(lit(label.to_string())))
-                .and(col("budget").is_not_null()),
-        )
+    let df = budgeted_runs(runs, label)
         .group_by([col("budget")])
         .agg([len().cast(DataType::Int64).alias("n")])
         .sort(
@@ -250,15 +252,7 @@ pub fn most_common_budget(runs: &DataFrame, label: &str) -> Result<Option<i64>> 
 
 /// The budgets of `label`'s completed runs, ascending.
 pub fn budgets_of(runs: &DataFrame, label: &str) -> Result<Vec<i64>> {
-    let df = runs
-        .clone()
-        .lazy()
-        .filter(
-            col("status")
-                .eq(lit("completed"))
-                .and(col("label").eq(lit(label.to_string())))
-                .and(col("budget").is_not_null()),
-        )
+    let df = budgeted_runs(runs, label)
         .select([col("budget")])
         .unique(None, UniqueKeepStrategy::First)
         .sort(["budget"], SortMultipleOptions::default())

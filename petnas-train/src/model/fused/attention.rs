@@ -123,67 +123,80 @@ impl Attention {
     ) -> Result<Vec<f32>> {
         let dh = h / self.heads;
         let nh = self.heads;
-        let mut probs = vec![0f32; b * nh * l * l]; // [batch, heads, seq, seq]
-        let mut ctx = vec![0f32; b * l * h]; // [batch, seq, hidden]
+        // Both outputs are written in full by non-accumulating GEMMs (which never read their
+        // destination: no zero-fill first): the scores of block t fill probs' t-th [l, l] block,
+        // and block (bi, hi)'s context fills ctx's [l, dh] columns of that head.
+        let mut probs: Vec<f32> = Vec::with_capacity(b * nh * l * l); // [batch, heads, seq, seq]
+        let mut ctx: Vec<f32> = Vec::with_capacity(b * l * h); // [batch, seq, hidden]
         let cp = SendPtr(ctx.as_mut_ptr());
         let hs = h as isize;
-        probs.par_chunks_mut(l * l).enumerate().for_each(|(t, p)| {
-            // Rebinding makes the closure capture the whole `SendPtr` (Send + Sync), not its raw
-            // pointer field (edition-2021 disjoint capture), which is neither.
-            #[allow(clippy::redundant_locals)]
-            let cp = cp;
-            let (bi, hi) = (t / nh, t % nh);
-            let off = bi * l * h + hi * dh;
-            unsafe {
-                // scores = scale · Q_h·K_hᵀ; Kᵀ element (d, j) = k[j, d].
-                gemm_f32(
-                    l,
-                    l,
-                    dh,
-                    p.as_mut_ptr(),
-                    l as isize,
-                    1,
-                    false,
-                    Mat(q.as_ptr().add(off), hs, 1),
-                    Mat(k.as_ptr().add(off), 1, hs),
-                    self.scale,
-                    Parallelism::None,
-                );
-            }
-            softmax_rows(p, &self.mask_bias[bi * l..(bi + 1) * l], l);
-            let mut dropped = Vec::new();
-            let lhs: &[f32] = match self.drop {
-                Some((sm, base, pd)) => {
-                    dropped = vec![0f32; l * l];
-                    apply_drop(
-                        p,
-                        &mut dropped,
-                        sm,
-                        base + (t * l * l) as u64,
-                        pd,
-                        1.0 / (1.0 - pd),
+        probs.spare_capacity_mut()[..b * nh * l * l]
+            .par_chunks_mut(l * l)
+            .enumerate()
+            .for_each(|(t, p)| {
+                // Rebinding makes the closure capture the whole `SendPtr` (Send + Sync), not its raw
+                // pointer field (edition-2021 disjoint capture), which is neither.
+                #[allow(clippy::redundant_locals)]
+                let cp = cp;
+                let (bi, hi) = (t / nh, t % nh);
+                let off = bi * l * h + hi * dh;
+                let p: &mut [f32] = unsafe {
+                    // scores = scale · Q_h·K_hᵀ; Kᵀ element (d, j) = k[j, d].
+                    gemm_f32(
+                        l,
+                        l,
+                        dh,
+                        p.as_mut_ptr() as *mut f32,
+                        l as isize,
+                        1,
+                        false,
+                        Mat(q.as_ptr().add(off), hs, 1),
+                        Mat(k.as_ptr().add(off), 1, hs),
+                        self.scale,
+                        Parallelism::None,
                     );
-                    &dropped
-                }
-                None => p,
-            };
-            unsafe {
-                gemm_f32(
-                    l,
-                    dh,
-                    l,
-                    cp.0.add(off),
-                    hs,
-                    1,
-                    false,
-                    Mat(lhs.as_ptr(), l as isize, 1),
-                    Mat(v.as_ptr().add(off), hs, 1),
-                    1.0,
-                    Parallelism::None,
-                );
-            }
-            drop(dropped);
-        });
+                    // Every element of the block is written now.
+                    std::slice::from_raw_parts_mut(p.as_mut_ptr() as *mut f32, p.len())
+                };
+                softmax_rows(p, &self.mask_bias[bi * l..(bi + 1) * l], l);
+                with_scratch(if self.drop.is_some() { l * l } else { 0 }, |dropped, _| {
+                    let lhs: &[f32] = match self.drop {
+                        Some((sm, base, pd)) => {
+                            // Writes every element of `dropped`.
+                            apply_drop(
+                                p,
+                                dropped,
+                                sm,
+                                base + (t * l * l) as u64,
+                                pd,
+                                1.0 / (1.0 - pd),
+                            );
+                            dropped
+                        }
+                        None => p,
+                    };
+                    unsafe {
+                        gemm_f32(
+                            l,
+                            dh,
+                            l,
+                            cp.0.add(off),
+                            hs,
+                            1,
+                            false,
+                            Mat(lhs.as_ptr(), l as isize, 1),
+                            Mat(v.as_ptr().add(off), hs, 1),
+                            1.0,
+                            Parallelism::None,
+                        );
+                    }
+                });
+            });
+        // SAFETY: every element of both was written above.
+        unsafe {
+            probs.set_len(b * nh * l * l);
+            ctx.set_len(b * l * h);
+        }
         if self.keep {
             *self
                 .probs
@@ -216,10 +229,12 @@ impl Attention {
         let Some(probs) = guard.as_ref() else {
             bail!("fused attention: backward without saved probabilities")
         };
-        let (mut dq, mut dk, mut dv) = (
-            vec![0f32; b * l * h],
-            vec![0f32; b * l * h],
-            vec![0f32; b * l * h],
+        // Each is written in full by non-accumulating GEMMs, block (bi, hi) filling its head's
+        // [l, dh] columns: no zero-fill first.
+        let (mut dq, mut dk, mut dv): (Vec<f32>, Vec<f32>, Vec<f32>) = (
+            Vec::with_capacity(b * l * h),
+            Vec::with_capacity(b * l * h),
+            Vec::with_capacity(b * l * h),
         );
         let (dqp, dkp, dvp) = (
             SendPtr(dq.as_mut_ptr()),
@@ -236,78 +251,84 @@ impl Attention {
                 Some((sm, base, pd)) => (sm, base + (t * l * l) as u64, pd, 1.0 / (1.0 - pd), true),
                 None => (0, 0, 0.0, 1.0, false),
             };
-            let mut dropped = Vec::new();
-            let pdrop: &[f32] = if on {
-                dropped = vec![0f32; l * l];
-                apply_drop(p, &mut dropped, sm, base, pd, dscale);
-                &dropped
-            } else {
-                p
-            };
-            let mut d = vec![0f32; l * l];
-            unsafe {
-                // dV_h = P_dropᵀ · dctx_h
-                gemm_f32(
-                    l,
-                    dh,
-                    l,
-                    dvp.0.add(off),
-                    hs,
-                    1,
-                    false,
-                    Mat(pdrop.as_ptr(), 1, ls),
-                    Mat(gs.as_ptr().add(off), hs, 1),
-                    1.0,
-                    Parallelism::None,
-                );
-                // d(P_drop) = dctx_h · V_hᵀ
-                gemm_f32(
-                    l,
-                    l,
-                    dh,
-                    d.as_mut_ptr(),
-                    ls,
-                    1,
-                    false,
-                    Mat(gs.as_ptr().add(off), hs, 1),
-                    Mat(vs.as_ptr().add(off), 1, hs),
-                    1.0,
-                    Parallelism::None,
-                );
-            }
-            drop(dropped);
-            softmax_bwd_rows(&mut d, p, l, sm, base, pd, dscale, on);
-            unsafe {
-                // dQ_h = scale · dS · K_h ; dK_h = scale · dSᵀ · Q_h
-                gemm_f32(
-                    l,
-                    dh,
-                    l,
-                    dqp.0.add(off),
-                    hs,
-                    1,
-                    false,
-                    Mat(d.as_ptr(), ls, 1),
-                    Mat(ks.as_ptr().add(off), hs, 1),
-                    self.scale,
-                    Parallelism::None,
-                );
-                gemm_f32(
-                    l,
-                    dh,
-                    l,
-                    dkp.0.add(off),
-                    hs,
-                    1,
-                    false,
-                    Mat(d.as_ptr(), 1, ls),
-                    Mat(qs.as_ptr().add(off), hs, 1),
-                    self.scale,
-                    Parallelism::None,
-                );
-            }
+            // `dropped` and `d` are per-thread scratch: apply_drop writes all of `dropped`, and
+            // the GEMM into `d` does not accumulate (it never reads its destination).
+            with_scratch(l * l, |dropped, d| {
+                let pdrop: &[f32] = if on {
+                    apply_drop(p, dropped, sm, base, pd, dscale);
+                    dropped
+                } else {
+                    p
+                };
+                unsafe {
+                    // dV_h = P_dropᵀ · dctx_h
+                    gemm_f32(
+                        l,
+                        dh,
+                        l,
+                        dvp.0.add(off),
+                        hs,
+                        1,
+                        false,
+                        Mat(pdrop.as_ptr(), 1, ls),
+                        Mat(gs.as_ptr().add(off), hs, 1),
+                        1.0,
+                        Parallelism::None,
+                    );
+                    // d(P_drop) = dctx_h · V_hᵀ
+                    gemm_f32(
+                        l,
+                        l,
+                        dh,
+                        d.as_mut_ptr(),
+                        ls,
+                        1,
+                        false,
+                        Mat(gs.as_ptr().add(off), hs, 1),
+                        Mat(vs.as_ptr().add(off), 1, hs),
+                        1.0,
+                        Parallelism::None,
+                    );
+                }
+                softmax_bwd_rows(d, p, l, sm, base, pd, dscale, on);
+                unsafe {
+                    // dQ_h = scale · dS · K_h ; dK_h = scale · dSᵀ · Q_h
+                    gemm_f32(
+                        l,
+                        dh,
+                        l,
+                        dqp.0.add(off),
+                        hs,
+                        1,
+                        false,
+                        Mat(d.as_ptr(), ls, 1),
+                        Mat(ks.as_ptr().add(off), hs, 1),
+                        self.scale,
+                        Parallelism::None,
+                    );
+                    gemm_f32(
+                        l,
+                        dh,
+                        l,
+                        dkp.0.add(off),
+                        hs,
+                        1,
+                        false,
+                        Mat(d.as_ptr(), 1, ls),
+                        Mat(qs.as_ptr().add(off), hs, 1),
+                        self.scale,
+                        Parallelism::None,
+                    );
+                }
+            });
         });
         drop(guard);
+        // SAFETY: every element of the three was written above.
+        unsafe {
+            dq.set_len(b * l * h);
+            dk.set_len(b * l * h);
+            dv.set_len(b * l * h);
+        }
         Ok((dq, dk, dv))
     }
 

@@ -25,6 +25,24 @@ multiversion! {
     }
 }
 
+multiversion! {
+    fn dropout_chunk_in_place(x: &mut [f32], seed_mixed: u64, base: u64, p: f32, scale: f32) {
+        for (i, v) in x.iter_mut().enumerate() {
+            *v *= keep_scale(seed_mixed, base + i as u64, p, scale);
+        }
+    }
+}
+
+/// [`dropout_slice`] in place (the same products: `x ⊙ keep-scale`), without a new buffer.
+pub(super) fn dropout_in_place(x: &mut [f32], seed_mixed: u64, base: u64, p: f32) {
+    let scale = 1.0 / (1.0 - p);
+    x.par_chunks_mut(ELEMS_PER_TASK)
+        .enumerate()
+        .for_each(|(c, xc)| {
+            dropout_chunk_in_place(xc, seed_mixed, base + (c * ELEMS_PER_TASK) as u64, p, scale)
+        });
+}
+
 /// `x ⊙ keep-scale` with the mask at counters `base..base + x.len()` (seed already mixed).
 pub(super) fn dropout_slice(x: &[f32], seed_mixed: u64, base: u64, p: f32) -> Vec<f32> {
     let mut y = vec![0f32; x.len()];

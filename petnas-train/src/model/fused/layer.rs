@@ -19,7 +19,7 @@ use candle_core::{bail, CpuStorage, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 use super::attention::Attention;
-use super::dropout::dropout_slice;
+use super::dropout::dropout_in_place;
 use super::layernorm::{ln_backward, ln_forward};
 use super::linear::PetLinearOp;
 use super::*;
@@ -129,19 +129,13 @@ fn add_assign(a: &mut [f32], b: &[f32]) {
         .for_each(|(ac, bc)| linear::add_into(ac, bc));
 }
 
-/// `a + b` elementwise into a new vector.
-fn add(a: &[f32], b: &[f32]) -> Vec<f32> {
-    let mut out = a.to_vec();
-    add_assign(&mut out, b);
-    out
-}
-
 impl LayerOp {
-    fn dropout(&self, which: usize, x: Vec<f32>) -> Vec<f32> {
-        match self.drop[which] {
-            Some((sm, base, p)) => dropout_slice(&x, sm, base, p),
-            None => x,
+    /// Dropout `which` applied to `x` in place (the buffer is reused, not copied).
+    fn dropout(&self, which: usize, mut x: Vec<f32>) -> Vec<f32> {
+        if let Some((sm, base, p)) = self.drop[which] {
+            dropout_in_place(&mut x, sm, base, p);
         }
+        x
     }
 
     fn lin_forward(&self, j: usize, x: &[f32], n: usize, params: &[f32]) -> Result<Vec<f32>> {
@@ -184,15 +178,14 @@ impl LayerOp {
         let k = self.lin_forward(1, x, n, p)?;
         let v = self.lin_forward(2, x, n, p)?;
         let ctx = self.attn.forward_slices(&q, &k, &v, b, l, h)?;
-        let ao = self.dropout(0, self.lin_forward(3, &ctx, n, p)?);
-        let s1 = add(&ao, x);
-        drop(ao);
+        // s1 = drop(ao) + x, summed into ao's buffer (the same additions).
+        let mut s1 = self.dropout(0, self.lin_forward(3, &ctx, n, p)?);
+        add_assign(&mut s1, x);
         let (b1, b2) = (self.beta_at[0], self.beta_at[1]);
         let a = ln_forward(&s1, &self.gamma[0], &p[b1..b1 + h], h, self.eps[0]);
         let i = self.lin_forward(4, &a, n, p)?;
-        let o = self.dropout(1, self.lin_forward(5, &i, n, p)?);
-        let s2 = add(&o, &a);
-        drop(o);
+        let mut s2 = self.dropout(1, self.lin_forward(5, &i, n, p)?);
+        add_assign(&mut s2, &a);
         let y = ln_forward(&s2, &self.gamma[1], &p[b2..b2 + h], h, self.eps[1]);
         if self.keep {
             *self.saved.lock().map_err(|_| lock_err())? = Some(Saved {

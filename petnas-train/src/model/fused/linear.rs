@@ -323,10 +323,7 @@ impl PetLinearOp {
         if !self.gelu {
             return Ok(y);
         }
-        let mut a = vec![0f32; y.len()];
-        a.par_chunks_mut(ELEMS_PER_TASK)
-            .zip(y.par_chunks(ELEMS_PER_TASK))
-            .for_each(|(ac, yc)| gelu_fwd_chunk(yc, ac));
+        let a = gelu_forward(&y);
         if self.keep {
             *self
                 .saved
@@ -399,14 +396,7 @@ impl PetLinearOp {
             let Some(z) = guard.as_ref() else {
                 bail!("fused linear: backward without the saved pre-activation")
             };
-            let mut t = vec![0f32; z.len()];
-            t.par_chunks_mut(ELEMS_PER_TASK)
-                .zip(
-                    z.par_chunks(ELEMS_PER_TASK)
-                        .zip(grad.par_chunks(ELEMS_PER_TASK)),
-                )
-                .for_each(|(tc, (zc, gc))| gelu_bwd_chunk(zc, gc, tc));
-            gz_own = t;
+            gz_own = gelu_backward(z, grad);
             &gz_own
         } else {
             grad
@@ -671,7 +661,8 @@ fn transposed_times_small(
     r: usize,
     out: &mut [f32],
 ) {
-    const COLS_PER_TASK: usize = 64;
+    // A multiple of the AVX-512 kernel's passes (48 columns at rank 8, 16 at rank 16).
+    const COLS_PER_TASK: usize = 96;
     #[cfg(target_arch = "x86_64")]
     let wide = simd_level() == 4;
     #[cfg(not(target_arch = "x86_64"))]
@@ -679,11 +670,11 @@ fn transposed_times_small(
     let kernel: Option<TransposedKernel> = match (r, wide) {
         #[cfg(target_arch = "x86_64")]
         (8, true) => Some(|a, rows, cols, c0, b, out| unsafe {
-            transposed_times_small_avx512::<8>(a, rows, cols, c0, b, out)
+            transposed_times_small_avx512::<8, 3>(a, rows, cols, c0, b, out)
         }),
         #[cfg(target_arch = "x86_64")]
         (16, true) => Some(|a, rows, cols, c0, b, out| unsafe {
-            transposed_times_small_avx512::<16>(a, rows, cols, c0, b, out)
+            transposed_times_small_avx512::<16, 1>(a, rows, cols, c0, b, out)
         }),
         (8, _) => Some(transposed_times_small_8),
         (16, _) => Some(transposed_times_small_16),
@@ -759,15 +750,18 @@ fn transposed_times_small_r<const R: usize>(
     }
 }
 
-/// [`transposed_times_small_r`] with AVX-512 intrinsics, for CPUs at `simd_level() == 4`: sub-blocks
-/// of 16 columns whose sums are held rank-major (`acc[t]` is the 16 columns of rank `t`: one
-/// register), so each row costs one load of `a`, R broadcasts of `b` and R multiplies and adds,
-/// with no shuffles. LLVM vectorises the portable loop along the rank instead, with gathers
-/// (4.6× slower when it was tried). Each sum still runs over the rows in order, as a multiply
-/// then an add (no FMA), so the bits equal the portable kernel's; a test checks it.
+/// [`transposed_times_small_r`] with AVX-512 intrinsics, for CPUs at `simd_level() == 4`: passes
+/// over the rows with `V` sub-blocks of 16 columns each, whose sums are held rank-major
+/// (`acc[s][t]` is the 16 columns of sub-block `s` at rank `t`: one register), so each row costs
+/// `V` loads of `a`, R broadcasts of `b` and `V`·R multiplies and adds, with no shuffles. LLVM
+/// vectorises the portable loop along the rank instead, with gathers (4.6× slower when it was
+/// tried). The kernel is bound by the latency of reading one row's columns (rows are far apart),
+/// not by arithmetic, so wider passes (`V` = 3 at rank 8: 24 accumulators) read the rows fewer
+/// times. Each sum still runs over the rows in order, as a multiply then an add (no FMA), so the
+/// bits equal the portable kernel's whatever `V` is; a test checks it.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn transposed_times_small_avx512<const R: usize>(
+unsafe fn transposed_times_small_avx512<const R: usize, const V: usize>(
     a: &[f32],
     rows: usize,
     cols: usize,
@@ -775,45 +769,75 @@ unsafe fn transposed_times_small_avx512<const R: usize>(
     b: &[f32],
     out: &mut [f32],
 ) {
-    use std::arch::x86_64::*;
     const W: usize = 16;
     let width = out.len() / R;
     assert!(a.len() >= rows * cols && b.len() >= rows * R && c0 + width <= cols);
-    let full = width / W * W;
     let mut w0 = 0;
-    while w0 < full {
-        let mut acc = [_mm512_setzero_ps(); R];
-        let mut ap = a.as_ptr().add(c0 + w0);
-        let mut bp = b.as_ptr();
-        for _ in 0..rows {
-            // Rows are `cols` floats apart: a stride the hardware prefetcher does not follow
-            // across pages, so each row's line would be a fresh miss. Fetch 16 rows ahead.
-            _mm_prefetch::<_MM_HINT_T0>(ap.wrapping_add(16 * cols) as *const i8);
-            let av = _mm512_loadu_ps(ap);
-            for (t, acct) in acc.iter_mut().enumerate() {
-                *acct = _mm512_add_ps(*acct, _mm512_mul_ps(av, _mm512_set1_ps(*bp.add(t))));
-            }
-            ap = ap.add(cols);
-            bp = bp.add(R);
-        }
-        let mut sums = [[0f32; W]; R];
-        for (s, v) in sums.iter_mut().zip(&acc) {
-            _mm512_storeu_ps(s.as_mut_ptr(), *v);
-        }
-        for q in 0..W {
-            for t in 0..R {
-                out[(w0 + q) * R + t] = sums[t][q];
-            }
-        }
+    while w0 + V * W <= width {
+        transposed_pass_avx512::<R, V>(a, rows, cols, c0 + w0, b, &mut out[w0 * R..]);
+        w0 += V * W;
+    }
+    while w0 + W <= width {
+        transposed_pass_avx512::<R, 1>(a, rows, cols, c0 + w0, b, &mut out[w0 * R..]);
         w0 += W;
     }
-    if full < width {
-        transposed_times_small_r::<R>(a, rows, cols, c0 + full, b, &mut out[full * R..]);
+    if w0 < width {
+        transposed_times_small_r::<R>(a, rows, cols, c0 + w0, b, &mut out[w0 * R..]);
     }
 }
 
-/// The previous kernel of [`transposed_times_small`] (8-column sub-blocks, column-major sums),
-/// kept to test that the new layout gives the same bits.
+/// One pass of [`transposed_times_small_avx512`]: the `V`·16 columns from `c` into the first
+/// `V`·16·R values of `out`. The caller checks the bounds.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[inline]
+#[allow(clippy::needless_range_loop)] // `t` indexes across the V sub-blocks' accumulators
+unsafe fn transposed_pass_avx512<const R: usize, const V: usize>(
+    a: &[f32],
+    rows: usize,
+    cols: usize,
+    c: usize,
+    b: &[f32],
+    out: &mut [f32],
+) {
+    use std::arch::x86_64::*;
+    const W: usize = 16;
+    let mut acc = [[_mm512_setzero_ps(); R]; V];
+    let mut ap = a.as_ptr().add(c);
+    let mut bp = b.as_ptr();
+    for _ in 0..rows {
+        // Rows are `cols` floats apart: a stride the hardware prefetcher does not follow across
+        // pages, so each row's lines would be fresh misses. Fetch 16 rows ahead.
+        for s in 0..V {
+            _mm_prefetch::<_MM_HINT_T0>(ap.wrapping_add(16 * cols + s * W) as *const i8);
+        }
+        let mut av = [_mm512_setzero_ps(); V];
+        for (s, v) in av.iter_mut().enumerate() {
+            *v = _mm512_loadu_ps(ap.add(s * W));
+        }
+        for t in 0..R {
+            let bt = _mm512_set1_ps(*bp.add(t));
+            for s in 0..V {
+                acc[s][t] = _mm512_add_ps(acc[s][t], _mm512_mul_ps(av[s], bt));
+            }
+        }
+        // Wrapping: after the last row these point past the block (never read).
+        ap = ap.wrapping_add(cols);
+        bp = bp.wrapping_add(R);
+    }
+    let mut sums = [0f32; W];
+    for (s, accs) in acc.iter().enumerate() {
+        for (t, v) in accs.iter().enumerate() {
+            _mm512_storeu_ps(sums.as_mut_ptr(), *v);
+            for (q, &x) in sums.iter().enumerate() {
+                out[(s * W + q) * R + t] = x;
+            }
+        }
+    }
+}
+
+/// [`transposed_times_small`] as a plain triple loop (each sum over the rows in order): what
+/// both of its kernels must equal bit for bit.
 #[cfg(test)]
 pub(super) fn transposed_times_small_reference(
     a: &[f32],

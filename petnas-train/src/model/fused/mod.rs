@@ -108,6 +108,31 @@ fn with_slice<R>(t: &Tensor, what: &str, f: impl FnOnce(&[f32]) -> Result<R>) ->
     }
 }
 
+thread_local! {
+    /// Per-thread scratch buffers for [`with_scratch`].
+    static SCRATCH: std::cell::RefCell<(Vec<f32>, Vec<f32>)> =
+        const { std::cell::RefCell::new((Vec::new(), Vec::new())) };
+}
+
+/// Runs `f` on two scratch buffers of `len` values each, reused across calls on this thread (a
+/// parallel task's temporaries, without an allocation and a zero-fill per task). Their contents
+/// are whatever an earlier call left: `f` must write every value it reads.
+fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [f32], &mut [f32]) -> R) -> R {
+    SCRATCH.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut bufs) => {
+            let (a, b) = &mut *bufs;
+            for v in [&mut *a, &mut *b] {
+                if v.len() < len {
+                    v.resize(len, 0.0);
+                }
+            }
+            f(&mut a[..len], &mut b[..len])
+        }
+        // Re-entered on this thread (not expected): fresh buffers.
+        Err(_) => f(&mut vec![0f32; len], &mut vec![0f32; len]),
+    })
+}
+
 /// A raw output pointer shared by parallel tasks that write disjoint elements.
 #[derive(Clone, Copy)]
 struct SendPtr(*mut f32);

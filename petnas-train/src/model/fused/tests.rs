@@ -459,6 +459,8 @@ fn the_rank_major_transposed_kernel_gives_the_bits_of_plain_ordered_sums() {
     for &(rows, cols, r) in &[
         (300usize, 212usize, 8usize),
         (257, 1536, 8),
+        (33, 117, 8),
+        (40, 384, 8),
         (129, 70, 16),
         (64, 384, 16),
     ] {

@@ -481,3 +481,33 @@ fn the_rank_major_transposed_kernel_gives_the_bits_of_plain_ordered_sums() {
         );
     }
 }
+
+#[test]
+fn the_rows_kernel_gives_the_bits_of_its_plain_loop() {
+    // x·U and g·V for the LoRA gradients: whatever the kernel's vectorisation, each output is
+    // its four partial sums (j mod 4, the tail in the first) added in a fixed order (the study's
+    // records rest on these bits). Row counts off the task blocks, k with a tail, both ranks.
+    for &(rows, k, r) in &[
+        (2048usize, 384usize, 8usize),
+        (67, 1536, 8),
+        (33, 30, 8),
+        (130, 384, 16),
+        (7, 13, 16),
+    ] {
+        let a = rand(&[rows, k], 3 + k as u64, 1.0);
+        let m = rand(&[k, r], 5 + r as u64, 1.0);
+        let got = super::linear::rows_times_small_for_test(&a, k, &m, r);
+        let want = super::linear::rows_times_small_reference(&a, k, &m, r);
+        let diff = got
+            .iter()
+            .zip(&want)
+            .filter(|(g, w)| g.to_bits() != w.to_bits())
+            .count();
+        assert_eq!(
+            diff,
+            0,
+            "rows {rows} k {k} rank {r}: {diff} of {} differ",
+            want.len()
+        );
+    }
+}

@@ -11,6 +11,7 @@
 
 pub mod aggregate;
 pub mod bench;
+pub mod cost;
 pub mod error;
 pub mod figures;
 pub mod label;

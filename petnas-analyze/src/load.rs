@@ -226,7 +226,8 @@ fn add_recipe_suffixes(records: &[(PathBuf, RunRecord)], labels: &mut [MethodLab
 /// mode, budget, seed, criterion, reinit, lora_init, status, reason, primary_metric, score`
 /// (primary metric × 100), one column per [`METRICS`] entry (raw, 0–1 or −1–1), `pet_params,
 /// head_params, steps, final_train_loss, wall_seconds, examples_per_second, model, num_layers,
-/// epochs, lr, batch_size, max_len, device, config_hash, git_commit, created_unix`.
+/// epochs, lr, batch_size, max_len, device, config_hash, maximal_hash` (a pruned run's maximal
+/// training, by its `config_hash`), `git_commit, created_unix`.
 ///
 /// Modules frame columns (completed runs only): `run_id, label, task, seed, budget, path,
 /// module_type, layer, bias_kept, bias_total, lora_kept, lora_total, kept_rank, max_rank`.
@@ -268,6 +269,7 @@ pub fn build_frames(dir: &Path, records: &[(PathBuf, RunRecord)]) -> Result<Swee
     let mut device = Vec::with_capacity(n);
     let mut hash = Vec::with_capacity(n);
     let mut commit: Vec<Option<String>> = Vec::with_capacity(n);
+    let mut maximal: Vec<Option<String>> = Vec::with_capacity(n);
     let mut created = Vec::with_capacity(n);
 
     let m_cap: usize = records.iter().map(|(_, r)| r.result.modules.len()).sum();
@@ -367,6 +369,7 @@ pub fn build_frames(dir: &Path, records: &[(PathBuf, RunRecord)]) -> Result<Swee
         device.push(s.device.clone());
         hash.push(r.config_hash.clone());
         commit.push(r.git_commit.clone());
+        maximal.push(s.maximal_hash.clone());
         created.push(r.created_unix as i64);
 
         if ok && ml.group != Group::SearchStart {
@@ -429,6 +432,7 @@ pub fn build_frames(dir: &Path, records: &[(PathBuf, RunRecord)]) -> Result<Swee
         Column::new("max_len".into(), max_len),
         Column::new("device".into(), device),
         Column::new("config_hash".into(), hash),
+        Column::new("maximal_hash".into(), maximal),
         Column::new("git_commit".into(), commit),
         Column::new("created_unix".into(), created),
     ]);

@@ -426,7 +426,16 @@ pub fn write_report(sweep: &Sweep, out: &Path, metric: &Metric, budgets: &[i64])
     if tables.table2.is_some() {
         s.push_str(", [table2.csv](table2.csv)");
     }
-    s.push_str("; frames for notebooks in [data/](data/) (parquet and CSV).\n\n## Figures\n\n");
+    s.push_str("; frames for notebooks in [data/](data/) (parquet and CSV).\n\n");
+    let costs = crate::cost::search_costs(sweep)?;
+    if !costs.is_empty() {
+        let path = out.join("search_cost.csv");
+        petnas_core::write_atomic(&path, crate::cost::csv(&costs).as_bytes())?;
+        s.push_str("## Search cost\n\n");
+        s.push_str(&crate::cost::markdown(&costs));
+        s.push_str("\nCSV: [search_cost.csv](search_cost.csv).\n\n");
+    }
+    s.push_str("## Figures\n\n");
     for f in &figures.figures {
         let _ = writeln!(
             s,

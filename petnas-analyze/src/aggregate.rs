@@ -331,3 +331,14 @@ pub fn str_values(df: &DataFrame, name: &str) -> Result<Vec<Option<String>>> {
         .map_err(AnalyzeError::polars(format!("reading column {name}")))?;
     Ok(ca.iter().map(|s| s.map(str::to_string)).collect())
 }
+
+/// A boolean column's values.
+pub fn bool_values(df: &DataFrame, name: &str) -> Result<Vec<Option<bool>>> {
+    let c = df
+        .column(name)
+        .map_err(AnalyzeError::polars(format!("reading column {name}")))?;
+    let ca = c
+        .bool()
+        .map_err(AnalyzeError::polars(format!("reading column {name}")))?;
+    Ok(ca.iter().collect())
+}

@@ -14,7 +14,7 @@ use std::fmt::Write as _;
 
 use polars::prelude::*;
 
-use crate::aggregate::{f64_values, i64_values, str_values};
+use crate::aggregate::{bool_values, f64_values, i64_values, str_values};
 use crate::error::{AnalyzeError, Result};
 use crate::label::label_order;
 use crate::load::Sweep;
@@ -58,16 +58,6 @@ fn median(mut v: Vec<f64>) -> f64 {
     } else {
         (v[n / 2 - 1] + v[n / 2]) / 2.0
     }
-}
-
-fn bool_values(df: &DataFrame, name: &str) -> Result<Vec<Option<bool>>> {
-    let c = df
-        .column(name)
-        .map_err(AnalyzeError::polars(format!("reading column {name}")))?;
-    let ca = c
-        .bool()
-        .map_err(AnalyzeError::polars(format!("reading column {name}")))?;
-    Ok(ca.iter().collect())
 }
 
 /// The cost of every search in the sweep whose maximal training is among its records, in task

@@ -451,6 +451,15 @@ fn softmax_rows_match_composite() -> Result<()> {
     Ok(())
 }
 
+/// How many values of `got` differ from `want` in their bits.
+fn bits_differing(got: &[f32], want: &[f32]) -> usize {
+    assert_eq!(got.len(), want.len(), "lengths");
+    got.iter()
+        .zip(want)
+        .filter(|(g, w)| g.to_bits() != w.to_bits())
+        .count()
+}
+
 #[test]
 fn the_rank_major_transposed_kernel_gives_the_bits_of_plain_ordered_sums() {
     // xᵀ·b for the LoRA factor gradients: each sum runs over the rows in order, whatever the
@@ -468,11 +477,7 @@ fn the_rank_major_transposed_kernel_gives_the_bits_of_plain_ordered_sums() {
         let b = rand(&[rows, r], 7 + r as u64, 1.0);
         let got = super::linear::transposed_times_small_for_test(&a, rows, cols, &b, r);
         let want = super::linear::transposed_times_small_reference(&a, rows, cols, &b, r);
-        let diff = got
-            .iter()
-            .zip(&want)
-            .filter(|(g, w)| g.to_bits() != w.to_bits())
-            .count();
+        let diff = bits_differing(&got, &want);
         assert_eq!(
             diff,
             0,
@@ -498,11 +503,7 @@ fn the_rows_kernel_gives_the_bits_of_its_plain_loop() {
         let m = rand(&[k, r], 5 + r as u64, 1.0);
         let got = super::linear::rows_times_small_for_test(&a, k, &m, r);
         let want = super::linear::rows_times_small_reference(&a, k, &m, r);
-        let diff = got
-            .iter()
-            .zip(&want)
-            .filter(|(g, w)| g.to_bits() != w.to_bits())
-            .count();
+        let diff = bits_differing(&got, &want);
         assert_eq!(
             diff,
             0,

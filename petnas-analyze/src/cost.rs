@@ -47,17 +47,10 @@ pub struct SearchCost {
     pub retrain_eps: f64,
 }
 
+/// The median of `v` (non-empty), as the findings compute it.
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
-    let n = v.len();
-    if n == 0 {
-        return f64::NAN;
-    }
-    if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    }
+    crate::report::quantile(&v, 0.5)
 }
 
 /// The cost of every search in the sweep whose maximal training is among its records, in task

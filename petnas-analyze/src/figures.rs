@@ -22,8 +22,8 @@ use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
 
 use crate::aggregate::{
-    f64_values, heatmap_frame, heatmap_support, i64_values, labels_in_group, layer_profile,
-    medians, str_values, HeatValue, Metric,
+    chosen_budget, f64_values, heatmap_frame, heatmap_support, i64_values, labels_in_group,
+    layer_profile, medians, str_values, HeatValue, Metric,
 };
 use crate::error::{AnalyzeError, Result};
 use crate::load::Sweep;
@@ -579,11 +579,6 @@ fn num_layers(sweep: &Sweep) -> Result<usize> {
         .unwrap_or(1))
 }
 
-/// Chooses the budget figures of `label` show (see [`crate::aggregate::chosen_budget`]).
-fn pick_budget(sweep: &Sweep, label: &str, budgets: &[i64]) -> Result<Option<i64>> {
-    crate::aggregate::chosen_budget(&sweep.runs, label, budgets)
-}
-
 /// Heat-map figure specs: (stem, label, value, rows, what the colour means).
 const HEATMAPS: [(&str, &str, HeatValue, bool, &str); 4] = [
     (
@@ -626,7 +621,7 @@ pub fn heat_grids(
     let layers = num_layers(sweep)?;
     let mut out = Vec::new();
     for (stem, label, what, bias_rows, scale) in HEATMAPS {
-        let b = pick_budget(sweep, label, budgets)?;
+        let b = chosen_budget(&sweep.runs, label, budgets)?;
         let (runs, tasks) = heatmap_support(&sweep.modules, label, b, what)?;
         if runs == 0 {
             skipped.push(format!(
@@ -725,7 +720,7 @@ pub fn layer_plot(sweep: &Sweep, budgets: &[i64]) -> Result<Option<LinePlot>> {
         if label.contains(" [") {
             continue;
         }
-        let b = pick_budget(sweep, &label, budgets)?;
+        let b = chosen_budget(&sweep.runs, &label, budgets)?;
         let df = layer_profile(&sweep.modules, &label, b)?;
         let layers = i64_values(&df, "layer")?;
         let values = f64_values(&df, "value")?;

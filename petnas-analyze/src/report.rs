@@ -12,8 +12,8 @@ use std::path::{Path, PathBuf};
 use polars::prelude::*;
 
 use crate::aggregate::{
-    f64_values, i64_values, labels_in_group, layer_profile, medians, scored_runs, str_values,
-    Metric,
+    chosen_budget, f64_values, i64_values, labels_in_group, layer_profile, medians, scored_runs,
+    str_values, Metric,
 };
 use crate::error::{AnalyzeError, Result};
 use crate::figures::{draw_figures, FigureSet};
@@ -92,7 +92,7 @@ fn seed_map(sweep: &Sweep, metric: &Metric) -> Result<SeedMap> {
 }
 
 /// The linear-interpolation quantile `q` of sorted values (numpy's default).
-fn quantile(sorted: &[f64], q: f64) -> f64 {
+pub(crate) fn quantile(sorted: &[f64], q: f64) -> f64 {
     let pos = q * (sorted.len() - 1) as f64;
     let (lo, hi) = (pos.floor() as usize, pos.ceil() as usize);
     sorted[lo] + (sorted[hi] - sorted[lo]) * (pos - lo as f64)
@@ -202,7 +202,7 @@ pub fn findings(sweep: &Sweep, metric: &Metric, budgets: &[i64]) -> Result<Vec<S
         if label.contains(" [") {
             continue;
         }
-        let b = crate::aggregate::chosen_budget(&sweep.runs, &label, budgets)?;
+        let b = chosen_budget(&sweep.runs, &label, budgets)?;
         let prof = layer_profile(&sweep.modules, &label, b)?;
         let layers: Vec<i64> = i64_values(&prof, "layer")?.into_iter().flatten().collect();
         let values: Vec<f64> = f64_values(&prof, "value")?.into_iter().flatten().collect();
@@ -394,7 +394,8 @@ pub struct Report {
 }
 
 /// Writes `<out>/README.md`, `<out>/figures/*`, `<out>/tables.md`, `table1.csv`,
-/// `table2.csv` and `<out>/data/*` (the export).
+/// `table2.csv`, `search_cost.csv` (when the sweep has a search with its maximal training) and
+/// `<out>/data/*` (the export).
 pub fn write_report(sweep: &Sweep, out: &Path, metric: &Metric, budgets: &[i64]) -> Result<Report> {
     std::fs::create_dir_all(out).map_err(|e| AnalyzeError::io(out, e))?;
     let tables = build_tables(sweep, metric)?;

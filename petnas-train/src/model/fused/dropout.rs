@@ -18,14 +18,6 @@ struct Dropout {
 }
 
 multiversion! {
-    fn dropout_chunk(x: &[f32], y: &mut [f32], seed_mixed: u64, base: u64, p: f32, scale: f32) {
-        for (i, (o, &v)) in y.iter_mut().zip(x).enumerate() {
-            *o = v * keep_scale(seed_mixed, base + i as u64, p, scale);
-        }
-    }
-}
-
-multiversion! {
     fn dropout_chunk_in_place(x: &mut [f32], seed_mixed: u64, base: u64, p: f32, scale: f32) {
         for (i, v) in x.iter_mut().enumerate() {
             *v *= keep_scale(seed_mixed, base + i as u64, p, scale);
@@ -33,7 +25,7 @@ multiversion! {
     }
 }
 
-/// [`dropout_slice`] in place (the same products: `x ⊙ keep-scale`), without a new buffer.
+/// `x ← x ⊙ keep-scale` with the mask at counters `base..base + x.len()` (seed already mixed).
 pub(super) fn dropout_in_place(x: &mut [f32], seed_mixed: u64, base: u64, p: f32) {
     let scale = 1.0 / (1.0 - p);
     x.par_chunks_mut(ELEMS_PER_TASK)
@@ -43,23 +35,11 @@ pub(super) fn dropout_in_place(x: &mut [f32], seed_mixed: u64, base: u64, p: f32
         });
 }
 
-/// `x ⊙ keep-scale` with the mask at counters `base..base + x.len()` (seed already mixed).
+/// `x ⊙ keep-scale` with the mask at counters `base..base + x.len()` (seed already mixed), into
+/// a new vector: [`dropout_in_place`] on a copy.
 pub(super) fn dropout_slice(x: &[f32], seed_mixed: u64, base: u64, p: f32) -> Vec<f32> {
-    let mut y = vec![0f32; x.len()];
-    let scale = 1.0 / (1.0 - p);
-    y.par_chunks_mut(ELEMS_PER_TASK)
-        .zip(x.par_chunks(ELEMS_PER_TASK))
-        .enumerate()
-        .for_each(|(c, (yc, xc))| {
-            dropout_chunk(
-                xc,
-                yc,
-                seed_mixed,
-                base + (c * ELEMS_PER_TASK) as u64,
-                p,
-                scale,
-            )
-        });
+    let mut y = x.to_vec();
+    dropout_in_place(&mut y, seed_mixed, base, p);
     y
 }
 

@@ -12,10 +12,8 @@
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
 
-use polars::prelude::*;
-
 use crate::aggregate::{bool_values, f64_values, i64_values, str_values};
-use crate::error::{AnalyzeError, Result};
+use crate::error::Result;
 use crate::label::label_order;
 use crate::load::Sweep;
 use crate::tables::{task_display, task_order};

@@ -26,6 +26,9 @@ pub(super) struct Attention {
     drop: Option<(u64, u64, f32)>,
     /// Probabilities from the forward pass, for backward.
     probs: Mutex<Option<Vec<f32>>>,
+    /// With dropout: the forward pass's keep flags (1 kept, 0 dropped), [batch, heads, seq, seq],
+    /// so that backward reads the mask instead of drawing it twice more (a hash per element).
+    kept: Mutex<Option<Vec<u8>>>,
     /// Whether anything upstream needs gradients (else the probabilities are not kept).
     keep: bool,
 }
@@ -62,14 +65,44 @@ multiversion! {
 }
 
 multiversion! {
+    /// [`apply_drop`] that also writes the keep flags (1 kept, 0 dropped) into `kept`.
+    fn apply_drop_keep(p: &[f32], out: &mut [std::mem::MaybeUninit<f32>], kept: &mut [std::mem::MaybeUninit<u8>], seed_mixed: u64, base: u64, pd: f32, scale: f32) {
+        for (i, ((o, k), &v)) in out.iter_mut().zip(kept.iter_mut()).zip(p).enumerate() {
+            let s = keep_scale(seed_mixed, base + i as u64, pd, scale);
+            o.write(v * s);
+            k.write((s != 0.0) as u8);
+        }
+    }
+}
+
+/// The keep-scale of a kept flag: the value [`keep_scale`] returned when the flag was written.
+#[inline(always)]
+fn flag_scale(k: u8, scale: f32) -> f32 {
+    if k != 0 {
+        scale
+    } else {
+        0.0
+    }
+}
+
+multiversion! {
+    /// `out = p ⊙ keep-scale` from the kept flags: the bits [`apply_drop`] wrote in forward.
+    fn apply_kept(p: &[f32], out: &mut [f32], kept: &[u8], scale: f32) {
+        for ((o, &v), &k) in out.iter_mut().zip(p).zip(kept) {
+            *o = v * flag_scale(k, scale);
+        }
+    }
+}
+
+multiversion! {
     /// Softmax backward in place: `d ← P ⊙ (d⊙m − rowsum(d⊙m⊙P))`, with `m` the dropout
-    /// keep-scale (so `d` enters as the gradient of the dropped probabilities).
-    fn softmax_bwd_rows(d: &mut [f32], p: &[f32], l: usize, seed_mixed: u64, base: u64, pd: f32, scale: f32, dropout: bool) {
+    /// keep-scale from the kept flags, if any (so `d` enters as the gradient of the dropped
+    /// probabilities).
+    fn softmax_bwd_rows(d: &mut [f32], p: &[f32], l: usize, kept: Option<&[u8]>, scale: f32) {
         for (r, (dr, pr)) in d.chunks_exact_mut(l).zip(p.chunks_exact(l)).enumerate() {
-            if dropout {
-                let b = base + (r * l) as u64;
-                for (j, v) in dr.iter_mut().enumerate() {
-                    *v *= keep_scale(seed_mixed, b + j as u64, pd, scale);
+            if let Some(kept) = kept {
+                for (v, &k) in dr.iter_mut().zip(&kept[r * l..(r + 1) * l]) {
+                    *v *= flag_scale(k, scale);
                 }
             }
             let dot = dot16(dr, pr);
@@ -106,6 +139,7 @@ impl Attention {
                 .filter(|d| d.2 > 0.0)
                 .map(|(s, b, p)| (mix_seed(s), b, p)),
             probs: Mutex::new(None),
+            kept: Mutex::new(None),
             keep,
         })
     }
@@ -128,12 +162,18 @@ impl Attention {
         // and block (bi, hi)'s context fills ctx's [l, dh] columns of that head.
         let mut probs: Vec<f32> = Vec::with_capacity(b * nh * l * l); // [batch, heads, seq, seq]
         let mut ctx: Vec<f32> = Vec::with_capacity(b * l * h); // [batch, seq, hidden]
+        // Keep flags for backward, written in full by `apply_drop_keep` (dropout on and kept).
+        let flags = self.keep && self.drop.is_some();
+        let mut kept: Vec<u8> = Vec::with_capacity(if flags { b * nh * l * l } else { 0 });
+        let kp = SendPtr(kept.as_mut_ptr() as *mut f32);
         let cp = SendPtr(ctx.as_mut_ptr());
         let hs = h as isize;
         probs.spare_capacity_mut()[..b * nh * l * l]
             .par_chunks_mut(l * l)
             .enumerate()
             .for_each(|(t, p)| {
+                #[allow(clippy::redundant_locals)]
+                let kp = kp;
                 // Rebinding makes the closure capture the whole `SendPtr` (Send + Sync), not its raw
                 // pointer field (edition-2021 disjoint capture), which is neither.
                 #[allow(clippy::redundant_locals)]
@@ -161,6 +201,31 @@ impl Attention {
                 softmax_rows(p, &self.mask_bias[bi * l..(bi + 1) * l], l);
                 with_scratch(if self.drop.is_some() { l * l } else { 0 }, |dropped, _| {
                     let lhs: &[f32] = match self.drop {
+                        Some((sm, base, pd)) if flags => {
+                            // Writes every element of `dropped` and of this block's flags.
+                            let kb = unsafe {
+                                std::slice::from_raw_parts_mut(
+                                    (kp.0 as *mut std::mem::MaybeUninit<u8>).add(t * l * l),
+                                    l * l,
+                                )
+                            };
+                            let out = unsafe {
+                                std::slice::from_raw_parts_mut(
+                                    dropped.as_mut_ptr() as *mut std::mem::MaybeUninit<f32>,
+                                    dropped.len(),
+                                )
+                            };
+                            apply_drop_keep(
+                                p,
+                                out,
+                                kb,
+                                sm,
+                                base + (t * l * l) as u64,
+                                pd,
+                                1.0 / (1.0 - pd),
+                            );
+                            dropped
+                        }
                         Some((sm, base, pd)) => {
                             // Writes every element of `dropped`.
                             apply_drop(
@@ -196,6 +261,16 @@ impl Attention {
         unsafe {
             probs.set_len(b * nh * l * l);
             ctx.set_len(b * l * h);
+            if flags {
+                kept.set_len(b * nh * l * l);
+            }
+        }
+        if flags {
+            *self
+                .kept
+                .lock()
+                .map_err(|_| candle_core::Error::Msg("fused attention: poisoned lock".into()))? =
+                Some(kept);
         }
         if self.keep {
             *self
@@ -229,6 +304,15 @@ impl Attention {
         let Some(probs) = guard.as_ref() else {
             bail!("fused attention: backward without saved probabilities")
         };
+        let kept_guard = self
+            .kept
+            .lock()
+            .map_err(|_| candle_core::Error::Msg("fused attention: poisoned lock".into()))?;
+        let kept: Option<&[u8]> = match (self.drop, kept_guard.as_ref()) {
+            (None, _) => None,
+            (Some(_), Some(k)) if k.len() == probs.len() => Some(k),
+            (Some(_), _) => bail!("fused attention: backward without the saved dropout flags"),
+        };
         // Each is written in full by non-accumulating GEMMs, block (bi, hi) filling its head's
         // [l, dh] columns: no zero-fill first.
         let (mut dq, mut dk, mut dv): (Vec<f32>, Vec<f32>, Vec<f32>) = (
@@ -247,18 +331,20 @@ impl Attention {
             let (dqp, dkp, dvp) = (dqp, dkp, dvp);
             let (bi, hi) = (t / nh, t % nh);
             let off = bi * l * h + hi * dh;
-            let (sm, base, pd, dscale, on) = match self.drop {
-                Some((sm, base, pd)) => (sm, base + (t * l * l) as u64, pd, 1.0 / (1.0 - pd), true),
-                None => (0, 0, 0.0, 1.0, false),
+            let dscale = match self.drop {
+                Some((_, _, pd)) => 1.0 / (1.0 - pd),
+                None => 1.0,
             };
-            // `dropped` and `d` are per-thread scratch: apply_drop writes all of `dropped`, and
+            let kb = kept.map(|k| &k[t * l * l..(t + 1) * l * l]);
+            // `dropped` and `d` are per-thread scratch: apply_kept writes all of `dropped`, and
             // the GEMM into `d` does not accumulate (it never reads its destination).
             with_scratch(l * l, |dropped, d| {
-                let pdrop: &[f32] = if on {
-                    apply_drop(p, dropped, sm, base, pd, dscale);
-                    dropped
-                } else {
-                    p
+                let pdrop: &[f32] = match kb {
+                    Some(kb) => {
+                        apply_kept(p, dropped, kb, dscale);
+                        dropped
+                    }
+                    None => p,
                 };
                 unsafe {
                     // dV_h = P_dropᵀ · dctx_h
@@ -290,7 +376,7 @@ impl Attention {
                         Parallelism::None,
                     );
                 }
-                softmax_bwd_rows(d, p, l, sm, base, pd, dscale, on);
+                softmax_bwd_rows(d, p, l, kb, dscale);
                 unsafe {
                     // dQ_h = scale · dS · K_h ; dK_h = scale · dSᵀ · Q_h
                     gemm_f32(
@@ -322,6 +408,7 @@ impl Attention {
                 }
             });
         });
+        drop(kept_guard);
         drop(guard);
         // SAFETY: every element of the three was written above.
         unsafe {

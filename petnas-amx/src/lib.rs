@@ -628,7 +628,31 @@ pub fn gemm_bf16(
     gemm_bf16_with(selected_backend(), m, n, k, a, lda, b, c, ldc, accumulate)
 }
 
+/// A hook run on each finished region of C by the task that computed it, while the region is
+/// still in that core's cache: `(r0, rows, c0, cols)` in C's coordinates. Every element of C
+/// lies in exactly one region, and each region is passed exactly once, after its last write.
+pub type Epilogue<'a> = &'a (dyn Fn(usize, usize, usize, usize) + Sync);
+
+/// [`gemm_bf16`], then `epilogue` on every finished region of C (a bias add, an activation):
+/// one pass over C fewer than a separate elementwise op, and on data still in cache.
+#[allow(clippy::too_many_arguments)]
+pub fn gemm_bf16_epilogue(
+    m: usize,
+    n: usize,
+    k: usize,
+    a: &[f32],
+    lda: usize,
+    b: &PackedB,
+    c: &mut [f32],
+    ldc: usize,
+    accumulate: bool,
+    epilogue: Epilogue<'_>,
+) {
+    gemm_impl(selected_backend(), m, n, k, a, lda, b, c, ldc, accumulate, Some(epilogue))
+}
+
 /// [`gemm_bf16`] on an explicit backend (for tests/benchmarks). Panics if it is unavailable.
+#[allow(clippy::too_many_arguments)]
 pub fn gemm_bf16_with(
     backend: Backend,
     m: usize,
@@ -640,6 +664,41 @@ pub fn gemm_bf16_with(
     c: &mut [f32],
     ldc: usize,
     accumulate: bool,
+) {
+    gemm_impl(backend, m, n, k, a, lda, b, c, ldc, accumulate, None)
+}
+
+/// [`gemm_bf16_epilogue`] on an explicit backend (for tests). Panics if it is unavailable.
+#[allow(clippy::too_many_arguments)]
+pub fn gemm_bf16_epilogue_with(
+    backend: Backend,
+    m: usize,
+    n: usize,
+    k: usize,
+    a: &[f32],
+    lda: usize,
+    b: &PackedB,
+    c: &mut [f32],
+    ldc: usize,
+    accumulate: bool,
+    epilogue: Epilogue<'_>,
+) {
+    gemm_impl(backend, m, n, k, a, lda, b, c, ldc, accumulate, Some(epilogue))
+}
+
+#[allow(clippy::too_many_arguments)]
+fn gemm_impl(
+    backend: Backend,
+    m: usize,
+    n: usize,
+    k: usize,
+    a: &[f32],
+    lda: usize,
+    b: &PackedB,
+    c: &mut [f32],
+    ldc: usize,
+    accumulate: bool,
+    epilogue: Option<Epilogue<'_>>,
 ) {
     assert!(
         backend.is_available(),
@@ -664,6 +723,9 @@ pub fn gemm_bf16_with(
             for i in 0..m {
                 c[i * ldc..i * ldc + n].fill(0.0);
             }
+        }
+        if let Some(e) = epilogue {
+            e(0, m, 0, n);
         }
         return;
     }
@@ -704,18 +766,32 @@ pub fn gemm_bf16_with(
             let c0 = bj * nb;
             let c1 = (c0 + nb).min(n_tiles * TN);
             let blk = Block { r0, r1, c0, c1 };
+            // The whole block's region, for the paths that finish a block at once.
+            let whole = |e: Epilogue<'_>| {
+                let rows = r1.min(m).saturating_sub(r0);
+                let cols = c1.min(n).saturating_sub(c0);
+                if rows > 0 && cols > 0 {
+                    e(r0, rows, c0, cols);
+                }
+            };
             unsafe {
                 match backend {
                     #[cfg(target_arch = "x86_64")]
-                    Backend::Amx => x86::amx_task(&g, &blk, &apack, bp.get(), cp.get()),
+                    Backend::Amx => x86::amx_task(&g, &blk, &apack, bp.get(), cp.get(), epilogue),
                     #[cfg(target_arch = "x86_64")]
                     Backend::Avx512Bf16 => {
                         apack.ensure_rows(r0, r1);
-                        x86::bf16_task(&g, &blk, apack.buf, bp.get(), cp.get())
+                        x86::bf16_task(&g, &blk, apack.buf, bp.get(), cp.get());
+                        if let Some(e) = epilogue {
+                            whole(e);
+                        }
                     }
                     _ => {
                         apack.ensure_rows(r0, r1);
-                        fp32_task(&g, &blk, apack.buf, bp.get(), cp.get())
+                        fp32_task(&g, &blk, apack.buf, bp.get(), cp.get());
+                        if let Some(e) = epilogue {
+                            whole(e);
+                        }
                     }
                 }
             }
@@ -1105,6 +1181,7 @@ mod x86 {
         apack: &APack,
         bp: *const u16,
         c: *mut f32,
+        epilogue: Option<Epilogue<'_>>,
     ) {
         let width = blk.c1 - blk.c0; // multiple of 32
         let stripe_len_u16 = 2 * 32 * (width + 16);
@@ -1114,10 +1191,11 @@ mod x86 {
             _ => AlignedBuf::new_zeroed(stripe_len_u16),
         };
         let sp = buf.ptr as *mut f32;
-        amx_task_inner(g, blk, apack, bp, c, sp, width);
+        amx_task_inner(g, blk, apack, bp, c, sp, width, epilogue);
         STRIPE.with(|s| *s.borrow_mut() = Some(buf));
     }
 
+    #[allow(clippy::too_many_arguments)]
     #[target_feature(enable = "avx512f")]
     unsafe fn amx_task_inner(
         g: &Geom,
@@ -1127,6 +1205,7 @@ mod x86 {
         c: *mut f32,
         sp: *mut f32,
         width: usize,
+        epilogue: Option<Epilogue<'_>>,
     ) {
         let ap = apack.buf as *const u16;
         asm!("ldtilecfg [{}]", in(reg) &TILE_CFG as *const TileCfg, options(nostack, readonly, preserves_flags));
@@ -1163,6 +1242,9 @@ mod x86 {
             }
             // Burst copy-out (measured faster than interleaving the stores with the tile work).
             copy_rows(sp, sld, crow, g.ldc, vr, ncols);
+            if let Some(e) = epilogue {
+                e(rr, vr, blk.c0, ncols);
+            }
             rr += 32;
         }
         asm!("tilerelease", options(nomem, nostack, preserves_flags));

@@ -161,10 +161,35 @@ impl LayerOp {
         want_x: bool,
         dp: &mut [f32],
     ) -> Result<Option<Vec<f32>>> {
+        self.lin_backward_fused(j, x, n, params, grad, want_x, dp, false, None)
+    }
+
+    /// [`LayerOp::lin_backward`] with [`PetLinearOp::backward_fused`]'s GELU fusions.
+    #[allow(clippy::too_many_arguments)]
+    fn lin_backward_fused(
+        &self,
+        j: usize,
+        x: &[f32],
+        n: usize,
+        params: &[f32],
+        grad: &[f32],
+        want_x: bool,
+        dp: &mut [f32],
+        grad_through_gelu: bool,
+        dx_gelu: Option<&[f32]>,
+    ) -> Result<Option<Vec<f32>>> {
         let s = self.sections[j];
         let k = x.len() / n.max(1);
-        let (dx, db, duv) =
-            self.lin[j].backward(x, n, k, &params[s.uv..s.uv + s.uv_len], grad, want_x)?;
+        let (dx, db, duv) = self.lin[j].backward_fused(
+            x,
+            n,
+            k,
+            &params[s.uv..s.uv + s.uv_len],
+            grad,
+            want_x,
+            grad_through_gelu,
+            dx_gelu,
+        )?;
         dp[s.bias..s.bias + s.out].copy_from_slice(&db);
         if s.uv_len > 0 {
             dp[s.uv..s.uv + s.uv_len].copy_from_slice(&duv);
@@ -225,12 +250,25 @@ impl LayerOp {
         let (ds2, _, dbeta2) = ln_backward(&sv.s2, g, &self.gamma[1], h, self.eps[1]);
         dp[b2..b2 + h].copy_from_slice(&dbeta2);
         let d_o = self.dropout(1, ds2.clone());
-        let di = self
-            .lin_backward(5, &sv.i, n, p, &d_o, true, &mut dp)?
-            .expect("dx requested");
+        // On AMX tiles the FFN's GELU backward runs in the epilogue of the output dense's dx
+        // GEMM (the same elementwise arithmetic, so the same bits as a separate pass).
+        let fuse_gelu = self.lin[5].bf16_tiles();
+        let di = {
+            let z = self.lin[4].saved_pre_activation()?;
+            let z = if fuse_gelu {
+                let Some(z) = z.as_ref() else {
+                    bail!("fused layer: backward without the FFN's saved pre-activation")
+                };
+                Some(z.as_slice())
+            } else {
+                None
+            };
+            self.lin_backward_fused(5, &sv.i, n, p, &d_o, true, &mut dp, false, z)?
+                .expect("dx requested")
+        };
         drop(d_o);
         let da_inter = self
-            .lin_backward(4, &sv.a, n, p, &di, true, &mut dp)?
+            .lin_backward_fused(4, &sv.a, n, p, &di, true, &mut dp, fuse_gelu, None)?
             .expect("dx requested");
         drop(di);
         // a feeds the residual (its gradient arrives first in candle's order) and the FFN.

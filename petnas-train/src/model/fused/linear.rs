@@ -125,14 +125,109 @@ impl PackedWeight {
         }
     }
 
-    /// `bf16(g)·bf16(W)` for `g` [n, out]: dx [n, in]; `None` if packed without backward.
-    pub(super) fn backward(&self, n: usize, g: &[f32]) -> Option<Vec<f32>> {
+    /// `z = bf16(x)·bf16(W)ᵀ + b` for `x` [n, in] and, with `gelu`, `(z, GELU(z))`; else `(z,
+    /// None)`. On AMX tiles the bias add and the GELU run in the GEMM's epilogue, on each block
+    /// of `z` while it is still in cache; elsewhere `z` starts from the bias rows.
+    pub(super) fn forward_bias(
+        &self,
+        n: usize,
+        x: &[f32],
+        b: &[f32],
+        gelu: bool,
+    ) -> (Vec<f32>, Option<Vec<f32>>) {
         let (o, k) = (self.out, self.inp);
-        let mut dx = vec![0f32; n * k];
+        match &self.kind {
+            Packed::Tiles { fwd, .. } => {
+                let mut z: Vec<f32> = Vec::with_capacity(n * o);
+                let mut a: Vec<f32> = Vec::with_capacity(if gelu { n * o } else { 0 });
+                let (zp, ap) = (SendPtr(z.as_mut_ptr()), SendPtr(a.as_mut_ptr()));
+                let epilogue = |r0: usize, rows: usize, c0: usize, cols: usize| {
+                    let (zp, ap) = (zp, ap);
+                    for r in r0..r0 + rows {
+                        // SAFETY: the region's rows of z were written by the GEMM; regions are
+                        // disjoint, and each is passed once.
+                        let zr = unsafe { std::slice::from_raw_parts_mut(zp.0.add(r * o + c0), cols) };
+                        add_into(zr, &b[c0..c0 + cols]);
+                        if gelu {
+                            let ar = unsafe {
+                                std::slice::from_raw_parts_mut(
+                                    (ap.0 as *mut std::mem::MaybeUninit<f32>).add(r * o + c0),
+                                    cols,
+                                )
+                            };
+                            gelu_fwd_chunk(zr, ar);
+                        }
+                    }
+                };
+                // SAFETY: the non-accumulating GEMM writes every element of z before the
+                // epilogue reads it, and the epilogue writes every element of a.
+                unsafe { z.set_len(n * o) };
+                petnas_amx::gemm_bf16_epilogue(n, o, k, x, k, fwd, &mut z, o, false, &epilogue);
+                if gelu {
+                    unsafe { a.set_len(n * o) };
+                }
+                (z, gelu.then_some(a))
+            }
+            Packed::Rounded(_) => {
+                let mut z = Vec::with_capacity(n * o);
+                for _ in 0..n {
+                    z.extend_from_slice(b);
+                }
+                self.forward(n, x, &mut z);
+                let a = gelu.then(|| gelu_forward(&z));
+                (z, a)
+            }
+        }
+    }
+
+    /// `bf16(g)·bf16(W)` for `g` [n, out]: dx [n, in]; `None` if packed without backward.
+    #[cfg(test)]
+    pub(super) fn backward(&self, n: usize, g: &[f32]) -> Option<Vec<f32>> {
+        self.backward_then_gelu(n, g, None)
+    }
+
+    /// [`PackedWeight::backward`], then with `z` [n, in], `dx ← dx ⊙ GELU'(z)`: the gradient
+    /// through the GELU that produced this linear's input, in the GEMM's epilogue on AMX tiles
+    /// (the same elementwise arithmetic as [`gelu_backward`], so the same bits).
+    pub(super) fn backward_then_gelu(
+        &self,
+        n: usize,
+        g: &[f32],
+        z: Option<&[f32]>,
+    ) -> Option<Vec<f32>> {
+        let (o, k) = (self.out, self.inp);
+        if let Some(z) = z {
+            assert_eq!(z.len(), n * k, "bf16 backward: GELU input length");
+        }
+        let mut dx: Vec<f32> = Vec::with_capacity(n * k);
         match &self.kind {
             Packed::Tiles { bwd, .. } => {
-                petnas_amx::gemm_bf16(n, k, o, g, o, bwd.as_ref()?, &mut dx, k, false)
+                let bwd = bwd.as_ref()?;
+                // SAFETY: the non-accumulating GEMM writes every element of dx.
+                unsafe { dx.set_len(n * k) };
+                match z {
+                    Some(z) => {
+                        let dp = SendPtr(dx.as_mut_ptr());
+                        let epilogue = |r0: usize, rows: usize, c0: usize, cols: usize| {
+                            let dp = dp;
+                            for r in r0..r0 + rows {
+                                let at = r * k + c0;
+                                // SAFETY: disjoint regions, each passed once after its writes.
+                                let d = unsafe { std::slice::from_raw_parts_mut(dp.0.add(at), cols) };
+                                gelu_bwd_in_place(&z[at..at + cols], d);
+                            }
+                        };
+                        petnas_amx::gemm_bf16_epilogue(n, k, o, g, o, bwd, &mut dx, k, false, &epilogue)
+                    }
+                    None => petnas_amx::gemm_bf16(n, k, o, g, o, bwd, &mut dx, k, false),
+                }
+                return Some(dx);
             }
+            Packed::Rounded(_) => {}
+        }
+        dx.resize(n * k, 0.0);
+        match &self.kind {
+            Packed::Tiles { .. } => unreachable!("handled above"),
             Packed::Rounded(w) => unsafe {
                 let gr = round_bf16(&g[..n * o]);
                 gemm_f32(
@@ -149,6 +244,11 @@ impl PackedWeight {
                     parallelism(),
                 );
             },
+        }
+        if let Some(z) = z {
+            dx.par_chunks_mut(ELEMS_PER_TASK)
+                .zip(z.par_chunks(ELEMS_PER_TASK))
+                .for_each(|(d, zc)| gelu_bwd_in_place(zc, d));
         }
         Some(dx)
     }
@@ -258,11 +358,6 @@ impl PetLinearOp {
                 self.rank
             );
         }
-        // Start from the bias rows and let the GEMMs accumulate into them: one pass over y.
-        let mut y = Vec::with_capacity(n * o);
-        for _ in 0..n {
-            y.extend_from_slice(b);
-        }
         let (ks, os) = (k as isize, o as isize);
         let xm = Mat(x.as_ptr(), ks, 1);
         // With LoRA, fold the factors into the weight: W' = W + V·Uᵀ (− V₀·U₀ᵀ) costs out·in·r,
@@ -275,7 +370,7 @@ impl PetLinearOp {
                 (None, Some(p)) => p.clone(),
                 (None, None) => Arc::new(PackedWeight::from_tensor(&self.w)?),
             };
-            packed.forward(n, x, &mut y);
+            let (z, a) = packed.forward_bias(n, x, b, self.gelu);
             if self.keep {
                 *self
                     .saved_packed
@@ -283,7 +378,22 @@ impl PetLinearOp {
                     .map_err(|_| candle_core::Error::Msg("fused linear: poisoned lock".into()))? =
                     Some(packed);
             }
-            return self.activate(y);
+            return match a {
+                Some(a) => {
+                    if self.keep {
+                        *self.saved.lock().map_err(|_| {
+                            candle_core::Error::Msg("fused linear: poisoned lock".into())
+                        })? = Some(z);
+                    }
+                    Ok(a)
+                }
+                None => Ok(z),
+            };
+        }
+        // Start from the bias rows and let the GEMMs accumulate into them: one pass over y.
+        let mut y = Vec::with_capacity(n * o);
+        for _ in 0..n {
+            y.extend_from_slice(b);
         }
         let mut run = |w: &[f32]| unsafe {
             // rhs = W'ᵀ [in, out]: element (i, j) = W'[j, i].
@@ -383,12 +493,50 @@ impl PetLinearOp {
         grad: &[f32],
         want_x: bool,
     ) -> Result<LinearGrads> {
+        self.backward_fused(x, n, k, uv, grad, want_x, false, None)
+    }
+
+    /// The pre-activation `z` this op's GELU saved in forward (for [`PetLinearOp::backward_fused`]
+    /// of the linear that reads the GELU's output); `None` without GELU or before forward.
+    pub(super) fn saved_pre_activation(
+        &self,
+    ) -> Result<std::sync::MutexGuard<'_, Option<Vec<f32>>>> {
+        self.saved
+            .lock()
+            .map_err(|_| candle_core::Error::Msg("fused linear: poisoned lock".into()))
+    }
+
+    /// Whether dx runs on packed bf16 weights (so [`PetLinearOp::backward_fused`] can take the
+    /// GELU of the layer below into the dx GEMM's epilogue).
+    pub(super) fn bf16_tiles(&self) -> bool {
+        self.bf16 && bf16_on_tiles()
+    }
+
+    /// [`PetLinearOp::backward`] with two fusions of the bf16 path: `grad_through_gelu` says
+    /// `grad` is already the gradient of this op's pre-activation (its GELU's backward ran in
+    /// the epilogue of the layer above), and `dx_gelu = Some(z)` applies `⊙ GELU'(z)` to dx in
+    /// the dx GEMM's epilogue, for the GELU that produced `x`.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn backward_fused(
+        &self,
+        x: &[f32],
+        n: usize,
+        k: usize,
+        uv: &[f32],
+        grad: &[f32],
+        want_x: bool,
+        grad_through_gelu: bool,
+        dx_gelu: Option<&[f32]>,
+    ) -> Result<LinearGrads> {
         let o = self.w.dim(0)?;
         let (ks, os) = (k as isize, o as isize);
         let par = parallelism();
+        if dx_gelu.is_some() && !(want_x && self.bf16) {
+            bail!("fused linear: a GELU in the dx epilogue needs the bf16 path and dx");
+        }
         // Through the GELU first: g ← g ⊙ gelu'(z).
         let gz_own;
-        let g: &[f32] = if self.gelu {
+        let g: &[f32] = if self.gelu && !grad_through_gelu {
             let guard = self
                 .saved
                 .lock()
@@ -408,7 +556,10 @@ impl PetLinearOp {
                 .saved_packed
                 .lock()
                 .map_err(|_| candle_core::Error::Msg("fused linear: poisoned lock".into()))?;
-            let Some(dx) = saved.as_ref().and_then(|p| p.backward(n, g)) else {
+            let Some(dx) = saved
+                .as_ref()
+                .and_then(|p| p.backward_then_gelu(n, g, dx_gelu))
+            else {
                 bail!("fused linear: backward without the packed weight")
             };
             Some(dx)

@@ -415,6 +415,96 @@ impl PackedB {
         });
     }
 
+    /// Sets the shape and makes room for it (contents undefined); returns the u16 length.
+    fn alloc(&mut self, k: usize, n: usize) -> usize {
+        let k_tiles = k.div_ceil(TK);
+        let n_tiles = n.div_ceil(TN).next_multiple_of(2);
+        let len = k_tiles * n_tiles * TILE_U16;
+        if self.buf.len < len {
+            self.buf = AlignedBuf::new_uninit(len);
+        }
+        self.k = k;
+        self.n = n;
+        self.k_tiles = k_tiles;
+        self.n_tiles = n_tiles;
+        len
+    }
+
+    /// Packs a matrix `W` [rows × cols] in both GEMM directions at once, from rows that
+    /// `fill` produces 32 at a time: `fwd` is `Wᵀ` as B [k = cols, n = rows] (for `y = x·Wᵀ`),
+    /// and with `with_backward`, `bwd` is `W` as B [k = rows, n = cols] (for `dx = g·W`).
+    /// `fill(r0, buf)` writes rows `r0..r0 + buf.len() / cols` of `W` into `buf` (row-major).
+    /// Each block of rows is filled once and packed while it is in cache, and `W` is never
+    /// stored whole: for a weight computed every step (`W + V·Uᵀ` under LoRA) this saves
+    /// writing it out and reading it back twice. The result equals [`PackedB::pack`] of the
+    /// whole `W` in both layouts (test).
+    pub fn pack_rows_both(
+        rows: usize,
+        cols: usize,
+        with_backward: bool,
+        fill: &(dyn Fn(usize, &mut [f32]) + Sync),
+    ) -> (PackedB, Option<PackedB>) {
+        let mut fwd = PackedB::empty();
+        let mut bwd = with_backward.then(PackedB::empty);
+        if rows == 0 || cols == 0 || !avx512_available() {
+            // Whole W, then the general packers.
+            let mut w = vec![0f32; rows * cols];
+            for (t, blk) in w.chunks_mut(32 * cols.max(1)).enumerate() {
+                fill(32 * t, blk);
+            }
+            fwd.repack(&w, cols, rows, 1, cols as isize);
+            if let Some(b) = bwd.as_mut() {
+                b.repack(&w, rows, cols, cols as isize, 1);
+            }
+            return (fwd, bwd);
+        }
+        fwd.alloc(cols, rows);
+        if let Some(b) = bwd.as_mut() {
+            b.alloc(rows, cols);
+        }
+        let fk_tiles = fwd.k_tiles;
+        let fd = SendPtr(fwd.buf.ptr);
+        let bgeom = bwd.as_ref().map(|b| (b.k_tiles, b.n_tiles, SendPtr(b.buf.ptr)));
+        (0..rows.div_ceil(32)).into_par_iter().for_each(|t| {
+            let r0 = 32 * t;
+            let nr = (rows - r0).min(32);
+            ROWS_BUF.with(|cell| {
+                let mut buf = cell.borrow_mut();
+                if buf.len() < nr * cols {
+                    buf.resize(nr * cols, 0.0);
+                }
+                let blk = &mut buf[..nr * cols];
+                fill(r0, blk);
+                // Row j of W sits at base + j·cols for j in r0..r0 + nr.
+                let base = blk.as_ptr().wrapping_sub(r0 * cols);
+                #[cfg(target_arch = "x86_64")]
+                unsafe {
+                    // fwd: B(i, j) = W[j, i]; column tiles 2t and 2t + 1 are rows r0..r0 + 32.
+                    for nt in [2 * t, 2 * t + 1] {
+                        let d = fd.get().add(nt * fk_tiles * TILE_U16);
+                        x86::pack_b_ntile_colmajor(base, cols, rows, cols as isize, nt, fk_tiles, d);
+                    }
+                    // bwd: B(i, j) = W[i, j]; k-tile t is rows r0..r0 + 32.
+                    if let Some((kt_all, nt_all, bd)) = bgeom {
+                        x86::pack_b_ktile_rowmajor(
+                            base,
+                            rows,
+                            cols,
+                            cols as isize,
+                            t,
+                            kt_all,
+                            nt_all,
+                            bd.get(),
+                        );
+                    }
+                }
+                #[cfg(not(target_arch = "x86_64"))]
+                let _ = (base, fk_tiles, fd, bgeom);
+            });
+        });
+        (fwd, bwd)
+    }
+
     /// Logical k (rows of B).
     pub fn k(&self) -> usize {
         self.k
@@ -496,6 +586,8 @@ unsafe fn pack_b_ntile_generic(
 
 thread_local! {
     static A_BUF: RefCell<Option<AlignedBuf>> = const { RefCell::new(None) };
+    /// Per-thread block of rows for [`PackedB::pack_rows_both`].
+    static ROWS_BUF: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
 
 /// A (m × k f32, row-major with lda) packed into 16×32 bf16 tiles: tile (mt, kt) at

@@ -506,3 +506,33 @@ fn epilogue_visits_each_element_once_after_its_last_write() {
         }
     }
 }
+
+/// Packing from 32-row blocks gives the bits of packing the whole matrix, in both directions,
+/// for row counts that leave partial blocks and tiles, and the fill sees each block once.
+#[test]
+fn packing_from_row_blocks_equals_packing_the_whole_matrix() {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    let mut rng = Rng(21);
+    for &(rows, cols) in &[(384usize, 384usize), (1536, 384), (384, 1536), (33, 17), (1, 5), (70, 100)] {
+        let w = rng.vec(rows * cols);
+        let calls: Vec<AtomicU32> = (0..rows.div_ceil(32)).map(|_| AtomicU32::new(0)).collect();
+        let fill = |r0: usize, buf: &mut [f32]| {
+            assert_eq!(r0 % 32, 0);
+            calls[r0 / 32].fetch_add(1, Ordering::Relaxed);
+            buf.copy_from_slice(&w[r0 * cols..r0 * cols + buf.len()]);
+        };
+        let (fwd, bwd) = PackedB::pack_rows_both(rows, cols, true, &fill);
+        assert!(calls.iter().all(|c| c.load(Ordering::Relaxed) == 1), "{rows}x{cols}: each block filled once");
+        let fwd_ref = PackedB::pack(&w, cols, rows, 1, cols as isize);
+        let bwd_ref = PackedB::pack(&w, rows, cols, cols as isize, 1);
+        assert_eq!((fwd.k(), fwd.n()), (cols, rows));
+        assert_eq!(fwd.as_raw(), fwd_ref.as_raw(), "{rows}x{cols} forward layout");
+        let bwd = bwd.expect("asked for backward");
+        assert_eq!((bwd.k(), bwd.n()), (rows, cols));
+        assert_eq!(bwd.as_raw(), bwd_ref.as_raw(), "{rows}x{cols} backward layout");
+        let (_, none) = PackedB::pack_rows_both(rows, cols, false, &|r0, buf: &mut [f32]| {
+            buf.copy_from_slice(&w[r0 * cols..r0 * cols + buf.len()])
+        });
+        assert!(none.is_none());
+    }
+}

@@ -93,6 +93,22 @@ impl PackedWeight {
         Self { out, inp, kind }
     }
 
+    /// Packs the weight whose rows `fill(r0, buf)` writes 32 at a time, in petnas-amx's tile
+    /// layout, without storing it whole ([`petnas_amx::PackedB::pack_rows_both`]).
+    pub(super) fn from_rows(
+        out: usize,
+        inp: usize,
+        with_backward: bool,
+        fill: &(dyn Fn(usize, &mut [f32]) + Sync),
+    ) -> Self {
+        let (fwd, bwd) = petnas_amx::PackedB::pack_rows_both(out, inp, with_backward, fill);
+        Self {
+            out,
+            inp,
+            kind: Packed::Tiles { fwd, bwd },
+        }
+    }
+
     /// Packs a frozen weight tensor (CPU, f32).
     pub fn from_tensor(w: &Tensor) -> Result<Self> {
         let (o, k) = w.dims2()?;
@@ -363,12 +379,18 @@ impl PetLinearOp {
         // With LoRA, fold the factors into the weight: W' = W + V·Uᵀ (− V₀·U₀ᵀ) costs out·in·r,
         // while applying them to the activations costs n·(in + out)·r in two skinny, memory-bound
         // GEMMs plus a pass over y; backward reuses W' for dx = g·W'.
-        let w_eff = self.effective_weight(k, o, uv)?;
+        let lora = self.rank > 0 || self.offset.is_some();
         if self.bf16 {
-            let packed = match (&w_eff, &self.packed) {
-                (Some(w), _) => Arc::new(PackedWeight::new(w, o, k, self.keep)),
-                (None, Some(p)) => p.clone(),
-                (None, None) => Arc::new(PackedWeight::from_tensor(&self.w)?),
+            let packed = if !lora {
+                match &self.packed {
+                    Some(p) => p.clone(),
+                    None => Arc::new(PackedWeight::from_tensor(&self.w)?),
+                }
+            } else if bf16_on_tiles() {
+                Arc::new(self.packed_effective_weight(k, o, uv)?)
+            } else {
+                let w = self.effective_weight(k, o, uv)?.expect("LoRA or offset");
+                Arc::new(PackedWeight::new(&w, o, k, self.keep))
             };
             let (z, a) = packed.forward_bias(n, x, b, self.gelu);
             if self.keep {
@@ -390,6 +412,7 @@ impl PetLinearOp {
                 None => Ok(z),
             };
         }
+        let w_eff = self.effective_weight(k, o, uv)?;
         // Start from the bias rows and let the GEMMs accumulate into them: one pass over y.
         let mut y = Vec::with_capacity(n * o);
         for _ in 0..n {
@@ -442,6 +465,50 @@ impl PetLinearOp {
                 Some(y);
         }
         Ok(a)
+    }
+
+    /// `W + V·Uᵀ − V₀·U₀ᵀ` packed for AMX in both directions, computed 32 rows at a time
+    /// inside the packing (each block in cache) instead of stored whole and read back twice.
+    /// Row `j` is `W[j] + Σ_q V[j, q]·Uᵀ[q] − Σ_q V₀[j, q]·U₀ᵀ[q]`, summed in that order.
+    fn packed_effective_weight(&self, k: usize, o: usize, uv: &[f32]) -> Result<PackedWeight> {
+        let r = self.rank;
+        let (u, v) = uv.split_at(k * r);
+        let transpose = |m: &[f32], rows: usize, cols: usize| -> Vec<f32> {
+            let mut t = vec![0f32; rows * cols];
+            for i in 0..rows {
+                for j in 0..cols {
+                    t[j * rows + i] = m[i * cols + j];
+                }
+            }
+            t
+        };
+        let ut = transpose(u, k, r); // [r, in]
+        let off = match &self.offset {
+            Some((u0, v0)) => {
+                let r0 = u0.dim(1)?;
+                let u0 = with_slice(u0, "linear", |s| Ok(s.to_vec()))?;
+                let v0 = with_slice(v0, "linear", |s| Ok(s.to_vec()))?;
+                Some((transpose(&u0, k, r0), v0, r0))
+            }
+            None => None,
+        };
+        with_slice(&self.w, "linear", |w| {
+            let fill = |r0: usize, buf: &mut [f32]| {
+                for (i, dst) in buf.chunks_exact_mut(k).enumerate() {
+                    let row = r0 + i;
+                    dst.copy_from_slice(&w[row * k..(row + 1) * k]);
+                    for q in 0..r {
+                        axpy(dst, v[row * r + q], &ut[q * k..(q + 1) * k]);
+                    }
+                    if let Some((u0t, v0, r0n)) = &off {
+                        for q in 0..*r0n {
+                            axpy(dst, -v0[row * r0n + q], &u0t[q * k..(q + 1) * k]);
+                        }
+                    }
+                }
+            };
+            Ok(PackedWeight::from_rows(o, k, self.keep, &fill))
+        })
     }
 
     /// `W + V·Uᵀ − V₀·U₀ᵀ` [out, in], or `None` without LoRA (then `W` itself is used).
@@ -1083,6 +1150,15 @@ fn column_sums(g: &[f32], rows: usize, cols: usize) -> Vec<f32> {
         add_into(&mut out, p);
     }
     out
+}
+
+multiversion! {
+    /// `y += s·x`.
+    fn axpy(y: &mut [f32], s: f32, x: &[f32]) {
+        for (a, v) in y.iter_mut().zip(x) {
+            *a += s * v;
+        }
+    }
 }
 
 multiversion! {

@@ -209,12 +209,21 @@ fn pet_linear_in_bf16_stays_near_fp32_forward_and_backward() -> Result<()> {
     let b = var(&[o], 33, 1.0);
     let u = var(&[k, 8], 34, 0.5);
     let v = var(&[o, 8], 35, 0.5);
-    for (with_lora, gelu) in [(false, false), (false, true), (true, false), (true, true)] {
+    // The zero-offset init's frozen factors (rank 4 here, not the trained rank).
+    let u0 = Tensor::from_vec(rand(&[k, 4], 36, 0.5), (k, 4), &dev)?;
+    let v0 = Tensor::from_vec(rand(&[o, 4], 37, 0.5), (o, 4), &dev)?;
+    for (with_lora, gelu, offset) in [
+        (false, false, false),
+        (false, true, false),
+        (true, false, false),
+        (true, true, false),
+        (true, true, true),
+    ] {
         let lora = || {
             with_lora.then(|| LoraParts {
                 u: u.as_tensor(),
                 v: v.as_tensor(),
-                offset: None,
+                offset: offset.then_some((&u0, &v0)),
             })
         };
         let packed = (!with_lora).then(|| Arc::new(PackedWeight::from_tensor(&w).unwrap()));
@@ -223,7 +232,7 @@ fn pet_linear_in_bf16_stays_near_fp32_forward_and_backward() -> Result<()> {
         let r = rel(&y16, &y32);
         assert!(
             r < 1e-2 && r > 0.0,
-            "lora {with_lora} gelu {gelu}: forward differs by {r} (0 would mean no bf16)"
+            "lora {with_lora} gelu {gelu} offset {offset}: forward differs by {r} (0 would mean no bf16)"
         );
         let g16 = probe(&y16, 9).backward()?;
         let g32 = probe(&y32, 9).backward()?;
@@ -239,7 +248,7 @@ fn pet_linear_in_bf16_stays_near_fp32_forward_and_backward() -> Result<()> {
             let r = rel(a, c);
             assert!(
                 r < 2e-2,
-                "lora {with_lora} gelu {gelu}: gradient {i} differs by {r}"
+                "lora {with_lora} gelu {gelu} offset {offset}: gradient {i} differs by {r}"
             );
         }
     }

@@ -18,7 +18,7 @@ struct Dropout {
 }
 
 multiversion! {
-    fn dropout_chunk_in_place(x: &mut [f32], seed_mixed: u64, base: u64, p: f32, scale: f32) {
+    pub(super) fn dropout_chunk_in_place(x: &mut [f32], seed_mixed: u64, base: u64, p: f32, scale: f32) {
         for (i, v) in x.iter_mut().enumerate() {
             *v *= keep_scale(seed_mixed, base + i as u64, p, scale);
         }

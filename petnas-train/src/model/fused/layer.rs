@@ -150,6 +150,28 @@ impl LayerOp {
         )
     }
 
+    /// `drop_which(lin_j(x)) + residual`.
+    fn lin_forward_residual(
+        &self,
+        j: usize,
+        x: &[f32],
+        n: usize,
+        params: &[f32],
+        which: usize,
+        residual: &[f32],
+    ) -> Result<Vec<f32>> {
+        let s = self.sections[j];
+        let k = x.len() / n.max(1);
+        self.lin[j].forward_then(
+            x,
+            n,
+            k,
+            &params[s.bias..s.bias + s.out],
+            &params[s.uv..s.uv + s.uv_len],
+            Some((self.drop[which], residual)),
+        )
+    }
+
     /// Backward of linear `j`: writes its bias and LoRA gradients into `dp`, returns dx.
     fn lin_backward(
         &self,
@@ -203,14 +225,13 @@ impl LayerOp {
         let k = self.lin_forward(1, x, n, p)?;
         let v = self.lin_forward(2, x, n, p)?;
         let ctx = self.attn.forward_slices(&q, &k, &v, b, l, h)?;
-        // s1 = drop(ao) + x, summed into ao's buffer (the same additions).
-        let mut s1 = self.dropout(0, self.lin_forward(3, &ctx, n, p)?);
-        add_assign(&mut s1, x);
+        // s1 = drop(ao) + x, summed into ao's buffer (the same additions; on AMX tiles in the
+        // GEMM's epilogue).
+        let s1 = self.lin_forward_residual(3, &ctx, n, p, 0, x)?;
         let (b1, b2) = (self.beta_at[0], self.beta_at[1]);
         let a = ln_forward(&s1, &self.gamma[0], &p[b1..b1 + h], h, self.eps[0]);
         let i = self.lin_forward(4, &a, n, p)?;
-        let mut s2 = self.dropout(1, self.lin_forward(5, &i, n, p)?);
-        add_assign(&mut s2, &a);
+        let s2 = self.lin_forward_residual(5, &i, n, p, 1, &a)?;
         let y = ln_forward(&s2, &self.gamma[1], &p[b2..b2 + h], h, self.eps[1]);
         if self.keep {
             *self.saved.lock().map_err(|_| lock_err())? = Some(Saved {

@@ -29,6 +29,30 @@ type TransposedKernel = fn(&[f32], usize, usize, usize, &[f32], &mut [f32]);
 ///
 /// Arguments: `x` [n, in], `b` [out], and with LoRA `uv` = [U; V] stacked, [(in + out), r], so
 /// that the op has three tensor inputs (candle's limit) while U and V stay separate `Var`s.
+/// What a PET linear's forward applies to `z = x·W'ᵀ + b`; on AMX tiles, in the GEMM's
+/// epilogue while each block of `z` is in cache.
+#[derive(Clone, Copy)]
+pub(super) enum After<'a> {
+    /// `z` itself.
+    Nothing,
+    /// GELU (`z` is kept for backward).
+    Gelu,
+    /// `drop(z) + residual`: the dropout (mixed seed, base counter, p) at counters `base +`
+    /// element index, then the residual added (a post-LN block's `drop(dense(·)) + x`).
+    DropoutAdd(Option<(u64, u64, f32)>, &'a [f32]),
+}
+
+/// `z ← drop(z) + res`, as [`After::DropoutAdd`] does in the epilogue (the same arithmetic per
+/// element: the dropout pass, then the add).
+fn dropout_add(z: &mut [f32], drop: Option<(u64, u64, f32)>, res: &[f32]) {
+    if let Some((sm, base, p)) = drop {
+        super::dropout::dropout_in_place(z, sm, base, p);
+    }
+    z.par_chunks_mut(ELEMS_PER_TASK)
+        .zip(res.par_chunks(ELEMS_PER_TASK))
+        .for_each(|(a, b)| add_into(a, b));
+}
+
 /// A frozen weight `W` [out, in] in bf16, packed once for the GEMMs of both directions.
 pub struct PackedWeight {
     out: usize,
@@ -149,9 +173,13 @@ impl PackedWeight {
         n: usize,
         x: &[f32],
         b: &[f32],
-        gelu: bool,
+        after: After<'_>,
     ) -> (Vec<f32>, Option<Vec<f32>>) {
         let (o, k) = (self.out, self.inp);
+        let gelu = matches!(after, After::Gelu);
+        if let After::DropoutAdd(_, res) = after {
+            assert_eq!(res.len(), n * o, "bf16 forward: residual length");
+        }
         match &self.kind {
             Packed::Tiles { fwd, .. } => {
                 let mut z: Vec<f32> = Vec::with_capacity(n * o);
@@ -164,14 +192,24 @@ impl PackedWeight {
                         // disjoint, and each is passed once.
                         let zr = unsafe { std::slice::from_raw_parts_mut(zp.0.add(r * o + c0), cols) };
                         add_into(zr, &b[c0..c0 + cols]);
-                        if gelu {
-                            let ar = unsafe {
-                                std::slice::from_raw_parts_mut(
-                                    (ap.0 as *mut std::mem::MaybeUninit<f32>).add(r * o + c0),
-                                    cols,
-                                )
-                            };
-                            gelu_fwd_chunk(zr, ar);
+                        match after {
+                            After::Nothing => {}
+                            After::Gelu => {
+                                let ar = unsafe {
+                                    std::slice::from_raw_parts_mut(
+                                        (ap.0 as *mut std::mem::MaybeUninit<f32>).add(r * o + c0),
+                                        cols,
+                                    )
+                                };
+                                gelu_fwd_chunk(zr, ar);
+                            }
+                            After::DropoutAdd(drop, res) => {
+                                let at = r * o + c0;
+                                if let Some((sm, base, p)) = drop {
+                                    dropout_chunk_in_place(zr, sm, base + at as u64, p, 1.0 / (1.0 - p));
+                                }
+                                add_into(zr, &res[at..at + cols]);
+                            }
                         }
                     }
                 };
@@ -191,6 +229,9 @@ impl PackedWeight {
                 }
                 self.forward(n, x, &mut z);
                 let a = gelu.then(|| gelu_forward(&z));
+                if let After::DropoutAdd(drop, res) = after {
+                    dropout_add(&mut z, drop, res);
+                }
                 (z, a)
             }
         }
@@ -365,7 +406,30 @@ impl PetLinearOp {
         b: &[f32],
         uv: &[f32],
     ) -> Result<Vec<f32>> {
+        self.forward_then(x, n, k, b, uv, None)
+    }
+
+    /// [`PetLinearOp::forward`], then with `residual = Some((dropout, r))`, `drop(y) + r`
+    /// (no GELU): in the GEMM's epilogue on AMX tiles, as separate passes otherwise, with the
+    /// same arithmetic per element either way.
+    pub(super) fn forward_then(
+        &self,
+        x: &[f32],
+        n: usize,
+        k: usize,
+        b: &[f32],
+        uv: &[f32],
+        residual: Option<(Option<(u64, u64, f32)>, &[f32])>,
+    ) -> Result<Vec<f32>> {
         let (o, k2) = self.w.dims2()?;
+        if residual.is_some() && self.gelu {
+            bail!("fused linear: a residual after a GELU is not a post-LN block");
+        }
+        if let Some((_, r)) = residual {
+            if r.len() != n * o {
+                bail!("fused linear: residual of {} for [{n}, {o}]", r.len());
+            }
+        }
         if k != k2 || b.len() != o || uv.len() != (k + o) * self.rank {
             bail!(
                 "fused linear: x [{n}, {k}], W [{o}, {k2}], b [{}], uv {} (rank {})",
@@ -392,7 +456,12 @@ impl PetLinearOp {
                 let w = self.effective_weight(k, o, uv)?.expect("LoRA or offset");
                 Arc::new(PackedWeight::new(&w, o, k, self.keep))
             };
-            let (z, a) = packed.forward_bias(n, x, b, self.gelu);
+            let after = match residual {
+                Some((d, r)) => After::DropoutAdd(d, r),
+                None if self.gelu => After::Gelu,
+                None => After::Nothing,
+            };
+            let (z, a) = packed.forward_bias(n, x, b, after);
             if self.keep {
                 *self
                     .saved_packed
@@ -448,7 +517,11 @@ impl PetLinearOp {
                 .map_err(|_| candle_core::Error::Msg("fused linear: poisoned lock".into()))? =
                 w_eff;
         }
-        self.activate(y)
+        let mut y = self.activate(y)?;
+        if let Some((d, r)) = residual {
+            dropout_add(&mut y, d, r);
+        }
+        Ok(y)
     }
 
     /// The output from the pre-activation `y`: GELU (keeping `y` for backward) or `y` itself.

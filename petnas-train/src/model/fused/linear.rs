@@ -689,7 +689,16 @@ impl PetLinearOp {
         } else {
             grad
         };
-        let db = column_sums(g, n, o);
+        // bf16: the bias and LoRA gradients in one blocked pass (fp32 keeps its own sums).
+        let blocked = if self.bf16 && self.rank > 0 {
+            lora_grads_blocked(x, g, n, k, o, uv, self.rank)
+        } else {
+            None
+        };
+        let db = match &blocked {
+            Some(_) => Vec::new(),
+            None => column_sums(g, n, o),
+        };
         let gm = Mat(g.as_ptr(), os, 1);
         let dx = if want_x && self.bf16 {
             let saved = self
@@ -742,6 +751,9 @@ impl PetLinearOp {
         } else {
             None
         };
+        if let Some((db, duv)) = blocked {
+            return Ok((dx, db, duv));
+        }
         let mut duv = Vec::new();
         if self.rank > 0 {
             let r = self.rank;
@@ -869,12 +881,7 @@ impl candle_core::CustomOp3 for PetLinearOp {
 /// `out = a·m` for `a` [rows, k] and a thin `m` [k, r], all row-major; parallel over fixed row
 /// blocks. Ranks 8 and 16 (the search space's) get unrolled kernels; others go through gemm.
 fn rows_times_small(a: &[f32], k: usize, m: &[f32], r: usize, out: &mut [f32]) {
-    let kernel: Option<RowsKernel> = match r {
-        8 => Some(rows_times_small_8),
-        16 => Some(rows_times_small_16),
-        _ => None,
-    };
-    match kernel {
+    match rows_kernel(r) {
         Some(f) => out
             .par_chunks_mut(ROWS_PER_TASK * r)
             .zip(a.par_chunks(ROWS_PER_TASK * k))
@@ -980,26 +987,7 @@ fn transposed_times_small(
     r: usize,
     out: &mut [f32],
 ) {
-    // A multiple of the AVX-512 kernel's passes (48 columns at rank 8, 16 at rank 16).
-    const COLS_PER_TASK: usize = 96;
-    #[cfg(target_arch = "x86_64")]
-    let wide = simd_level() == 4;
-    #[cfg(not(target_arch = "x86_64"))]
-    let wide = false;
-    let kernel: Option<TransposedKernel> = match (r, wide) {
-        #[cfg(target_arch = "x86_64")]
-        (8, true) => Some(|a, rows, cols, c0, b, out| unsafe {
-            transposed_times_small_avx512::<8, 3>(a, rows, cols, c0, b, out)
-        }),
-        #[cfg(target_arch = "x86_64")]
-        (16, true) => Some(|a, rows, cols, c0, b, out| unsafe {
-            transposed_times_small_avx512::<16, 1>(a, rows, cols, c0, b, out)
-        }),
-        (8, _) => Some(transposed_times_small_8),
-        (16, _) => Some(transposed_times_small_16),
-        _ => None,
-    };
-    match kernel {
+    match transposed_kernel(r) {
         Some(f) => out
             .par_chunks_mut(COLS_PER_TASK * r)
             .enumerate()
@@ -1019,6 +1007,114 @@ fn transposed_times_small(
                 parallelism(),
             );
         },
+    }
+}
+
+/// Output columns per task of [`transposed_times_small`]: a multiple of the AVX-512 kernel's
+/// passes (48 columns at rank 8, 16 at rank 16).
+const COLS_PER_TASK: usize = 96;
+
+/// The thin-matrix kernel of [`rows_times_small`] for rank `r`, if there is one.
+fn rows_kernel(r: usize) -> Option<RowsKernel> {
+    match r {
+        8 => Some(rows_times_small_8),
+        16 => Some(rows_times_small_16),
+        _ => None,
+    }
+}
+
+/// Rows per block of [`lora_grads_blocked`]: a block of `g` ([128, 1536] f32 = 768 KiB at
+/// most here) and of `x` stay in L2 between the passes that read them.
+const LORA_ROWS_PER_BLOCK: usize = 128;
+
+/// The bias and LoRA gradients of the bf16 path in one pass over blocks of rows: per block of
+/// rows, `xu = x·U`, `gxu = g·V`, `db += Σ g`, `dV += gᵀ·xu`, `dU += xᵀ·gxu`, each block's
+/// `x` and `g` read from memory once and reused from cache (the fp32 path makes four whole
+/// passes, one per product, and one more for `db`). Blocks are fixed by `n` and their partial
+/// sums added in block order, so the result does not depend on the thread count. Returns
+/// `None` when rank `r` has no thin kernels (the caller then takes the fp32 path's products).
+#[allow(clippy::too_many_arguments)]
+fn lora_grads_blocked(
+    x: &[f32],
+    g: &[f32],
+    n: usize,
+    k: usize,
+    o: usize,
+    uv: &[f32],
+    r: usize,
+) -> Option<(Vec<f32>, Vec<f32>)> {
+    let rk = rows_kernel(r)?;
+    let tk = transposed_kernel(r)?;
+    let (u, v) = uv.split_at(k * r);
+    let blocks = n.div_ceil(LORA_ROWS_PER_BLOCK);
+    // Per block: [db (o) | dU (k·r) | dV (o·r)].
+    let len = o + (k + o) * r;
+    let partial: Vec<Vec<f32>> = (0..blocks)
+        .into_par_iter()
+        .map(|bi| {
+            let r0 = bi * LORA_ROWS_PER_BLOCK;
+            let rows = (n - r0).min(LORA_ROWS_PER_BLOCK);
+            let xb = &x[r0 * k..(r0 + rows) * k];
+            let gb = &g[r0 * o..(r0 + rows) * o];
+            let mut out = vec![0f32; len];
+            let (db, duv) = out.split_at_mut(o);
+            let (du, dv) = duv.split_at_mut(k * r);
+            for row in gb.chunks_exact(o) {
+                add_into(db, row);
+            }
+            let mut xu = vec![0f32; rows * r];
+            let mut gxu = vec![0f32; rows * r];
+            rk(xb, k, u, &mut xu);
+            rk(gb, o, v, &mut gxu);
+            for (t, oc) in dv.chunks_mut(COLS_PER_TASK * r).enumerate() {
+                tk(gb, rows, o, t * COLS_PER_TASK, &xu, oc);
+            }
+            for (t, oc) in du.chunks_mut(COLS_PER_TASK * r).enumerate() {
+                tk(xb, rows, k, t * COLS_PER_TASK, &gxu, oc);
+            }
+            out
+        })
+        .collect();
+    let mut sum = vec![0f32; len];
+    for p in &partial {
+        add_into(&mut sum, p);
+    }
+    let duv = sum.split_off(o);
+    Some((sum, duv))
+}
+
+/// [`lora_grads_blocked`] for tests.
+#[cfg(test)]
+pub(super) fn lora_grads_blocked_for_test(
+    x: &[f32],
+    g: &[f32],
+    n: usize,
+    k: usize,
+    o: usize,
+    uv: &[f32],
+    r: usize,
+) -> Option<(Vec<f32>, Vec<f32>)> {
+    lora_grads_blocked(x, g, n, k, o, uv, r)
+}
+
+/// The kernel of [`transposed_times_small`] for rank `r`, if there is one.
+fn transposed_kernel(r: usize) -> Option<TransposedKernel> {
+    #[cfg(target_arch = "x86_64")]
+    let wide = simd_level() == 4;
+    #[cfg(not(target_arch = "x86_64"))]
+    let wide = false;
+    match (r, wide) {
+        #[cfg(target_arch = "x86_64")]
+        (8, true) => Some(|a, rows, cols, c0, b, out| unsafe {
+            transposed_times_small_avx512::<8, 3>(a, rows, cols, c0, b, out)
+        }),
+        #[cfg(target_arch = "x86_64")]
+        (16, true) => Some(|a, rows, cols, c0, b, out| unsafe {
+            transposed_times_small_avx512::<16, 1>(a, rows, cols, c0, b, out)
+        }),
+        (8, _) => Some(transposed_times_small_8),
+        (16, _) => Some(transposed_times_small_16),
+        _ => None,
     }
 }
 

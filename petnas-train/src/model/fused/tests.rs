@@ -521,3 +521,41 @@ fn the_rows_kernel_gives_the_bits_of_its_plain_loop() {
         );
     }
 }
+
+/// The bf16 path's blocked bias + LoRA gradients equal the plain products in f64 (several
+/// row blocks and a partial one, both ranks with kernels), and do not depend on the thread
+/// count; a rank without kernels is declined.
+#[test]
+fn blocked_lora_gradients_match_the_plain_products() {
+    let (n, k, o) = (300, 40, 70);
+    let x = rand(&[n, k], 41, 1.0);
+    let g = rand(&[n, o], 42, 1.0);
+    for r in [8usize, 16] {
+        let uv = rand(&[k + o, r], 43 + r as u64, 0.5);
+        let (u, v) = uv.split_at(k * r);
+        let (db, duv) = super::linear::lora_grads_blocked_for_test(&x, &g, n, k, o, &uv, r).unwrap();
+        // f64 references: db = Σ_i g_i, dV = gᵀ(xU), dU = xᵀ(gV).
+        let xu: Vec<f64> = (0..n * r).map(|t| (0..k).map(|j| x[t / r * k + j] as f64 * u[j * r + t % r] as f64).sum()).collect();
+        let gxu: Vec<f64> = (0..n * r).map(|t| (0..o).map(|j| g[t / r * o + j] as f64 * v[j * r + t % r] as f64).sum()).collect();
+        let close = |got: f32, want: f64, what: &str| {
+            assert!((got as f64 - want).abs() <= 1e-4 * (1.0 + want.abs()), "rank {r} {what}: {got} vs {want}");
+        };
+        for c in 0..o {
+            close(db[c], (0..n).map(|i| g[i * o + c] as f64).sum(), "db");
+            for t in 0..r {
+                close(duv[k * r + c * r + t], (0..n).map(|i| g[i * o + c] as f64 * xu[i * r + t]).sum(), "dV");
+            }
+        }
+        for c in 0..k {
+            for t in 0..r {
+                close(duv[c * r + t], (0..n).map(|i| x[i * k + c] as f64 * gxu[i * r + t]).sum(), "dU");
+            }
+        }
+        let one = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap();
+        let (db1, duv1) = one.install(|| super::linear::lora_grads_blocked_for_test(&x, &g, n, k, o, &uv, r).unwrap());
+        assert!(db1.iter().zip(&db).all(|(a, b)| a.to_bits() == b.to_bits()), "rank {r}: db depends on threads");
+        assert!(duv1.iter().zip(&duv).all(|(a, b)| a.to_bits() == b.to_bits()), "rank {r}: d[U; V] depends on threads");
+    }
+    let uv = rand(&[k + o, 5], 50, 0.5);
+    assert!(super::linear::lora_grads_blocked_for_test(&x, &g, n, k, o, &uv, 5).is_none());
+}

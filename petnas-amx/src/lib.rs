@@ -725,6 +725,65 @@ pub fn gemm_bf16(
 /// lies in exactly one region, and each region is passed exactly once, after its last write.
 pub type Epilogue<'a> = &'a (dyn Fn(usize, usize, usize, usize) + Sync);
 
+/// Where each finished region of C goes, for [`gemm_bf16_store`]: `store` receives the
+/// computed values and writes C itself, so that a bias add or an activation runs on the way out
+/// of the accumulators instead of as a second pass over C.
+pub trait Store: Sync {
+    /// Called before the products of rows `r0..r0 + rows`, columns `c0..c0 + cols` are computed,
+    /// on the thread that will store them (e.g. to prefetch what `store` will read).
+    fn prepare(&self, _r0: usize, _rows: usize, _c0: usize, _cols: usize) {}
+    /// The finished region: `src[i·lds + j]` is C(r0 + i, c0 + j) as computed (after
+    /// accumulation); the implementation must write C there. Each element of C lies in exactly
+    /// one region, passed once.
+    fn store(&self, r0: usize, rows: usize, c0: usize, cols: usize, src: &[f32], lds: usize);
+}
+
+/// How a task finishes a region of C.
+#[derive(Clone, Copy)]
+enum Finish<'a> {
+    /// Plain: C holds the products.
+    Copy,
+    /// The products into C, then the hook on C.
+    Epilogue(Epilogue<'a>),
+    /// The products handed to the store, which writes C.
+    Store(&'a dyn Store),
+}
+
+/// [`gemm_bf16`] with C written by `store` from each finished region (see [`Store`]).
+#[allow(clippy::too_many_arguments)]
+pub fn gemm_bf16_store(
+    m: usize,
+    n: usize,
+    k: usize,
+    a: &[f32],
+    lda: usize,
+    b: &PackedB,
+    c: &mut [f32],
+    ldc: usize,
+    accumulate: bool,
+    store: &dyn Store,
+) {
+    gemm_impl(selected_backend(), m, n, k, a, lda, b, c, ldc, accumulate, Finish::Store(store))
+}
+
+/// [`gemm_bf16_store`] on an explicit backend (for tests). Panics if it is unavailable.
+#[allow(clippy::too_many_arguments)]
+pub fn gemm_bf16_store_with(
+    backend: Backend,
+    m: usize,
+    n: usize,
+    k: usize,
+    a: &[f32],
+    lda: usize,
+    b: &PackedB,
+    c: &mut [f32],
+    ldc: usize,
+    accumulate: bool,
+    store: &dyn Store,
+) {
+    gemm_impl(backend, m, n, k, a, lda, b, c, ldc, accumulate, Finish::Store(store))
+}
+
 /// [`gemm_bf16`], then `epilogue` on every finished region of C (a bias add, an activation):
 /// one pass over C fewer than a separate elementwise op, and on data still in cache.
 #[allow(clippy::too_many_arguments)]
@@ -740,7 +799,7 @@ pub fn gemm_bf16_epilogue(
     accumulate: bool,
     epilogue: Epilogue<'_>,
 ) {
-    gemm_impl(selected_backend(), m, n, k, a, lda, b, c, ldc, accumulate, Some(epilogue))
+    gemm_impl(selected_backend(), m, n, k, a, lda, b, c, ldc, accumulate, Finish::Epilogue(epilogue))
 }
 
 /// [`gemm_bf16`] on an explicit backend (for tests/benchmarks). Panics if it is unavailable.
@@ -757,7 +816,7 @@ pub fn gemm_bf16_with(
     ldc: usize,
     accumulate: bool,
 ) {
-    gemm_impl(backend, m, n, k, a, lda, b, c, ldc, accumulate, None)
+    gemm_impl(backend, m, n, k, a, lda, b, c, ldc, accumulate, Finish::Copy)
 }
 
 /// [`gemm_bf16_epilogue`] on an explicit backend (for tests). Panics if it is unavailable.
@@ -775,7 +834,7 @@ pub fn gemm_bf16_epilogue_with(
     accumulate: bool,
     epilogue: Epilogue<'_>,
 ) {
-    gemm_impl(backend, m, n, k, a, lda, b, c, ldc, accumulate, Some(epilogue))
+    gemm_impl(backend, m, n, k, a, lda, b, c, ldc, accumulate, Finish::Epilogue(epilogue))
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -790,7 +849,7 @@ fn gemm_impl(
     c: &mut [f32],
     ldc: usize,
     accumulate: bool,
-    epilogue: Option<Epilogue<'_>>,
+    finish: Finish<'_>,
 ) {
     assert!(
         backend.is_available(),
@@ -816,8 +875,14 @@ fn gemm_impl(
                 c[i * ldc..i * ldc + n].fill(0.0);
             }
         }
-        if let Some(e) = epilogue {
-            e(0, m, 0, n);
+        match finish {
+            Finish::Copy => {}
+            Finish::Epilogue(e) => e(0, m, 0, n),
+            Finish::Store(st) => {
+                st.prepare(0, m, 0, n);
+                let src: Vec<f32> = (0..m).flat_map(|i| c[i * ldc..i * ldc + n].to_vec()).collect();
+                st.store(0, m, 0, n, &src, n);
+            }
         }
         return;
     }
@@ -859,31 +924,45 @@ fn gemm_impl(
             let c1 = (c0 + nb).min(n_tiles * TN);
             let blk = Block { r0, r1, c0, c1 };
             // The whole block's region, for the paths that finish a block at once.
-            let whole = |e: Epilogue<'_>| {
-                let rows = r1.min(m).saturating_sub(r0);
-                let cols = c1.min(n).saturating_sub(c0);
-                if rows > 0 && cols > 0 {
-                    e(r0, rows, c0, cols);
+            let rows = r1.min(m).saturating_sub(r0);
+            let cols = c1.min(n).saturating_sub(c0);
+            let whole = |c: *mut f32| unsafe {
+                if rows == 0 || cols == 0 {
+                    return;
+                }
+                match finish {
+                    Finish::Copy => {}
+                    Finish::Epilogue(e) => e(r0, rows, c0, cols),
+                    Finish::Store(st) => {
+                        // The block as computed, then the store writes C.
+                        let mut src = Vec::with_capacity(rows * cols);
+                        for i in 0..rows {
+                            let row = std::slice::from_raw_parts(c.add((r0 + i) * ldc + c0), cols);
+                            src.extend_from_slice(row);
+                        }
+                        st.store(r0, rows, c0, cols, &src, cols);
+                    }
                 }
             };
+            if let (Finish::Store(st), false) = (finish, matches!(backend, Backend::Amx)) {
+                if rows > 0 && cols > 0 {
+                    st.prepare(r0, rows, c0, cols);
+                }
+            }
             unsafe {
                 match backend {
                     #[cfg(target_arch = "x86_64")]
-                    Backend::Amx => x86::amx_task(&g, &blk, &apack, bp.get(), cp.get(), epilogue),
+                    Backend::Amx => x86::amx_task(&g, &blk, &apack, bp.get(), cp.get(), finish),
                     #[cfg(target_arch = "x86_64")]
                     Backend::Avx512Bf16 => {
                         apack.ensure_rows(r0, r1);
                         x86::bf16_task(&g, &blk, apack.buf, bp.get(), cp.get());
-                        if let Some(e) = epilogue {
-                            whole(e);
-                        }
+                        whole(cp.get());
                     }
                     _ => {
                         apack.ensure_rows(r0, r1);
                         fp32_task(&g, &blk, apack.buf, bp.get(), cp.get());
-                        if let Some(e) = epilogue {
-                            whole(e);
-                        }
+                        whole(cp.get());
                     }
                 }
             }
@@ -1273,7 +1352,7 @@ mod x86 {
         apack: &APack,
         bp: *const u16,
         c: *mut f32,
-        epilogue: Option<Epilogue<'_>>,
+        finish: Finish<'_>,
     ) {
         let width = blk.c1 - blk.c0; // multiple of 32
         let stripe_len_u16 = 2 * 32 * (width + 16);
@@ -1283,7 +1362,7 @@ mod x86 {
             _ => AlignedBuf::new_zeroed(stripe_len_u16),
         };
         let sp = buf.ptr as *mut f32;
-        amx_task_inner(g, blk, apack, bp, c, sp, width, epilogue);
+        amx_task_inner(g, blk, apack, bp, c, sp, width, finish);
         STRIPE.with(|s| *s.borrow_mut() = Some(buf));
     }
 
@@ -1297,7 +1376,7 @@ mod x86 {
         c: *mut f32,
         sp: *mut f32,
         width: usize,
-        epilogue: Option<Epilogue<'_>>,
+        finish: Finish<'_>,
     ) {
         let ap = apack.buf as *const u16;
         asm!("ldtilecfg [{}]", in(reg) &TILE_CFG as *const TileCfg, options(nostack, readonly, preserves_flags));
@@ -1310,6 +1389,9 @@ mod x86 {
         let mut rr = blk.r0;
         while rr < blk.r1 && rr < g.m {
             let vr = (g.m - rr).min(32);
+            if let Finish::Store(st) = finish {
+                st.prepare(rr, vr, blk.c0, ncols);
+            }
             apack.ensure(rr / 32);
             let crow = c.add(rr * g.ldc + blk.c0);
             if g.accumulate {
@@ -1333,9 +1415,16 @@ mod x86 {
                 kc0 += nk;
             }
             // Burst copy-out (measured faster than interleaving the stores with the tile work).
-            copy_rows(sp, sld, crow, g.ldc, vr, ncols);
-            if let Some(e) = epilogue {
-                e(rr, vr, blk.c0, ncols);
+            match finish {
+                Finish::Copy => copy_rows(sp, sld, crow, g.ldc, vr, ncols),
+                Finish::Epilogue(e) => {
+                    copy_rows(sp, sld, crow, g.ldc, vr, ncols);
+                    e(rr, vr, blk.c0, ncols);
+                }
+                Finish::Store(st) => {
+                    let src = std::slice::from_raw_parts(sp, (vr - 1) * sld + ncols);
+                    st.store(rr, vr, blk.c0, ncols, src, sld);
+                }
             }
             rr += 32;
         }

@@ -536,3 +536,75 @@ fn packing_from_row_blocks_equals_packing_the_whole_matrix() {
         assert!(none.is_none());
     }
 }
+
+/// A store sees every element of C exactly once, as computed (accumulation included), and
+/// what it writes is what C holds; `prepare` announces each region before its store.
+#[test]
+fn store_receives_each_finished_element_once_and_writes_c() {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    struct BiasStore<'a> {
+        c: usize,
+        ldc: usize,
+        m: usize,
+        n: usize,
+        bias: &'a [f32],
+        visits: &'a [AtomicU32],
+        prepared: &'a [AtomicU32],
+    }
+    impl Store for BiasStore<'_> {
+        fn prepare(&self, r0: usize, rows: usize, c0: usize, cols: usize) {
+            for r in r0..r0 + rows {
+                for j in c0..c0 + cols {
+                    self.prepared[r * self.ldc + j].fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+        fn store(&self, r0: usize, rows: usize, c0: usize, cols: usize, src: &[f32], lds: usize) {
+            assert!(r0 + rows <= self.m && c0 + cols <= self.n, "region outside C");
+            for i in 0..rows {
+                for j in 0..cols {
+                    let at = (r0 + i) * self.ldc + c0 + j;
+                    assert_eq!(self.prepared[at].load(Ordering::Relaxed), 1, "stored before prepared");
+                    self.visits[at].fetch_add(1, Ordering::Relaxed);
+                    // SAFETY: regions are disjoint (checked by the visit counts).
+                    unsafe { *(self.c as *mut f32).add(at) = src[i * lds + j] + self.bias[c0 + j] };
+                }
+            }
+        }
+    }
+    let mut rng = Rng(8);
+    for bk in backends() {
+        let shapes: &[(usize, usize, usize)] = if bk == Backend::Fp32 {
+            &[(37, 70, 33), (1, 5, 3)]
+        } else {
+            &[(300, 1600, 1100), (517, 771, 555), (37, 70, 33), (1, 5, 3)]
+        };
+        for &(m, n, k) in shapes {
+            let ldc = n + 3;
+            let a = rng.vec(m * k);
+            let pb = BMat::new(&mut rng, k, n, 0).pack();
+            let bias = rng.vec(n);
+            for accumulate in [false, true] {
+                let c0 = rng.vec(m * ldc);
+                let mut plain = c0.clone();
+                gemm_bf16_with(bk, m, n, k, &a, k, &pb, &mut plain, ldc, accumulate);
+                let mut c = c0.clone();
+                let visits: Vec<AtomicU32> = (0..m * ldc).map(|_| AtomicU32::new(0)).collect();
+                let prepared: Vec<AtomicU32> = (0..m * ldc).map(|_| AtomicU32::new(0)).collect();
+                let st = BiasStore { c: c.as_mut_ptr() as usize, ldc, m, n, bias: &bias, visits: &visits, prepared: &prepared };
+                gemm_bf16_store_with(bk, m, n, k, &a, k, &pb, &mut c, ldc, accumulate, &st);
+                for r in 0..m {
+                    for j in 0..ldc {
+                        let i = r * ldc + j;
+                        if j < n {
+                            assert_eq!(visits[i].load(Ordering::Relaxed), 1, "{bk:?} {m}x{n}x{k} ({r}, {j}) visits");
+                            assert_eq!(c[i].to_bits(), (plain[i] + bias[j]).to_bits(), "{bk:?} {m}x{n}x{k} ({r}, {j})");
+                        } else {
+                            assert_eq!(c[i].to_bits(), c0[i].to_bits(), "column past n touched");
+                        }
+                    }
+                }
+            }
+        }
+    }
+}

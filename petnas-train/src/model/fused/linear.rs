@@ -42,6 +42,100 @@ pub(super) enum After<'a> {
     DropoutAdd(Option<(u64, u64, f32)>, &'a [f32]),
 }
 
+/// Prefetches the [rows × cols] block at `p` (row stride `ld`) towards L2, so that a store
+/// that reads it finds it there after the block's products.
+#[inline]
+fn prefetch_block(p: *const f32, ld: usize, rows: usize, cols: usize) {
+    #[cfg(target_arch = "x86_64")]
+    unsafe {
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T1};
+        for i in 0..rows {
+            let row = p.wrapping_add(i * ld);
+            let mut j = 0;
+            while j < cols {
+                _mm_prefetch::<_MM_HINT_T1>(row.wrapping_add(j) as *const i8);
+                j += 16;
+            }
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (p, ld, rows, cols);
+}
+
+/// The bf16 forward's store: `z = products + b`, then [`After`], written from the AMX
+/// accumulators' copy straight into `z` (and `a`).
+struct BiasStore<'a> {
+    z: SendPtr,
+    a: SendPtr,
+    o: usize,
+    b: &'a [f32],
+    after: After<'a>,
+}
+
+impl petnas_amx::Store for BiasStore<'_> {
+    fn prepare(&self, r0: usize, rows: usize, c0: usize, cols: usize) {
+        if let After::DropoutAdd(_, res) = self.after {
+            prefetch_block(res[r0 * self.o + c0..].as_ptr(), self.o, rows, cols);
+        }
+    }
+
+    fn store(&self, r0: usize, rows: usize, c0: usize, cols: usize, src: &[f32], lds: usize) {
+        let o = self.o;
+        for i in 0..rows {
+            let at = (r0 + i) * o + c0;
+            // SAFETY: regions are disjoint and each is stored once; z was allocated for n·o.
+            let zr = unsafe { std::slice::from_raw_parts_mut(self.z.0.add(at), cols) };
+            sum_into(zr, &src[i * lds..i * lds + cols], &self.b[c0..c0 + cols]);
+            match self.after {
+                After::Nothing => {}
+                After::Gelu => {
+                    let ar = unsafe {
+                        std::slice::from_raw_parts_mut(
+                            (self.a.0 as *mut std::mem::MaybeUninit<f32>).add(at),
+                            cols,
+                        )
+                    };
+                    gelu_fwd_chunk(zr, ar);
+                }
+                After::DropoutAdd(drop, res) => {
+                    if let Some((sm, base, p)) = drop {
+                        dropout_chunk_in_place(zr, sm, base + at as u64, p, 1.0 / (1.0 - p));
+                    }
+                    add_into(zr, &res[at..at + cols]);
+                }
+            }
+        }
+    }
+}
+
+/// The store of a dx GEMM followed by the GELU that produced this linear's input:
+/// `dx = products ⊙ GELU'(z)` ([`gelu_bwd_chunk`]'s arithmetic), `z` prefetched per region.
+struct GeluBackwardStore<'a> {
+    dx: SendPtr,
+    k: usize,
+    z: &'a [f32],
+}
+
+impl petnas_amx::Store for GeluBackwardStore<'_> {
+    fn prepare(&self, r0: usize, rows: usize, c0: usize, cols: usize) {
+        prefetch_block(self.z[r0 * self.k + c0..].as_ptr(), self.k, rows, cols);
+    }
+
+    fn store(&self, r0: usize, rows: usize, c0: usize, cols: usize, src: &[f32], lds: usize) {
+        for i in 0..rows {
+            let at = (r0 + i) * self.k + c0;
+            // SAFETY: disjoint regions, each stored once; dx was allocated for n·k.
+            let d = unsafe {
+                std::slice::from_raw_parts_mut(
+                    (self.dx.0 as *mut std::mem::MaybeUninit<f32>).add(at),
+                    cols,
+                )
+            };
+            gelu_bwd_chunk(&self.z[at..at + cols], &src[i * lds..i * lds + cols], d);
+        }
+    }
+}
+
 /// `z ← drop(z) + res`, as [`After::DropoutAdd`] does in the epilogue (the same arithmetic per
 /// element: the dropout pass, then the add).
 fn dropout_add(z: &mut [f32], drop: Option<(u64, u64, f32)>, res: &[f32]) {
@@ -184,39 +278,17 @@ impl PackedWeight {
             Packed::Tiles { fwd, .. } => {
                 let mut z: Vec<f32> = Vec::with_capacity(n * o);
                 let mut a: Vec<f32> = Vec::with_capacity(if gelu { n * o } else { 0 });
-                let (zp, ap) = (SendPtr(z.as_mut_ptr()), SendPtr(a.as_mut_ptr()));
-                let epilogue = |r0: usize, rows: usize, c0: usize, cols: usize| {
-                    let (zp, ap) = (zp, ap);
-                    for r in r0..r0 + rows {
-                        // SAFETY: the region's rows of z were written by the GEMM; regions are
-                        // disjoint, and each is passed once.
-                        let zr = unsafe { std::slice::from_raw_parts_mut(zp.0.add(r * o + c0), cols) };
-                        add_into(zr, &b[c0..c0 + cols]);
-                        match after {
-                            After::Nothing => {}
-                            After::Gelu => {
-                                let ar = unsafe {
-                                    std::slice::from_raw_parts_mut(
-                                        (ap.0 as *mut std::mem::MaybeUninit<f32>).add(r * o + c0),
-                                        cols,
-                                    )
-                                };
-                                gelu_fwd_chunk(zr, ar);
-                            }
-                            After::DropoutAdd(drop, res) => {
-                                let at = r * o + c0;
-                                if let Some((sm, base, p)) = drop {
-                                    dropout_chunk_in_place(zr, sm, base + at as u64, p, 1.0 / (1.0 - p));
-                                }
-                                add_into(zr, &res[at..at + cols]);
-                            }
-                        }
-                    }
+                let st = BiasStore {
+                    z: SendPtr(z.as_mut_ptr()),
+                    a: SendPtr(a.as_mut_ptr()),
+                    o,
+                    b,
+                    after,
                 };
-                // SAFETY: the non-accumulating GEMM writes every element of z before the
-                // epilogue reads it, and the epilogue writes every element of a.
+                // SAFETY: the store writes every element of z (and with GELU of a), each once,
+                // before anything reads them.
                 unsafe { z.set_len(n * o) };
-                petnas_amx::gemm_bf16_epilogue(n, o, k, x, k, fwd, &mut z, o, false, &epilogue);
+                petnas_amx::gemm_bf16_store(n, o, k, x, k, fwd, &mut z, o, false, &st);
                 if gelu {
                     unsafe { a.set_len(n * o) };
                 }
@@ -264,17 +336,12 @@ impl PackedWeight {
                 unsafe { dx.set_len(n * k) };
                 match z {
                     Some(z) => {
-                        let dp = SendPtr(dx.as_mut_ptr());
-                        let epilogue = |r0: usize, rows: usize, c0: usize, cols: usize| {
-                            let dp = dp;
-                            for r in r0..r0 + rows {
-                                let at = r * k + c0;
-                                // SAFETY: disjoint regions, each passed once after its writes.
-                                let d = unsafe { std::slice::from_raw_parts_mut(dp.0.add(at), cols) };
-                                gelu_bwd_in_place(&z[at..at + cols], d);
-                            }
+                        let st = GeluBackwardStore {
+                            dx: SendPtr(dx.as_mut_ptr()),
+                            k,
+                            z,
                         };
-                        petnas_amx::gemm_bf16_epilogue(n, k, o, g, o, bwd, &mut dx, k, false, &epilogue)
+                        petnas_amx::gemm_bf16_store(n, k, o, g, o, bwd, &mut dx, k, false, &st)
                     }
                     None => petnas_amx::gemm_bf16(n, k, o, g, o, bwd, &mut dx, k, false),
                 }
@@ -1319,6 +1386,15 @@ fn column_sums(g: &[f32], rows: usize, cols: usize) -> Vec<f32> {
         add_into(&mut out, p);
     }
     out
+}
+
+multiversion! {
+    /// `o = x + y`.
+    fn sum_into(o: &mut [f32], x: &[f32], y: &[f32]) {
+        for ((o, a), b) in o.iter_mut().zip(x).zip(y) {
+            *o = a + b;
+        }
+    }
 }
 
 multiversion! {

@@ -433,7 +433,8 @@ impl PackedB {
     /// Packs a matrix `W` [rows × cols] in both GEMM directions at once, from rows that
     /// `fill` produces 32 at a time: `fwd` is `Wᵀ` as B [k = cols, n = rows] (for `y = x·Wᵀ`),
     /// and with `with_backward`, `bwd` is `W` as B [k = rows, n = cols] (for `dx = g·W`).
-    /// `fill(r0, buf)` writes rows `r0..r0 + buf.len() / cols` of `W` into `buf` (row-major).
+    /// `fill(r0, buf)` must write all of `buf`: rows `r0..r0 + buf.len() / cols` of `W`
+    /// (row-major; the buffer is reused, so anything left unwritten would be packed).
     /// Each block of rows is filled once and packed while it is in cache, and `W` is never
     /// stored whole: for a weight computed every step (`W + V·Uᵀ` under LoRA) this saves
     /// writing it out and reading it back twice. The result equals [`PackedB::pack`] of the
@@ -468,8 +469,10 @@ impl PackedB {
         (0..rows.div_ceil(32)).into_par_iter().for_each(|t| {
             let r0 = 32 * t;
             let nr = (rows - r0).min(32);
-            ROWS_BUF.with(|cell| {
-                let mut buf = cell.borrow_mut();
+            // Taken out of the cell while in use, so a `fill` that re-enters (through rayon)
+            // gets a fresh buffer instead of a borrow panic.
+            let mut buf = ROWS_BUF.with(|cell| std::mem::take(&mut *cell.borrow_mut()));
+            {
                 if buf.len() < nr * cols {
                     buf.resize(nr * cols, 0.0);
                 }
@@ -500,7 +503,8 @@ impl PackedB {
                 }
                 #[cfg(not(target_arch = "x86_64"))]
                 let _ = (base, fk_tiles, fd, bgeom);
-            });
+            }
+            ROWS_BUF.with(|cell| *cell.borrow_mut() = buf);
         });
         (fwd, bwd)
     }
@@ -723,19 +727,36 @@ pub fn gemm_bf16(
 /// A hook run on each finished region of C by the task that computed it, while the region is
 /// still in that core's cache: `(r0, rows, c0, cols)` in C's coordinates. Every element of C
 /// lies in exactly one region, and each region is passed exactly once, after its last write.
+/// Like [`Store`]'s methods it must not call into rayon or use AMX.
 pub type Epilogue<'a> = &'a (dyn Fn(usize, usize, usize, usize) + Sync);
 
 /// Where each finished region of C goes, for [`gemm_bf16_store`]: `store` receives the
 /// computed values and writes C itself, so that a bias add or an activation runs on the way out
 /// of the accumulators instead of as a second pass over C.
+///
+/// Hooks run on the GEMM's worker threads between its tile instructions: they must not call
+/// into rayon (a stolen task of the same GEMM would release the tiles under it) or use AMX.
 pub trait Store: Sync {
     /// Called before the products of rows `r0..r0 + rows`, columns `c0..c0 + cols` are computed,
     /// on the thread that will store them (e.g. to prefetch what `store` will read).
     fn prepare(&self, _r0: usize, _rows: usize, _c0: usize, _cols: usize) {}
     /// The finished region: `src[i·lds + j]` is C(r0 + i, c0 + j) as computed (after
-    /// accumulation); the implementation must write C there. Each element of C lies in exactly
-    /// one region, passed once.
-    fn store(&self, r0: usize, rows: usize, c0: usize, cols: usize, src: &[f32], lds: usize);
+    /// accumulation). The implementation must write every C(r0 + i, c0 + j) of the region, at
+    /// `c.add((r0 + i)·ldc + c0 + j)` (`c`: C's first element, derived from the `&mut` the GEMM
+    /// was given, so writing through it is the GEMM's own write). Each element of C lies in
+    /// exactly one region, passed once.
+    #[allow(clippy::too_many_arguments)]
+    fn store(
+        &self,
+        r0: usize,
+        rows: usize,
+        c0: usize,
+        cols: usize,
+        src: &[f32],
+        lds: usize,
+        c: *mut f32,
+        ldc: usize,
+    );
 }
 
 /// How a task finishes a region of C.
@@ -881,7 +902,7 @@ fn gemm_impl(
             Finish::Store(st) => {
                 st.prepare(0, m, 0, n);
                 let src: Vec<f32> = (0..m).flat_map(|i| c[i * ldc..i * ldc + n].to_vec()).collect();
-                st.store(0, m, 0, n, &src, n);
+                st.store(0, m, 0, n, &src, n, c.as_mut_ptr(), ldc);
             }
         }
         return;
@@ -940,7 +961,7 @@ fn gemm_impl(
                             let row = std::slice::from_raw_parts(c.add((r0 + i) * ldc + c0), cols);
                             src.extend_from_slice(row);
                         }
-                        st.store(r0, rows, c0, cols, &src, cols);
+                        st.store(r0, rows, c0, cols, &src, cols, c, ldc);
                     }
                 }
             };
@@ -1391,6 +1412,7 @@ mod x86 {
             let vr = (g.m - rr).min(32);
             if let Finish::Store(st) = finish {
                 st.prepare(rr, vr, blk.c0, ncols);
+                asm!("ldtilecfg [{}]", in(reg) &TILE_CFG as *const TileCfg, options(nostack, readonly, preserves_flags));
             }
             apack.ensure(rr / 32);
             let crow = c.add(rr * g.ldc + blk.c0);
@@ -1423,8 +1445,12 @@ mod x86 {
                 }
                 Finish::Store(st) => {
                     let src = std::slice::from_raw_parts(sp, (vr - 1) * sld + ncols);
-                    st.store(rr, vr, blk.c0, ncols, src, sld);
+                    st.store(rr, vr, blk.c0, ncols, src, sld, c, g.ldc);
                 }
+            }
+            if !matches!(finish, Finish::Copy) {
+                // A hook is user code: restore the tile config in case it ran AMX code.
+                asm!("ldtilecfg [{}]", in(reg) &TILE_CFG as *const TileCfg, options(nostack, readonly, preserves_flags));
             }
             rr += 32;
         }

@@ -559,15 +559,16 @@ fn store_receives_each_finished_element_once_and_writes_c() {
                 }
             }
         }
-        fn store(&self, r0: usize, rows: usize, c0: usize, cols: usize, src: &[f32], lds: usize) {
+        fn store(&self, r0: usize, rows: usize, c0: usize, cols: usize, src: &[f32], lds: usize, c: *mut f32, ldc: usize) {
             assert!(r0 + rows <= self.m && c0 + cols <= self.n, "region outside C");
+            assert_eq!((c as usize, ldc), (self.c, self.ldc), "C as the GEMM was given it");
             for i in 0..rows {
                 for j in 0..cols {
                     let at = (r0 + i) * self.ldc + c0 + j;
                     assert_eq!(self.prepared[at].load(Ordering::Relaxed), 1, "stored before prepared");
                     self.visits[at].fetch_add(1, Ordering::Relaxed);
                     // SAFETY: regions are disjoint (checked by the visit counts).
-                    unsafe { *(self.c as *mut f32).add(at) = src[i * lds + j] + self.bias[c0 + j] };
+                    unsafe { *c.add(at) = src[i * lds + j] + self.bias[c0 + j] };
                 }
             }
         }

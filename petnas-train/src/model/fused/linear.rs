@@ -18,19 +18,8 @@ type RowsKernel = fn(&[f32], usize, &[f32], &mut [f32]);
 /// A thin-matrix kernel: (a, rows, cols, first column, b, out) for [`transposed_times_small`].
 type TransposedKernel = fn(&[f32], usize, usize, usize, &[f32], &mut [f32]);
 
-/// A PET linear layer as one op: frozen base weight, trainable bias, optional LoRA factors and
-/// optional GELU. Why one op:
-/// - candle's matmul backward computes `xᵀ·grad` for `W` even when `W` is a plain tensor, and
-///   throws it away: a third of a PET step's GEMM work;
-/// - composed, the LoRA branch adds an [n, out] product and a full-size add in forward, and in
-///   backward a zero-fill plus an add of [n, out] or [n, in] per graph edge (six of them), while
-///   its own FLOPs are tiny (rank 8);
-/// - fusing the GELU that follows the FFN's first dense saves one more [n, 4h] edge.
-///
-/// Arguments: `x` [n, in], `b` [out], and with LoRA `uv` = [U; V] stacked, [(in + out), r], so
-/// that the op has three tensor inputs (candle's limit) while U and V stay separate `Var`s.
 /// What a PET linear's forward applies to `z = x·W'ᵀ + b`; on AMX tiles, in the GEMM's
-/// epilogue while each block of `z` is in cache.
+/// store as each block of products leaves the accumulators.
 #[derive(Clone, Copy)]
 pub(super) enum After<'a> {
     /// `z` itself.
@@ -65,7 +54,6 @@ fn prefetch_block(p: *const f32, ld: usize, rows: usize, cols: usize) {
 /// The bf16 forward's store: `z = products + b`, then [`After`], written from the AMX
 /// accumulators' copy straight into `z` (and `a`).
 struct BiasStore<'a> {
-    z: SendPtr,
     a: SendPtr,
     o: usize,
     b: &'a [f32],
@@ -79,12 +67,23 @@ impl petnas_amx::Store for BiasStore<'_> {
         }
     }
 
-    fn store(&self, r0: usize, rows: usize, c0: usize, cols: usize, src: &[f32], lds: usize) {
+    fn store(
+        &self,
+        r0: usize,
+        rows: usize,
+        c0: usize,
+        cols: usize,
+        src: &[f32],
+        lds: usize,
+        z: *mut f32,
+        ldz: usize,
+    ) {
         let o = self.o;
+        debug_assert_eq!(ldz, o);
         for i in 0..rows {
             let at = (r0 + i) * o + c0;
-            // SAFETY: regions are disjoint and each is stored once; z was allocated for n·o.
-            let zr = unsafe { std::slice::from_raw_parts_mut(self.z.0.add(at), cols) };
+            // SAFETY: z is the GEMM's C [n, o]; regions are disjoint and each is stored once.
+            let zr = unsafe { std::slice::from_raw_parts_mut(z.add(at), cols) };
             sum_into(zr, &src[i * lds..i * lds + cols], &self.b[c0..c0 + cols]);
             match self.after {
                 After::Nothing => {}
@@ -111,7 +110,6 @@ impl petnas_amx::Store for BiasStore<'_> {
 /// The store of a dx GEMM followed by the GELU that produced this linear's input:
 /// `dx = products ⊙ GELU'(z)` ([`gelu_bwd_chunk`]'s arithmetic), `z` prefetched per region.
 struct GeluBackwardStore<'a> {
-    dx: SendPtr,
     k: usize,
     z: &'a [f32],
 }
@@ -121,13 +119,24 @@ impl petnas_amx::Store for GeluBackwardStore<'_> {
         prefetch_block(self.z[r0 * self.k + c0..].as_ptr(), self.k, rows, cols);
     }
 
-    fn store(&self, r0: usize, rows: usize, c0: usize, cols: usize, src: &[f32], lds: usize) {
+    fn store(
+        &self,
+        r0: usize,
+        rows: usize,
+        c0: usize,
+        cols: usize,
+        src: &[f32],
+        lds: usize,
+        dx: *mut f32,
+        ldx: usize,
+    ) {
+        debug_assert_eq!(ldx, self.k);
         for i in 0..rows {
             let at = (r0 + i) * self.k + c0;
-            // SAFETY: disjoint regions, each stored once; dx was allocated for n·k.
+            // SAFETY: dx is the GEMM's C [n, k]; disjoint regions, each stored once.
             let d = unsafe {
                 std::slice::from_raw_parts_mut(
-                    (self.dx.0 as *mut std::mem::MaybeUninit<f32>).add(at),
+                    (dx as *mut std::mem::MaybeUninit<f32>).add(at),
                     cols,
                 )
             };
@@ -260,8 +269,9 @@ impl PackedWeight {
     }
 
     /// `z = bf16(x)·bf16(W)ᵀ + b` for `x` [n, in] and, with `gelu`, `(z, GELU(z))`; else `(z,
-    /// None)`. On AMX tiles the bias add and the GELU run in the GEMM's epilogue, on each block
-    /// of `z` while it is still in cache; elsewhere `z` starts from the bias rows.
+    /// None)`. In the tile layout the bias add and the GELU run in the GEMM's store, on each
+    /// block of products as it leaves the accumulators; in the rounded-f32 layout `z` starts
+    /// from the bias rows and the GELU is a separate pass.
     pub(super) fn forward_bias(
         &self,
         n: usize,
@@ -279,7 +289,6 @@ impl PackedWeight {
                 let mut z: Vec<f32> = Vec::with_capacity(n * o);
                 let mut a: Vec<f32> = Vec::with_capacity(if gelu { n * o } else { 0 });
                 let st = BiasStore {
-                    z: SendPtr(z.as_mut_ptr()),
                     a: SendPtr(a.as_mut_ptr()),
                     o,
                     b,
@@ -336,11 +345,7 @@ impl PackedWeight {
                 unsafe { dx.set_len(n * k) };
                 match z {
                     Some(z) => {
-                        let st = GeluBackwardStore {
-                            dx: SendPtr(dx.as_mut_ptr()),
-                            k,
-                            z,
-                        };
+                        let st = GeluBackwardStore { k, z };
                         petnas_amx::gemm_bf16_store(n, k, o, g, o, bwd, &mut dx, k, false, &st)
                     }
                     None => petnas_amx::gemm_bf16(n, k, o, g, o, bwd, &mut dx, k, false),
@@ -417,6 +422,17 @@ pub fn bf16_notice() -> Option<String> {
     Some(format!("--precision bf16: {why}; the frozen matmuls run gemm's f32 kernels on bf16-rounded values: bf16 numerics at fp32 speed"))
 }
 
+/// A PET linear layer as one op: frozen base weight, trainable bias, optional LoRA factors and
+/// optional GELU. Why one op:
+/// - candle's matmul backward computes `xᵀ·grad` for `W` even when `W` is a plain tensor, and
+///   throws it away: a third of a PET step's GEMM work;
+/// - composed, the LoRA branch adds an [n, out] product and a full-size add in forward, and in
+///   backward a zero-fill plus an add of [n, out] or [n, in] per graph edge (six of them), while
+///   its own FLOPs are tiny (rank 8);
+/// - fusing the GELU that follows the FFN's first dense saves one more [n, 4h] edge.
+///
+/// Arguments: `x` [n, in], `b` [out], and with LoRA `uv` = [U; V] stacked, [(in + out), r], so
+/// that the op has three tensor inputs (candle's limit) while U and V stay separate `Var`s.
 pub(super) struct PetLinearOp {
     w: Tensor, // [out, in], contiguous, frozen
     /// bf16 mode: the frozen matmuls run as bf16 × bf16 → fp32 on AMX. `packed` is `W` packed

@@ -724,12 +724,6 @@ pub fn gemm_bf16(
     gemm_bf16_with(selected_backend(), m, n, k, a, lda, b, c, ldc, accumulate)
 }
 
-/// A hook run on each finished region of C by the task that computed it, while the region is
-/// still in that core's cache: `(r0, rows, c0, cols)` in C's coordinates. Every element of C
-/// lies in exactly one region, and each region is passed exactly once, after its last write.
-/// Like [`Store`]'s methods it must not call into rayon or use AMX.
-pub type Epilogue<'a> = &'a (dyn Fn(usize, usize, usize, usize) + Sync);
-
 /// Where each finished region of C goes, for [`gemm_bf16_store`]: `store` receives the
 /// computed values and writes C itself, so that a bias add or an activation runs on the way out
 /// of the accumulators instead of as a second pass over C.
@@ -759,17 +753,6 @@ pub trait Store: Sync {
     );
 }
 
-/// How a task finishes a region of C.
-#[derive(Clone, Copy)]
-enum Finish<'a> {
-    /// Plain: C holds the products.
-    Copy,
-    /// The products into C, then the hook on C.
-    Epilogue(Epilogue<'a>),
-    /// The products handed to the store, which writes C.
-    Store(&'a dyn Store),
-}
-
 /// [`gemm_bf16`] with C written by `store` from each finished region (see [`Store`]).
 #[allow(clippy::too_many_arguments)]
 pub fn gemm_bf16_store(
@@ -784,7 +767,7 @@ pub fn gemm_bf16_store(
     accumulate: bool,
     store: &dyn Store,
 ) {
-    gemm_impl(selected_backend(), m, n, k, a, lda, b, c, ldc, accumulate, Finish::Store(store))
+    gemm_impl(selected_backend(), m, n, k, a, lda, b, c, ldc, accumulate, Some(store))
 }
 
 /// [`gemm_bf16_store`] on an explicit backend (for tests). Panics if it is unavailable.
@@ -802,25 +785,7 @@ pub fn gemm_bf16_store_with(
     accumulate: bool,
     store: &dyn Store,
 ) {
-    gemm_impl(backend, m, n, k, a, lda, b, c, ldc, accumulate, Finish::Store(store))
-}
-
-/// [`gemm_bf16`], then `epilogue` on every finished region of C (a bias add, an activation):
-/// one pass over C fewer than a separate elementwise op, and on data still in cache.
-#[allow(clippy::too_many_arguments)]
-pub fn gemm_bf16_epilogue(
-    m: usize,
-    n: usize,
-    k: usize,
-    a: &[f32],
-    lda: usize,
-    b: &PackedB,
-    c: &mut [f32],
-    ldc: usize,
-    accumulate: bool,
-    epilogue: Epilogue<'_>,
-) {
-    gemm_impl(selected_backend(), m, n, k, a, lda, b, c, ldc, accumulate, Finish::Epilogue(epilogue))
+    gemm_impl(backend, m, n, k, a, lda, b, c, ldc, accumulate, Some(store))
 }
 
 /// [`gemm_bf16`] on an explicit backend (for tests/benchmarks). Panics if it is unavailable.
@@ -837,25 +802,7 @@ pub fn gemm_bf16_with(
     ldc: usize,
     accumulate: bool,
 ) {
-    gemm_impl(backend, m, n, k, a, lda, b, c, ldc, accumulate, Finish::Copy)
-}
-
-/// [`gemm_bf16_epilogue`] on an explicit backend (for tests). Panics if it is unavailable.
-#[allow(clippy::too_many_arguments)]
-pub fn gemm_bf16_epilogue_with(
-    backend: Backend,
-    m: usize,
-    n: usize,
-    k: usize,
-    a: &[f32],
-    lda: usize,
-    b: &PackedB,
-    c: &mut [f32],
-    ldc: usize,
-    accumulate: bool,
-    epilogue: Epilogue<'_>,
-) {
-    gemm_impl(backend, m, n, k, a, lda, b, c, ldc, accumulate, Finish::Epilogue(epilogue))
+    gemm_impl(backend, m, n, k, a, lda, b, c, ldc, accumulate, None)
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -870,7 +817,7 @@ fn gemm_impl(
     c: &mut [f32],
     ldc: usize,
     accumulate: bool,
-    finish: Finish<'_>,
+    store: Option<&dyn Store>,
 ) {
     assert!(
         backend.is_available(),
@@ -896,14 +843,10 @@ fn gemm_impl(
                 c[i * ldc..i * ldc + n].fill(0.0);
             }
         }
-        match finish {
-            Finish::Copy => {}
-            Finish::Epilogue(e) => e(0, m, 0, n),
-            Finish::Store(st) => {
-                st.prepare(0, m, 0, n);
-                let src: Vec<f32> = (0..m).flat_map(|i| c[i * ldc..i * ldc + n].to_vec()).collect();
-                st.store(0, m, 0, n, &src, n, c.as_mut_ptr(), ldc);
-            }
+        if let Some(st) = store {
+            st.prepare(0, m, 0, n);
+            let src: Vec<f32> = (0..m).flat_map(|i| c[i * ldc..i * ldc + n].to_vec()).collect();
+            st.store(0, m, 0, n, &src, n, c.as_mut_ptr(), ldc);
         }
         return;
     }
@@ -951,21 +894,17 @@ fn gemm_impl(
                 if rows == 0 || cols == 0 {
                     return;
                 }
-                match finish {
-                    Finish::Copy => {}
-                    Finish::Epilogue(e) => e(r0, rows, c0, cols),
-                    Finish::Store(st) => {
-                        // The block as computed, then the store writes C.
-                        let mut src = Vec::with_capacity(rows * cols);
-                        for i in 0..rows {
-                            let row = std::slice::from_raw_parts(c.add((r0 + i) * ldc + c0), cols);
-                            src.extend_from_slice(row);
-                        }
-                        st.store(r0, rows, c0, cols, &src, cols, c, ldc);
+                if let Some(st) = store {
+                    // The block as computed, then the store writes C.
+                    let mut src = Vec::with_capacity(rows * cols);
+                    for i in 0..rows {
+                        let row = std::slice::from_raw_parts(c.add((r0 + i) * ldc + c0), cols);
+                        src.extend_from_slice(row);
                     }
+                    st.store(r0, rows, c0, cols, &src, cols, c, ldc);
                 }
             };
-            if let (Finish::Store(st), false) = (finish, matches!(backend, Backend::Amx)) {
+            if let (Some(st), false) = (store, matches!(backend, Backend::Amx)) {
                 if rows > 0 && cols > 0 {
                     st.prepare(r0, rows, c0, cols);
                 }
@@ -973,7 +912,7 @@ fn gemm_impl(
             unsafe {
                 match backend {
                     #[cfg(target_arch = "x86_64")]
-                    Backend::Amx => x86::amx_task(&g, &blk, &apack, bp.get(), cp.get(), finish),
+                    Backend::Amx => x86::amx_task(&g, &blk, &apack, bp.get(), cp.get(), store),
                     #[cfg(target_arch = "x86_64")]
                     Backend::Avx512Bf16 => {
                         apack.ensure_rows(r0, r1);
@@ -1373,7 +1312,7 @@ mod x86 {
         apack: &APack,
         bp: *const u16,
         c: *mut f32,
-        finish: Finish<'_>,
+        store: Option<&dyn Store>,
     ) {
         let width = blk.c1 - blk.c0; // multiple of 32
         let stripe_len_u16 = 2 * 32 * (width + 16);
@@ -1383,7 +1322,7 @@ mod x86 {
             _ => AlignedBuf::new_zeroed(stripe_len_u16),
         };
         let sp = buf.ptr as *mut f32;
-        amx_task_inner(g, blk, apack, bp, c, sp, width, finish);
+        amx_task_inner(g, blk, apack, bp, c, sp, width, store);
         STRIPE.with(|s| *s.borrow_mut() = Some(buf));
     }
 
@@ -1397,7 +1336,7 @@ mod x86 {
         c: *mut f32,
         sp: *mut f32,
         width: usize,
-        finish: Finish<'_>,
+        store: Option<&dyn Store>,
     ) {
         let ap = apack.buf as *const u16;
         asm!("ldtilecfg [{}]", in(reg) &TILE_CFG as *const TileCfg, options(nostack, readonly, preserves_flags));
@@ -1410,7 +1349,7 @@ mod x86 {
         let mut rr = blk.r0;
         while rr < blk.r1 && rr < g.m {
             let vr = (g.m - rr).min(32);
-            if let Finish::Store(st) = finish {
+            if let Some(st) = store {
                 st.prepare(rr, vr, blk.c0, ncols);
                 asm!("ldtilecfg [{}]", in(reg) &TILE_CFG as *const TileCfg, options(nostack, readonly, preserves_flags));
             }
@@ -1437,18 +1376,14 @@ mod x86 {
                 kc0 += nk;
             }
             // Burst copy-out (measured faster than interleaving the stores with the tile work).
-            match finish {
-                Finish::Copy => copy_rows(sp, sld, crow, g.ldc, vr, ncols),
-                Finish::Epilogue(e) => {
-                    copy_rows(sp, sld, crow, g.ldc, vr, ncols);
-                    e(rr, vr, blk.c0, ncols);
-                }
-                Finish::Store(st) => {
+            match store {
+                None => copy_rows(sp, sld, crow, g.ldc, vr, ncols),
+                Some(st) => {
                     let src = std::slice::from_raw_parts(sp, (vr - 1) * sld + ncols);
                     st.store(rr, vr, blk.c0, ncols, src, sld, c, g.ldc);
                 }
             }
-            if !matches!(finish, Finish::Copy) {
+            if store.is_some() {
                 // A hook is user code: restore the tile config in case it ran AMX code.
                 asm!("ldtilecfg [{}]", in(reg) &TILE_CFG as *const TileCfg, options(nostack, readonly, preserves_flags));
             }

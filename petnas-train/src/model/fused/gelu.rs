@@ -33,18 +33,6 @@ multiversion! {
     }
 }
 
-multiversion! {
-    /// `g ← g · gelu'(x)` in place: [`gelu_bwd_chunk`]'s arithmetic, element for element.
-    pub(super) fn gelu_bwd_in_place(x: &[f32], g: &mut [f32]) {
-        for (gv, &v) in g.iter_mut().zip(x) {
-            let (erf, gauss) = erf_and_gauss(v * SQRT_HALF);
-            let cdf = 0.5 * (1.0 + erf);
-            let pdf = INV_SQRT_2PI * gauss;
-            *gv *= cdf + v * pdf;
-        }
-    }
-}
-
 /// GELU of `x` into a new vector (written once: no zero-fill).
 pub(super) fn gelu_forward(x: &[f32]) -> Vec<f32> {
     let mut y = Vec::with_capacity(x.len());

@@ -16,7 +16,6 @@
 use std::sync::{Arc, Mutex};
 
 use candle_core::{bail, CpuStorage, Layout, Result, Shape, Tensor};
-use rayon::prelude::*;
 
 use super::attention::Attention;
 use super::dropout::dropout_in_place;
@@ -122,13 +121,6 @@ fn lock_err() -> candle_core::Error {
     candle_core::Error::Msg("fused layer: poisoned lock".into())
 }
 
-/// `a += b` elementwise, in parallel (each element is one addition: deterministic).
-fn add_assign(a: &mut [f32], b: &[f32]) {
-    a.par_chunks_mut(ELEMS_PER_TASK)
-        .zip(b.par_chunks(ELEMS_PER_TASK))
-        .for_each(|(ac, bc)| linear::add_into(ac, bc));
-}
-
 impl LayerOp {
     /// Dropout `which` applied to `x` in place (the buffer is reused, not copied).
     fn dropout(&self, which: usize, mut x: Vec<f32>) -> Vec<f32> {
@@ -138,27 +130,14 @@ impl LayerOp {
         x
     }
 
-    fn lin_forward(&self, j: usize, x: &[f32], n: usize, params: &[f32]) -> Result<Vec<f32>> {
-        let s = self.sections[j];
-        let k = x.len() / n.max(1);
-        self.lin[j].forward(
-            x,
-            n,
-            k,
-            &params[s.bias..s.bias + s.out],
-            &params[s.uv..s.uv + s.uv_len],
-        )
-    }
-
-    /// `drop_which(lin_j(x)) + residual`.
-    fn lin_forward_residual(
+    /// Linear `j` on `x`; with `residual = Some((which, r))`, `drop_which(lin_j(x)) + r`.
+    fn lin_forward(
         &self,
         j: usize,
         x: &[f32],
         n: usize,
         params: &[f32],
-        which: usize,
-        residual: &[f32],
+        residual: Option<(usize, &[f32])>,
     ) -> Result<Vec<f32>> {
         let s = self.sections[j];
         let k = x.len() / n.max(1);
@@ -168,7 +147,7 @@ impl LayerOp {
             k,
             &params[s.bias..s.bias + s.out],
             &params[s.uv..s.uv + s.uv_len],
-            Some((self.drop[which], residual)),
+            residual.map(|(which, r)| (self.drop[which], r)),
         )
     }
 
@@ -221,17 +200,17 @@ impl LayerOp {
 
     fn forward(&self, x: &[f32], b: usize, l: usize, h: usize, p: &[f32]) -> Result<Vec<f32>> {
         let n = b * l;
-        let q = self.lin_forward(0, x, n, p)?;
-        let k = self.lin_forward(1, x, n, p)?;
-        let v = self.lin_forward(2, x, n, p)?;
+        let q = self.lin_forward(0, x, n, p, None)?;
+        let k = self.lin_forward(1, x, n, p, None)?;
+        let v = self.lin_forward(2, x, n, p, None)?;
         let ctx = self.attn.forward_slices(&q, &k, &v, b, l, h)?;
         // s1 = drop(ao) + x, summed into ao's buffer (the same additions; on AMX tiles in the
-        // GEMM's epilogue).
-        let s1 = self.lin_forward_residual(3, &ctx, n, p, 0, x)?;
+        // GEMM's store).
+        let s1 = self.lin_forward(3, &ctx, n, p, Some((0, x)))?;
         let (b1, b2) = (self.beta_at[0], self.beta_at[1]);
         let a = ln_forward(&s1, &self.gamma[0], &p[b1..b1 + h], h, self.eps[0]);
-        let i = self.lin_forward(4, &a, n, p)?;
-        let s2 = self.lin_forward_residual(5, &i, n, p, 1, &a)?;
+        let i = self.lin_forward(4, &a, n, p, None)?;
+        let s2 = self.lin_forward(5, &i, n, p, Some((1, &a)))?;
         let y = ln_forward(&s2, &self.gamma[1], &p[b2..b2 + h], h, self.eps[1]);
         if self.keep {
             *self.saved.lock().map_err(|_| lock_err())? = Some(Saved {
@@ -271,7 +250,7 @@ impl LayerOp {
         let (ds2, _, dbeta2) = ln_backward(&sv.s2, g, &self.gamma[1], h, self.eps[1]);
         dp[b2..b2 + h].copy_from_slice(&dbeta2);
         let d_o = self.dropout(1, ds2.clone());
-        // On AMX tiles the FFN's GELU backward runs in the epilogue of the output dense's dx
+        // On AMX tiles the FFN's GELU backward runs in the store of the output dense's dx
         // GEMM (the same elementwise arithmetic, so the same bits as a separate pass).
         let fuse_gelu = self.lin[5].bf16_tiles();
         let di = {

@@ -145,15 +145,13 @@ impl petnas_amx::Store for GeluBackwardStore<'_> {
     }
 }
 
-/// `z ← drop(z) + res`, as [`After::DropoutAdd`] does in the epilogue (the same arithmetic per
+/// `z ← drop(z) + res`, as [`After::DropoutAdd`] does in the store (the same arithmetic per
 /// element: the dropout pass, then the add).
 fn dropout_add(z: &mut [f32], drop: Option<(u64, u64, f32)>, res: &[f32]) {
     if let Some((sm, base, p)) = drop {
         super::dropout::dropout_in_place(z, sm, base, p);
     }
-    z.par_chunks_mut(ELEMS_PER_TASK)
-        .zip(res.par_chunks(ELEMS_PER_TASK))
-        .for_each(|(a, b)| add_into(a, b));
+    add_assign(z, res);
 }
 
 /// A frozen weight `W` [out, in] in bf16, packed once for the GEMMs of both directions.
@@ -325,7 +323,7 @@ impl PackedWeight {
     }
 
     /// [`PackedWeight::backward`], then with `z` [n, in], `dx ← dx ⊙ GELU'(z)`: the gradient
-    /// through the GELU that produced this linear's input, in the GEMM's epilogue on AMX tiles
+    /// through the GELU that produced this linear's input, in the GEMM's store on AMX tiles
     /// (the same elementwise arithmetic as [`gelu_backward`], so the same bits).
     pub(super) fn backward_then_gelu(
         &self,
@@ -374,12 +372,10 @@ impl PackedWeight {
                 );
             },
         }
-        if let Some(z) = z {
-            dx.par_chunks_mut(ELEMS_PER_TASK)
-                .zip(z.par_chunks(ELEMS_PER_TASK))
-                .for_each(|(d, zc)| gelu_bwd_in_place(zc, d));
-        }
-        Some(dx)
+        Some(match z {
+            Some(z) => gelu_backward(z, &dx),
+            None => dx,
+        })
     }
 }
 
@@ -493,7 +489,7 @@ impl PetLinearOp {
     }
 
     /// [`PetLinearOp::forward`], then with `residual = Some((dropout, r))`, `drop(y) + r`
-    /// (no GELU): in the GEMM's epilogue on AMX tiles, as separate passes otherwise, with the
+    /// (no GELU): in the GEMM's store on AMX tiles, as separate passes otherwise, with the
     /// same arithmetic per element either way.
     pub(super) fn forward_then(
         &self,
@@ -730,15 +726,15 @@ impl PetLinearOp {
     }
 
     /// Whether dx runs on packed bf16 weights (so [`PetLinearOp::backward_fused`] can take the
-    /// GELU of the layer below into the dx GEMM's epilogue).
+    /// GELU of the layer below into the dx GEMM's store).
     pub(super) fn bf16_tiles(&self) -> bool {
         self.bf16 && bf16_on_tiles()
     }
 
     /// [`PetLinearOp::backward`] with two fusions of the bf16 path: `grad_through_gelu` says
     /// `grad` is already the gradient of this op's pre-activation (its GELU's backward ran in
-    /// the epilogue of the layer above), and `dx_gelu = Some(z)` applies `⊙ GELU'(z)` to dx in
-    /// the dx GEMM's epilogue, for the GELU that produced `x`.
+    /// the store of the layer above), and `dx_gelu = Some(z)` applies `⊙ GELU'(z)` to dx in
+    /// the dx GEMM's store, for the GELU that produced `x`.
     #[allow(clippy::too_many_arguments)]
     pub(super) fn backward_fused(
         &self,
@@ -755,7 +751,7 @@ impl PetLinearOp {
         let (ks, os) = (k as isize, o as isize);
         let par = parallelism();
         if dx_gelu.is_some() && !(want_x && self.bf16) {
-            bail!("fused linear: a GELU in the dx epilogue needs the bf16 path and dx");
+            bail!("fused linear: a GELU in the dx store needs the bf16 path and dx");
         }
         // Through the GELU first: g ← g ⊙ gelu'(z).
         let gz_own;

@@ -133,6 +133,14 @@ fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [f32], &mut [f32]) -> R) -> R
     })
 }
 
+/// `a += b` elementwise, in parallel (each element is one addition: deterministic).
+fn add_assign(a: &mut [f32], b: &[f32]) {
+    use rayon::prelude::*;
+    a.par_chunks_mut(ELEMS_PER_TASK)
+        .zip(b.par_chunks(ELEMS_PER_TASK))
+        .for_each(|(ac, bc)| linear::add_into(ac, bc));
+}
+
 /// A raw output pointer shared by parallel tasks that write disjoint elements.
 #[derive(Clone, Copy)]
 struct SendPtr(*mut f32);

@@ -314,6 +314,12 @@ pub struct SearchOptions {
         allow_hyphen_values = true
     )]
     pub budgets: Vec<BudgetValue>,
+    /// Per-task budgets, replacing `budgets` on the tasks named (sweep files only), e.g.
+    /// `budgets_per_task = { sst2 = ["1k", "2k", "5k", "10k"] }` to draw a score-vs-budget curve
+    /// on the cheap task while the costly one runs at `budgets` alone.
+    #[arg(skip)]
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub budgets_per_task: BTreeMap<String, Vec<BudgetValue>>,
     /// Criteria, comma separated: mean (the paper's), last, abs, magnitude, random, adalora.
     #[arg(long = "criterion", value_delimiter = ',', default_value = "mean", value_parser = parse_named::<CriterionKind>)]
     #[serde(default = "default_criteria")]
@@ -451,6 +457,23 @@ impl RunBase {
 }
 
 impl SearchOptions {
+    /// The budgets of this search on `task`: its `budgets_per_task` entry, else `budgets`.
+    pub fn budgets_for(&self, task: &TaskInfo) -> &[BudgetValue] {
+        self.budgets_per_task
+            .iter()
+            .find(|(k, _)| key_means(k, task))
+            .map_or(&self.budgets, |(_, v)| v)
+    }
+
+    /// These options on one task: `budgets` replaced by the task's own (see [`Self::budgets_for`]).
+    pub fn for_task(&self, task: &TaskInfo) -> SearchOptions {
+        SearchOptions {
+            budgets: self.budgets_for(task).to_vec(),
+            budgets_per_task: BTreeMap::new(),
+            ..self.clone()
+        }
+    }
+
     /// The search these options describe, for one task and seed, with the retrainings' recipe
     /// (`recipe`; the maximal training's differs only in its LR, if `search_lr` is given).
     /// Checked against the maximal architecture as [`SearchConfig::validate`] does.

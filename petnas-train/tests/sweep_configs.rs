@@ -29,7 +29,11 @@ fn shipped_sweep_configs_are_valid() {
         for s in &cfg.searches {
             SearchSpace::from_spec(&s.space, &inv)
                 .unwrap_or_else(|e| panic!("{}: {e}", p.display()));
-            for b in &s.budgets {
+            for b in s
+                .budgets
+                .iter()
+                .chain(s.budgets_per_task.values().flatten())
+            {
                 if let BudgetValue::Text(t) = b {
                     petnas_core::prune::parse_budget(t)
                         .unwrap_or_else(|e| panic!("{}: {e}", p.display()));
@@ -149,5 +153,60 @@ fn max_grad_norm_in_a_sweep_reaches_the_spec() {
         let cfg = SweepConfig::load(&p).unwrap();
         let plan = petnas_train::sweep::plan(&cfg, None).unwrap();
         assert_eq!(plan.runs[0].spec.recipe.max_grad_norm, want, "{line:?}");
+    }
+}
+
+/// `budgets_per_task` replaces `budgets` on the tasks it names and on no other; one maximal
+/// training per task and seed serves all of that task's budgets; a key that is not one of the
+/// sweep's tasks, or an empty list, is refused with the file and the key named.
+#[test]
+fn budgets_per_task_plans_each_task_at_its_own_budgets() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let model = root.join("data/models/all-MiniLM-L6-v2");
+    assert!(
+        model.join("config.json").exists(),
+        "run data/fetch-model first (scripts/test does)"
+    );
+    let glue = root.join("../shared/data/glue");
+    let tmp = tempfile::tempdir().unwrap();
+    let write = |extra: &str| {
+        let text = format!(
+            "model = {:?}\ndata = {:?}\ntasks = [\"rte\", \"mrpc\"]\nseeds = [0]\n[[searches]]\nspace = \"bitfit\"\nmodes = [\"unstructured\"]\nbudgets = [\"2k\"]\nlr = 1e-3\n{extra}\n",
+            model.display().to_string(),
+            glue.display().to_string()
+        );
+        let p = tmp.path().join("c.toml");
+        std::fs::write(&p, text).unwrap();
+        p
+    };
+    let p = write("budgets_per_task = { RTE = [\"1k\", 5000] }");
+    let cfg = SweepConfig::load(&p).unwrap();
+    let plan = petnas_train::sweep::plan(&cfg, None).unwrap();
+    let budgets = |task: &str| -> Vec<Option<usize>> {
+        plan.runs
+            .iter()
+            .filter(|r| r.task == task)
+            .map(|r| r.spec.budget)
+            .collect()
+    };
+    assert_eq!(budgets("rte"), vec![None, Some(1000), Some(5000)]);
+    assert_eq!(budgets("mrpc"), vec![None, Some(2000)]);
+    for (extra, want) in [
+        (
+            "budgets_per_task = { qnli = [\"1k\"] }",
+            "budgets_per_task key `qnli` is not one of this sweep's tasks",
+        ),
+        (
+            "budgets_per_task = { rte = [] }",
+            "budgets_per_task.rte must not be empty",
+        ),
+        ("budgets_per_task = { rte = [\"lots\"] }", "lots"),
+    ] {
+        let p = write(extra);
+        let err = SweepConfig::load(&p).unwrap_err().to_string();
+        assert!(
+            err.contains(want) && err.contains(&p.display().to_string()),
+            "{extra}: {err}"
+        );
     }
 }

@@ -190,6 +190,29 @@ impl SweepConfig {
                     s.space
                 )));
             }
+            for (k, v) in &s.budgets_per_task {
+                let named = cfg.tasks.iter().any(|t| match t {
+                    TaskEntry::Glue(g) => g
+                        .parse::<Task>()
+                        .ok()
+                        .is_some_and(|g| k.parse::<Task>().ok() == Some(g)),
+                    TaskEntry::User(u) => u.name.as_deref() == Some(k.as_str()),
+                });
+                if !named {
+                    return Err(TrainError::Invalid(format!(
+                        "{}: search {}: budgets_per_task key `{k}` is not one of this sweep's tasks",
+                        path.display(),
+                        s.space
+                    )));
+                }
+                if v.is_empty() {
+                    return Err(TrainError::Invalid(format!(
+                        "{}: search {}: budgets_per_task.{k} must not be empty",
+                        path.display(),
+                        s.space
+                    )));
+                }
+            }
             if s.budgets.is_empty()
                 || s.modes.0.is_empty()
                 || s.criteria.is_empty()

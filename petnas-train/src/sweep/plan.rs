@@ -168,7 +168,9 @@ pub fn plan(cfg: &SweepConfig, data_override: Option<&Path>) -> Result<Plan> {
                 });
             }
             for s in &cfg.searches {
-                let (sc, maximal) = s.resolve(&base, mc, cfg.recipe_for(task, s.lr))?;
+                let (sc, maximal) =
+                    s.for_task(task)
+                        .resolve(&base, mc, cfg.recipe_for(task, s.lr))?;
                 let ms = sc.maximal_spec(&maximal);
                 runs.push(PlannedRun {
                     id: sc.maximal_id(),

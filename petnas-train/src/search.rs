@@ -6,7 +6,7 @@
 //! the sums for all of them) and every re-initialisation policy. Its criterion sums and trained
 //! values are saved with its run, so a resumed search re-prunes without retraining.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
 use petnas_core::arch::{Architecture, PruneMode};
@@ -301,14 +301,42 @@ pub struct SearchHooks<'a> {
     pub progress: Option<indicatif::MultiProgress>,
 }
 
-/// Runs the search: the maximal training (unless done), then every pruned retraining not done yet.
-/// Returns the records made by this call.
-pub fn search(
+/// What the pruned retrainings of one search share once its maximal run is done: the maximal
+/// architecture, the initial values (same and fresh), the criterion and, for `keep`, the
+/// trained values. Read-only, so several retrainings may run from it at once.
+pub struct Prepared {
+    maximal: Architecture,
+    init: HashMap<String, Vec<f32>>,
+    fresh: HashMap<String, Vec<f32>>,
+    crit: CriterionAccumulator,
+    trained: Option<HashMap<String, Vec<f32>>>,
+    scores: std::sync::Mutex<HashMap<&'static str, std::sync::Arc<BTreeMap<String, Vec<f32>>>>>,
+}
+
+impl Prepared {
+    /// The maximal architecture the retrainings prune.
+    pub fn maximal(&self) -> &Architecture {
+        &self.maximal
+    }
+
+    /// The scores of `kind` (computed once per criterion).
+    fn scores(&self, kind: CriterionKind, seed: u64) -> std::sync::Arc<BTreeMap<String, Vec<f32>>> {
+        let mut m = self.scores.lock().unwrap_or_else(|e| e.into_inner());
+        m.entry(kind.as_str())
+            .or_insert_with(|| std::sync::Arc::new(self.crit.scores(kind, seed)))
+            .clone()
+    }
+}
+
+/// The search's first half: the maximal training (unless done with its criterion saved; its
+/// record goes to `on_record`), giving what the retrainings need. `None` when the maximal run
+/// failed (diverged): there is nothing to prune from.
+pub fn prepare(
     inp: &RunInputs,
     cfg: &SearchConfig,
     out_dir: &Path,
     hooks: SearchHooks,
-) -> Result<Vec<RunRecord>> {
+) -> Result<Option<Prepared>> {
     let SearchHooks {
         is_done,
         on_record,
@@ -317,11 +345,9 @@ pub fn search(
     let model_cfg = &inp.model.config;
     let maximal = Architecture::maximal(&cfg.space, model_cfg)?;
     let init = init_map(&maximal, cfg.seed, cfg.lora_init);
-    let pruned = cfg.pruned_runs(&maximal);
     let max_id = cfg.maximal_id();
     let max_spec = cfg.maximal_spec(&maximal);
     let max_dir = out_dir.join(&max_id);
-    let mut records = Vec::new();
 
     let need_trained = cfg.reinits.contains(&Reinit::Keep);
     let max_done = is_done(&max_id, &max_spec);
@@ -348,7 +374,7 @@ pub fn search(
             (crit, trained)
         } else if max_failed {
             // Done but failed (diverged): nothing to prune from.
-            return Ok(records);
+            return Ok(None);
         } else {
             let mut crit = CriterionAccumulator::new();
             let outcome = run::execute(
@@ -358,19 +384,18 @@ pub fn search(
                     arch: Some(&maximal),
                     start: &init,
                     criterion: Some(&mut crit),
-                    progress: progress.clone(),
+                    progress,
                 },
                 &max_id,
                 out_dir,
             )?;
             on_record(&outcome.record);
             let failed = matches!(outcome.record.result.status, RunStatus::Failed { .. });
-            records.push(outcome.record);
             let Some(model) = outcome.model else {
-                return Ok(records);
+                return Ok(None);
             };
             if failed {
-                return Ok(records);
+                return Ok(None);
             }
             let trained = if need_trained {
                 Some(model.pet_values()?.into_iter().collect())
@@ -379,51 +404,104 @@ pub fn search(
             };
             (crit, trained)
         };
-
-    let mut scores_by_kind = HashMap::new();
     let fresh = init_map(&maximal, cfg.seed ^ FRESH_STREAM, cfg.lora_init);
-    for p in pruned {
+    Ok(Some(Prepared {
+        maximal,
+        init,
+        fresh,
+        crit,
+        trained,
+        scores: Default::default(),
+    }))
+}
+
+/// One pruned retraining of a prepared search: prune (or prune iteratively), re-initialise as
+/// `p.reinit` says, train, evaluate. Returns its record.
+pub fn run_pruned(
+    inp: &RunInputs,
+    cfg: &SearchConfig,
+    prep: &Prepared,
+    p: &PrunedRun,
+    out_dir: &Path,
+    progress: Option<indicatif::MultiProgress>,
+) -> Result<RunRecord> {
+    let scores = prep.scores(p.criterion, cfg.seed);
+    let start = match p.reinit {
+        Reinit::Same => &prep.init,
+        Reinit::Fresh => &prep.fresh,
+        Reinit::Keep => prep.trained.as_ref().ok_or_else(|| {
+            TrainError::Invalid("trained values of the maximal run are missing".into())
+        })?,
+    };
+    let arch = if p.rounds > 1 {
+        iterate(
+            inp,
+            cfg,
+            &prep.maximal,
+            &scores,
+            p,
+            start,
+            out_dir,
+            progress.clone(),
+        )?
+    } else {
+        prune(&prep.maximal, &scores, p.mode, p.budget, cfg.rank_group)?
+    };
+    let o = run::execute(
+        inp,
+        RunPlan {
+            spec: p.spec.clone(),
+            arch: Some(&arch),
+            start,
+            criterion: None,
+            progress,
+        },
+        &p.id,
+        out_dir,
+    )?;
+    Ok(o.record)
+}
+
+/// Runs the search: the maximal training (unless done), then every pruned retraining not done yet.
+/// Returns the records made by this call.
+pub fn search(
+    inp: &RunInputs,
+    cfg: &SearchConfig,
+    out_dir: &Path,
+    hooks: SearchHooks,
+) -> Result<Vec<RunRecord>> {
+    let SearchHooks {
+        is_done,
+        on_record,
+        progress,
+    } = hooks;
+    let mut records = Vec::new();
+    let prep = {
+        let mut keep = |r: &RunRecord| {
+            on_record(r);
+            records.push(r.clone());
+        };
+        prepare(
+            inp,
+            cfg,
+            out_dir,
+            SearchHooks {
+                is_done,
+                on_record: &mut keep,
+                progress: progress.clone(),
+            },
+        )?
+    };
+    let Some(prep) = prep else {
+        return Ok(records);
+    };
+    for p in cfg.pruned_runs(&prep.maximal) {
         if is_done(&p.id, &p.spec) {
             continue;
         }
-        let scores = scores_by_kind
-            .entry(p.criterion.as_str())
-            .or_insert_with(|| crit.scores(p.criterion, cfg.seed));
-        let start = match p.reinit {
-            Reinit::Same => &init,
-            Reinit::Fresh => &fresh,
-            Reinit::Keep => trained.as_ref().ok_or_else(|| {
-                TrainError::Invalid("trained values of the maximal run are missing".into())
-            })?,
-        };
-        let arch = if p.rounds > 1 {
-            iterate(
-                inp,
-                cfg,
-                &maximal,
-                scores,
-                &p,
-                start,
-                out_dir,
-                progress.clone(),
-            )?
-        } else {
-            prune(&maximal, scores, p.mode, p.budget, cfg.rank_group)?
-        };
-        let o = run::execute(
-            inp,
-            RunPlan {
-                spec: p.spec.clone(),
-                arch: Some(&arch),
-                start,
-                criterion: None,
-                progress: progress.clone(),
-            },
-            &p.id,
-            out_dir,
-        )?;
-        on_record(&o.record);
-        records.push(o.record);
+        let r = run_pruned(inp, cfg, &prep, &p, out_dir, progress.clone())?;
+        on_record(&r);
+        records.push(r);
     }
     Ok(records)
 }

@@ -760,3 +760,64 @@ tag = "t"
         dry.stdout
     );
 }
+
+/// `--jobs 2` trains two runs at once (each on one thread): the same runs as `--jobs 1`, with
+/// the same records (wall times aside) and the same weights, the index and the folders complete,
+/// the retrainings of a search after its maximal run. `--jobs` beyond the compute threads is
+/// refused.
+#[test]
+fn jobs_two_makes_the_runs_of_jobs_one() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tiny(tmp.path(), "bert");
+    let cfg = tmp.path().join("jobs.toml");
+    // A baseline and a search with four retrainings: 6 runs.
+    let body = r#"tasks = ["rte"]
+seeds = [0]
+
+[[baselines]]
+method = "bitfit"
+lr = 1e-3
+
+[[searches]]
+space = "mam16"
+budgets = [1000, 2000]
+modes = ["unstructured"]
+criteria = ["mean", "random"]
+lr = 1e-3
+"#;
+    std::fs::write(&cfg, sweep_toml(&model, body)).unwrap();
+    let sweep = |out: &Path, extra: &[&str]| {
+        let mut a = vec!["--threads", "2", "sweep", "--config", s(&cfg), "--out", s(out)];
+        a.extend_from_slice(extra);
+        train(&a)
+    };
+    let (one, two) = (tmp.path().join("one"), tmp.path().join("two"));
+    sweep(&one, &["--quiet", "--no-estimate"]).ok();
+    let r = sweep(&two, &["--quiet", "--no-estimate", "--jobs", "2"]).ok();
+    assert!(
+        r.stdout
+            .contains("6 planned, 0 already done, 6 completed now, 0 failed"),
+        "{}",
+        r.stdout
+    );
+    let names = run_names(&one.join("runs"));
+    assert_eq!(names.len(), 6);
+    assert_eq!(run_names(&two.join("runs")), names);
+    assert!(leftovers(&two.join("runs")).is_empty() && leftovers(&two).is_empty());
+    assert_eq!(jsonl(&two.join("index.jsonl")).len(), 6);
+    for n in &names {
+        assert_same_run(&one.join("runs").join(n), &two.join("runs").join(n));
+    }
+    // Each pruned run started after its search's maximal run had finished.
+    let created = |n: &str| {
+        json(&two.join("runs").join(n).join("record.json"))["created_unix"]
+            .as_u64()
+            .unwrap()
+    };
+    for n in &names {
+        if !n.contains("maximal") && n.contains("mam16") {
+            assert!(created(n) >= created("rte-mam16-maximal-s0"), "{n}");
+        }
+    }
+    sweep(&two, &["--jobs", "3"]).fails_with(&["--jobs 3: expected 1 to 2"]);
+}

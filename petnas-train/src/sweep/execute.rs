@@ -9,7 +9,7 @@ use petnas_core::record::{RunRecord, RunSpec};
 use crate::error::{io_err, Result, TrainError};
 use crate::model::pet::init_map;
 use crate::run::{self, DataLimits, RunInputs, RunPlan};
-use crate::search::{self, SearchHooks};
+use crate::search::{self, Prepared, SearchHooks};
 use crate::task::TaskInfo;
 
 use super::*;
@@ -24,6 +24,12 @@ pub struct SweepOptions {
     pub rerun_changed: bool,
     /// Draw progress bars.
     pub progress: bool,
+    /// Runs trained at once (CPU), each on its own pool of `threads_per_job` compute threads.
+    /// Results do not depend on it: a run gives the same bits on any number of threads.
+    pub jobs: usize,
+    /// Compute threads of each of the `jobs` runs (with `jobs = 1` the process's global pool is
+    /// used as it is).
+    pub threads_per_job: usize,
 }
 
 /// What a sweep invocation did.
@@ -133,91 +139,321 @@ pub fn execute(
         }
     };
     let max_len = cfg.max_len();
-    let mut inputs: Option<(TaskInfo, RunInputs)> = None;
     let is_done = |id: &str, _spec: &RunSpec| -> bool {
         let h = hashes.get(id).cloned().unwrap_or_default();
         plan.state(out, id, &h) == RunState::Done
     };
-    for (ji, job) in plan.jobs.iter().enumerate() {
-        if opts.shard.is_some_and(|s| !s.owns(ji)) {
-            continue;
+    // Every record goes through here, one at a time whichever worker made it.
+    let summary = std::sync::Mutex::new(summary);
+    let on_record = |r: &RunRecord| {
+        let mut sm = summary.lock().unwrap_or_else(|e| e.into_inner());
+        match &r.result.status {
+            petnas_core::record::RunStatus::Completed => sm.completed += 1,
+            petnas_core::record::RunStatus::Failed { .. } => sm.failed += 1,
         }
-        let job_runs: Vec<&&PlannedRun> = mine.iter().filter(|r| r.job == ji).collect();
-        if job_runs.iter().all(|r| is_done(&r.id, &r.spec)) {
-            continue;
-        }
-        let task = match job {
-            Job::Baseline { task, .. } | Job::Search { task, .. } => task,
-        };
-        if inputs.as_ref().is_none_or(|(t, _)| t != task) {
-            drop(inputs.take()); // free the previous task's data first
-            let limits = DataLimits {
-                max_train: cfg.max_train_for(task),
-                max_dev: cfg.recipe.max_dev,
-            };
-            inputs = Some((
-                task.clone(),
-                RunInputs::load(&cfg.model, task, max_len, limits, device)?,
-            ));
-        }
-        let inp = &inputs.as_ref().expect("loaded above").1;
-        let mut on_record = |r: &RunRecord| {
-            match &r.result.status {
-                petnas_core::record::RunStatus::Completed => summary.completed += 1,
-                petnas_core::record::RunStatus::Failed { .. } => summary.failed += 1,
+        say(run::summary_line(r));
+        overall.inc(1);
+        if let Some(records) = &plan.records {
+            if let Err(e) = keep_record(records, &runs_dir(out).join(&r.id), &r.id) {
+                say(format!(
+                    "warning: record of {} not kept in {}: {e}",
+                    r.id,
+                    records.display()
+                ));
             }
-            say(run::summary_line(r));
-            overall.inc(1);
-            if let Some(records) = &plan.records {
-                if let Err(e) = keep_record(records, &runs_dir(out).join(&r.id), &r.id) {
-                    say(format!(
-                        "warning: record of {} not kept in {}: {e}",
-                        r.id,
-                        records.display()
+        }
+        if let Err(e) = write_index(out, opts.shard, Some(&ids)) {
+            tracing::warn!("index not written: {e}");
+        }
+    };
+    let states: Vec<(usize, JobState)> = plan
+        .jobs
+        .iter()
+        .enumerate()
+        .filter(|(ji, _)| opts.shard.is_none_or(|s| s.owns(*ji)))
+        .filter(|(ji, _)| {
+            !mine
+                .iter()
+                .filter(|r| r.job == *ji)
+                .all(|r| is_done(&r.id, &r.spec))
+        })
+        .map(|(ji, j)| {
+            (
+                ji,
+                JobState::Todo {
+                    search: matches!(j, Job::Search { .. }),
+                },
+            )
+        })
+        .collect();
+    let sched = Scheduler {
+        state: std::sync::Mutex::new(SchedState {
+            jobs: states,
+            active: 0,
+            error: None,
+        }),
+        wake: std::sync::Condvar::new(),
+    };
+    let work = || {
+        // Each worker keeps one task's data and model loaded at a time.
+        let mut inputs: Option<(TaskInfo, RunInputs)> = None;
+        while let Some(unit) = sched.next() {
+            let ji = unit.job();
+            let task = match &plan.jobs[ji] {
+                Job::Baseline { task, .. } | Job::Search { task, .. } => task,
+            };
+            let result = (|| -> Result<Option<Prepared>> {
+                if inputs.as_ref().is_none_or(|(t, _)| t != task) {
+                    drop(inputs.take()); // free the previous task's data first
+                    let limits = DataLimits {
+                        max_train: cfg.max_train_for(task),
+                        max_dev: cfg.recipe.max_dev,
+                    };
+                    inputs = Some((
+                        task.clone(),
+                        RunInputs::load(&cfg.model, task, max_len, limits, device)?,
                     ));
                 }
-            }
-            if let Err(e) = write_index(out, opts.shard, Some(&ids)) {
-                tracing::warn!("index not written: {e}");
-            }
-        };
-        match job {
-            Job::Baseline { id, spec, arch, .. } => {
-                let start = arch
-                    .as_ref()
-                    .map(|a| init_map(a, spec.seed, spec.lora_init))
-                    .unwrap_or_default();
-                let o = run::execute(
-                    inp,
-                    RunPlan {
-                        spec: spec.clone(),
-                        arch: arch.as_ref(),
-                        start: &start,
-                        criterion: None,
-                        progress: multi.clone(),
-                    },
-                    id,
-                    &runs_dir(out),
-                )?;
-                on_record(&o.record);
-            }
-            Job::Search { cfg: sc, .. } => {
-                search::search(
-                    inp,
-                    sc,
-                    &runs_dir(out),
-                    SearchHooks {
-                        is_done: &is_done,
-                        on_record: &mut on_record,
-                        progress: multi.clone(),
-                    },
-                )?;
-            }
+                let inp = &inputs.as_ref().expect("loaded above").1;
+                match (&unit, &plan.jobs[ji]) {
+                    (Unit::Baseline(_), Job::Baseline { id, spec, arch, .. }) => {
+                        let start = arch
+                            .as_ref()
+                            .map(|a| init_map(a, spec.seed, spec.lora_init))
+                            .unwrap_or_default();
+                        let o = run::execute(
+                            inp,
+                            RunPlan {
+                                spec: spec.clone(),
+                                arch: arch.as_ref(),
+                                start: &start,
+                                criterion: None,
+                                progress: multi.clone(),
+                            },
+                            id,
+                            &runs_dir(out),
+                        )?;
+                        on_record(&o.record);
+                        Ok(None)
+                    }
+                    (Unit::Prepare(_), Job::Search { cfg: sc, .. }) => {
+                        let mut rec = |r: &RunRecord| on_record(r);
+                        search::prepare(
+                            inp,
+                            sc,
+                            &runs_dir(out),
+                            SearchHooks {
+                                is_done: &is_done,
+                                on_record: &mut rec,
+                                progress: multi.clone(),
+                            },
+                        )
+                    }
+                    (Unit::Pruned(_, prep, p), Job::Search { cfg: sc, .. }) => {
+                        let r =
+                            search::run_pruned(inp, sc, prep, p, &runs_dir(out), multi.clone())?;
+                        on_record(&r);
+                        Ok(None)
+                    }
+                    _ => unreachable!("units are made from their job's kind"),
+                }
+            })();
+            let pruned = |prep: &Prepared, ji: usize| -> Vec<search::PrunedRun> {
+                match &plan.jobs[ji] {
+                    Job::Search { cfg: sc, .. } => sc
+                        .pruned_runs(prep.maximal())
+                        .into_iter()
+                        .filter(|p| !is_done(&p.id, &p.spec))
+                        .collect(),
+                    Job::Baseline { .. } => Vec::new(),
+                }
+            };
+            sched.finish(unit, result, pruned);
         }
+    };
+    if opts.jobs <= 1 {
+        work();
+    } else {
+        let pools = (0..opts.jobs)
+            .map(|_| {
+                rayon::ThreadPoolBuilder::new()
+                    .num_threads(opts.threads_per_job.max(1))
+                    .start_handler(|_| crate::model::cpu::set_flush_denormals())
+                    .build()
+                    .map_err(|e| TrainError::Invalid(format!("--jobs: a thread pool: {e}")))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        std::thread::scope(|sc| {
+            for pool in &pools {
+                let work = &work;
+                sc.spawn(move || {
+                    crate::model::cpu::set_flush_denormals();
+                    pool.install(work)
+                });
+            }
+        });
+    }
+    let summary = summary.into_inner().unwrap_or_else(|e| e.into_inner());
+    if let Some(e) = sched
+        .state
+        .into_inner()
+        .unwrap_or_else(|e| e.into_inner())
+        .error
+    {
+        return Err(e);
     }
     overall.finish_and_clear();
     write_index(out, opts.shard, Some(&ids))?;
     Ok(summary)
+}
+
+/// One piece of work of a sweep: a baseline run, a search's maximal training (or the loading
+/// of its saved criterion), or one pruned retraining of a prepared search.
+enum Unit {
+    Baseline(usize),
+    Prepare(usize),
+    Pruned(usize, std::sync::Arc<Prepared>, search::PrunedRun),
+}
+
+impl Unit {
+    fn job(&self) -> usize {
+        match self {
+            Unit::Baseline(j) | Unit::Prepare(j) | Unit::Pruned(j, ..) => *j,
+        }
+    }
+}
+
+enum JobState {
+    /// Not started (a search or a baseline).
+    Todo { search: bool },
+    /// A baseline training or a maximal training is running.
+    Running,
+    /// The search is prepared: its retrainings not handed out yet, and how many are running.
+    Ready {
+        prep: std::sync::Arc<Prepared>,
+        left: std::collections::VecDeque<search::PrunedRun>,
+        running: usize,
+    },
+    /// Nothing left.
+    Over,
+}
+
+struct SchedState {
+    jobs: Vec<(usize, JobState)>,
+    active: usize,
+    error: Option<TrainError>,
+}
+
+/// Hands out units in plan order: the first job not started, or the next retraining of a
+/// prepared search, whichever comes first; a search's retrainings wait for its maximal run. With
+/// one worker this is the order of the plan, run by run. The first error stops the handing out
+/// (runs under way finish) and is what the sweep returns.
+struct Scheduler {
+    state: std::sync::Mutex<SchedState>,
+    wake: std::sync::Condvar,
+}
+
+impl Scheduler {
+    /// The next unit to run, waiting while only units that depend on running ones are left;
+    /// `None` when nothing is left (or after an error).
+    fn next(&self) -> Option<Unit> {
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            if st.error.is_some() {
+                return None;
+            }
+            let mut unit = None;
+            for (ji, js) in st.jobs.iter_mut() {
+                match js {
+                    JobState::Todo { search } => {
+                        unit = Some(if *search {
+                            Unit::Prepare(*ji)
+                        } else {
+                            Unit::Baseline(*ji)
+                        });
+                        *js = JobState::Running;
+                        break;
+                    }
+                    JobState::Ready {
+                        prep,
+                        left,
+                        running,
+                    } => {
+                        if let Some(p) = left.pop_front() {
+                            *running += 1;
+                            unit = Some(Unit::Pruned(*ji, prep.clone(), p));
+                            break;
+                        }
+                    }
+                    JobState::Running | JobState::Over => {}
+                }
+            }
+            if unit.is_some() {
+                st.active += 1;
+                return unit;
+            }
+            if st.active == 0 {
+                return None;
+            }
+            st = self.wake.wait(st).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+
+    /// Records what a unit gave: a prepared search's retrainings (`pruned` lists those still to
+    /// do) become available; an error stops the handing out.
+    fn finish(
+        &self,
+        unit: Unit,
+        result: Result<Option<Prepared>>,
+        pruned: impl Fn(&Prepared, usize) -> Vec<search::PrunedRun>,
+    ) {
+        let ji = unit.job();
+        // Listing the retrainings reads run folders: outside the lock.
+        let ready = match (&unit, &result) {
+            (Unit::Prepare(_), Ok(Some(prep))) => Some(pruned(prep, ji)),
+            _ => None,
+        };
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        st.active -= 1;
+        let slot = st
+            .jobs
+            .iter_mut()
+            .find(|(j, _)| *j == ji)
+            .map(|(_, s)| s)
+            .expect("a unit comes from a listed job");
+        match result {
+            Err(e) => {
+                *slot = JobState::Over;
+                if st.error.is_none() {
+                    st.error = Some(e);
+                }
+            }
+            Ok(prep) => match unit {
+                Unit::Baseline(_) => *slot = JobState::Over,
+                Unit::Prepare(_) => {
+                    *slot = match (prep, ready) {
+                        (Some(prep), Some(left)) if !left.is_empty() => JobState::Ready {
+                            prep: std::sync::Arc::new(prep),
+                            left: left.into(),
+                            running: 0,
+                        },
+                        _ => JobState::Over,
+                    }
+                }
+                Unit::Pruned(..) => {
+                    if let JobState::Ready { left, running, .. } = slot {
+                        *running -= 1;
+                        if left.is_empty() && *running == 0 {
+                            // Frees the criterion and initial values.
+                            *slot = JobState::Over;
+                        }
+                    }
+                }
+            },
+        }
+        drop(st);
+        self.wake.notify_all();
+    }
 }
 
 /// Measured examples/s per (task, full fine-tuning) for the cost estimate.

@@ -98,10 +98,22 @@ pub(crate) fn quantile(sorted: &[f64], q: f64) -> f64 {
     sorted[lo] + (sorted[hi] - sorted[lo]) * (pos - lo as f64)
 }
 
+/// `a` against `b` at one budget over the task-seed pairs both have: the counts and the
+/// quartiles of the differences `a − b`.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Paired {
+    pub n: usize,
+    pub wins: usize,
+    pub ties: usize,
+    pub losses: usize,
+    pub median: f64,
+    pub q1: f64,
+    pub q3: f64,
+}
+
 /// `a` against `b` at `budget`, paired by task and seed (a baseline `b` without a budget pairs
-/// with every budget of `a`): ", paired by task and seed: W wins, T ties, L losses of N, median
-/// difference ±d (IQR lo to hi)", or nothing when no pair exists.
-fn paired_text(seeds: &SeedMap, a: &str, b: &str, budget: Option<i64>) -> String {
+/// with every budget of `a`); None when no pair exists.
+fn paired(seeds: &SeedMap, a: &str, b: &str, budget: Option<i64>) -> Option<Paired> {
     let mut d: Vec<f64> = seeds
         .iter()
         .filter(|((l, bb, _, _), _)| l == a && *bb == budget)
@@ -113,19 +125,130 @@ fn paired_text(seeds: &SeedMap, a: &str, b: &str, budget: Option<i64>) -> String
         })
         .collect();
     if d.is_empty() {
-        return String::new();
+        return None;
     }
     d.sort_by(f64::total_cmp);
     let ties = d.iter().filter(|x| x.abs() < 1e-9).count();
     let wins = d.iter().filter(|x| **x >= 1e-9).count();
-    let losses = d.len() - wins - ties;
-    format!(
-        "; paired by task and seed: {wins} wins, {ties} ties, {losses} losses of {}, median difference {} (IQR {} to {})",
-        d.len(),
-        fmt_diff(quantile(&d, 0.5)),
-        fmt_diff(quantile(&d, 0.25)),
-        fmt_diff(quantile(&d, 0.75)),
-    )
+    Some(Paired {
+        n: d.len(),
+        wins,
+        ties,
+        losses: d.len() - wins - ties,
+        median: quantile(&d, 0.5),
+        q1: quantile(&d, 0.25),
+        q3: quantile(&d, 0.75),
+    })
+}
+
+/// ", paired by task and seed: W wins, T ties, L losses of N, median difference ±d (IQR lo to
+/// hi)", or nothing when no pair exists.
+fn paired_text(seeds: &SeedMap, a: &str, b: &str, budget: Option<i64>) -> String {
+    match paired(seeds, a, b, budget) {
+        None => String::new(),
+        Some(p) => format!(
+            "; paired by task and seed: {} wins, {} ties, {} losses of {}, median difference {} (IQR {} to {})",
+            p.wins,
+            p.ties,
+            p.losses,
+            p.n,
+            fmt_diff(p.median),
+            fmt_diff(p.q1),
+            fmt_diff(p.q3),
+        ),
+    }
+}
+
+/// The comparisons behind the paper's claims, in the order a reader checks them: `(claim, a,
+/// b)` for the labels present. A searched label is held against its random control, the
+/// structured search against the unstructured one, a searched MaM against MaM at rank 8 and the
+/// rank-16 MaM it prunes, a pruned BitFit against BitFit.
+fn claim_pairs(searched: &[String]) -> Vec<(&'static str, String, String)> {
+    let has = |l: &str| searched.iter().any(|x| x == l);
+    let mut out = Vec::new();
+    for l in searched {
+        let random = format!("Random {l}");
+        if !l.starts_with("Random ") && !l.contains(" [") && has(&random) {
+            out.push((
+                "a searched architecture beats a random one of its size",
+                l.clone(),
+                random,
+            ));
+        }
+    }
+    for (s, u) in [("S-BitFit", "U-BitFit"), ("S-MaM", "U-MaM")] {
+        if has(s) && has(u) {
+            out.push((
+                "unstructured pruning beats structured",
+                u.to_string(),
+                s.to_string(),
+            ));
+        }
+    }
+    for l in ["S-MaM", "U-MaM"] {
+        if has(l) {
+            for base in ["MaM", "MaM (r=16)"] {
+                out.push((
+                    "a search at half of rank-16 MaM keeps MaM's score",
+                    l.to_string(),
+                    base.to_string(),
+                ));
+            }
+        }
+    }
+    for l in ["S-BitFit", "U-BitFit"] {
+        if has(l) {
+            out.push((
+                "a pruned BitFit approaches BitFit",
+                l.to_string(),
+                "BitFit".to_string(),
+            ));
+        }
+    }
+    out
+}
+
+/// The paper's claims as one markdown table, each comparison paired by task and seed at each
+/// budget: wins/ties/losses over the pairs, the median difference with its IQR, and on how many
+/// tasks the median over seeds is higher. Empty when the sweep has none of the runs a claim
+/// needs.
+pub fn claims_table(sweep: &Sweep, metric: &Metric) -> Result<String> {
+    let med = medians(&sweep.runs, metric)?;
+    let map = median_map(&med)?;
+    let seeds = seed_map(sweep, metric)?;
+    let searched = labels_in_group(&sweep.runs, "searched")?;
+    let mut rows = Vec::new();
+    for (claim, a, b) in claim_pairs(&searched) {
+        for (budget, task_wins, tasks, _) in compare(&map, &a, &b) {
+            if budget.is_none() {
+                continue;
+            }
+            if let Some(p) = paired(&seeds, &a, &b, budget) {
+                rows.push(format!(
+                    "| {claim} | {a} vs {b} | {} | {}/{}/{} of {} | {} [{}, {}] | {task_wins} of {tasks} |",
+                    humanize(budget.unwrap_or(0) as f64),
+                    p.wins,
+                    p.ties,
+                    p.losses,
+                    p.n,
+                    fmt_diff(p.median),
+                    fmt_diff(p.q1),
+                    fmt_diff(p.q3),
+                ));
+            }
+        }
+    }
+    if rows.is_empty() {
+        return Ok(String::new());
+    }
+    let mut s = String::from(
+        "| the paper's claim | comparison | budget | wins/ties/losses (task-seed pairs) | median difference [IQR], points | tasks with the higher median |\n|---|---|---:|---|---|---|\n",
+    );
+    for r in rows {
+        s.push_str(&r);
+        s.push('\n');
+    }
+    Ok(s)
 }
 
 fn budget_text(b: Option<i64>) -> String {
@@ -187,14 +310,23 @@ pub fn findings(sweep: &Sweep, metric: &Metric, budgets: &[i64]) -> Result<Vec<S
                 paired_text(&seeds, &label, &random, b)
             ));
         }
-        // Searched vs the BitFit baseline.
-        for (b, wins, n, diff) in compare(&map, &label, "BitFit") {
-            out.push(format!(
-                "{label} at {} beats BitFit on {wins} of {n} tasks (mean difference {} points{}).",
-                budget_text(b),
-                fmt_diff(diff),
-                paired_text(&seeds, &label, "BitFit", b)
-            ));
+        // Searched vs the baselines of its family: a pruned BitFit against BitFit, a searched MaM
+        // against MaM at rank 8 and the rank-16 MaM it prunes (the paper: a search at half of
+        // MaM's parameters keeps MaM's score).
+        let bases: &[&str] = if label.contains("MaM") {
+            &["MaM", "MaM (r=16)"]
+        } else {
+            &["BitFit"]
+        };
+        for base in bases {
+            for (b, wins, n, diff) in compare(&map, &label, base) {
+                out.push(format!(
+                    "{label} at {} beats {base} on {wins} of {n} tasks (mean difference {} points{}).",
+                    budget_text(b),
+                    fmt_diff(diff),
+                    paired_text(&seeds, &label, base, b)
+                ));
+            }
         }
     }
     // Layer preference (the paper: the search keeps middle layers more than the first/last).
@@ -415,6 +547,14 @@ pub fn write_report(sweep: &Sweep, out: &Path, metric: &Metric, budgets: &[i64])
     );
     s.push_str("scores are GLUE dev-set metrics × 100, medians over seeds. Generated by `petnas-analyze report`.\n\n");
     s.push_str("## Findings\n\n");
+    let claims = claims_table(sweep, metric)?;
+    if !claims.is_empty() {
+        s.push_str(
+            "Each comparison pairs two entries on the same task and seed; a difference is in points of the task's primary metric (× 100), so a spread over several tasks mixes their scales: read the win counts first.\n\n",
+        );
+        s.push_str(&claims);
+        s.push('\n');
+    }
     if found.is_empty() {
         s.push_str("No comparisons available (the sweep lacks the runs they need).\n");
     }

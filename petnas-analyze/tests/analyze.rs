@@ -5,7 +5,7 @@ use std::path::Path;
 use petnas_analyze::aggregate::{heatmap_frame, medians, HeatValue};
 use petnas_analyze::figures::{draw_figures, HEATMAP_SIZE, LINE_SIZE};
 use petnas_analyze::load::{find_records, load_sweep};
-use petnas_analyze::report::{findings, write_report};
+use petnas_analyze::report::{claims_table, findings, write_report};
 use petnas_analyze::synth::{modules, SynthRun};
 use petnas_analyze::tables::build_tables;
 use petnas_analyze::{AnalyzeError, Metric};
@@ -567,4 +567,64 @@ fn budget_flag_takes_the_sweep_spelling_and_a_list() {
         "{}",
         String::from_utf8_lossy(&bad.stderr)
     );
+}
+
+/// A searched MaM is held against the MaM baselines (rank 8 and the rank-16 space it prunes),
+/// paired by seed; a pruned BitFit against BitFit only.
+#[test]
+fn searched_mam_is_compared_with_the_mam_baselines() {
+    let dir = tempfile::tempdir().unwrap();
+    for seed in 0..3u64 {
+        let s = seed as f64;
+        for (method, score, n) in [
+            ("bitfit", 0.80, 25_728),
+            ("mam", 0.81, 283_776),
+            ("mam16", 0.79 + s / 100.0, 541_824),
+        ] {
+            save(
+                dir.path(),
+                &SynthRun::baseline("mrpc", method, seed, score, n).record(),
+            );
+        }
+        let u = SynthRun::searched(
+            "mrpc",
+            "mam16",
+            PruneMode::Unstructured,
+            270_912,
+            CriterionKind::Mean,
+            seed,
+            0.805,
+            vec![],
+        );
+        save(dir.path(), &u.record());
+    }
+    let s = load_sweep(dir.path()).unwrap();
+    let f = findings(&s, &Metric::Primary, &[]).unwrap();
+    let has = |p: &str| f.iter().any(|x| x.starts_with(p));
+    assert!(
+        has("U-MaM at budget 271k beats MaM on 0 of 1 tasks (mean difference -0.5 points; paired by task and seed: 0 wins, 0 ties, 3 losses of 3"),
+        "{f:?}"
+    );
+    // Rank 16 scores 79, 80, 81 over the seeds: U-MaM's 80.5 wins twice.
+    assert!(
+        has("U-MaM at budget 271k beats MaM (r=16) on 1 of 1 tasks (mean difference +0.5 points; paired by task and seed: 2 wins, 0 ties, 1 losses of 3"),
+        "{f:?}"
+    );
+    assert!(
+        !f.iter()
+            .any(|x| x.contains("U-MaM at budget 271k beats BitFit")),
+        "{f:?}"
+    );
+    // The same comparisons as rows of the claims table; the differences are +1.5, +0.5, -0.5
+    // against rank 16 and -0.5 three times against rank 8.
+    let t = claims_table(&s, &Metric::Primary).unwrap();
+    assert!(
+        t.contains("| a search at half of rank-16 MaM keeps MaM's score | U-MaM vs MaM (r=16) | 271k | 2/0/1 of 3 | +0.5 [±0.0, +1.0] | 1 of 1 |"),
+        "{t}"
+    );
+    assert!(
+        t.contains("| U-MaM vs MaM | 271k | 0/0/3 of 3 | -0.5 [-0.5, -0.5] | 0 of 1 |"),
+        "{t}"
+    );
+    assert_eq!(t.lines().count(), 4, "{t}");
 }

@@ -787,7 +787,15 @@ lr = 1e-3
 "#;
     std::fs::write(&cfg, sweep_toml(&model, body)).unwrap();
     let sweep = |out: &Path, extra: &[&str]| {
-        let mut a = vec!["--threads", "2", "sweep", "--config", s(&cfg), "--out", s(out)];
+        let mut a = vec![
+            "--threads",
+            "2",
+            "sweep",
+            "--config",
+            s(&cfg),
+            "--out",
+            s(out),
+        ];
         a.extend_from_slice(extra);
         train(&a)
     };

@@ -829,3 +829,120 @@ lr = 1e-3
     }
     sweep(&two, &["--jobs", "3"]).fails_with(&["--jobs 3: expected 1 to 2"]);
 }
+
+/// Entries whose maximal training is the same training (a tagged entry asking only for a fresh
+/// re-initialisation or iterative pruning, as the ablation sweep does) share one maximal run:
+/// it is planned and trained once, and the shared entries' retrainings give the bits they give
+/// from a maximal run of their own. An entry whose maximal spec differs (another LR) keeps its own.
+#[test]
+fn entries_with_the_same_maximal_training_share_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tiny(tmp.path(), "bert");
+    let entry = |extra: &str| {
+        format!(
+            "\n[[searches]]\nspace = \"bitfit\"\nbudgets = [100]\nmodes = [\"unstructured\"]\ncriteria = [\"mean\"]\n{extra}\n"
+        )
+    };
+    let head = "tasks = [\"rte\"]\nseeds = [0]\n";
+    let shared = format!(
+        "{head}{}{}{}{}",
+        entry("lr = 1e-3"),
+        entry("lr = 1e-3\nreinit = [\"fresh\"]\ntag = \"fresh\""),
+        entry("lr = 1e-3\nrounds = [2]\ntag = \"iter\""),
+        entry("lr = 2e-3\ntag = \"lr2\""),
+    );
+    let alone = format!(
+        "{head}{}",
+        entry("lr = 1e-3\nreinit = [\"fresh\"]\ntag = \"fresh\"")
+    );
+    let (cfg, cfg_alone) = (
+        tmp.path().join("shared.toml"),
+        tmp.path().join("alone.toml"),
+    );
+    std::fs::write(&cfg, sweep_toml(&model, &shared)).unwrap();
+    std::fs::write(&cfg_alone, sweep_toml(&model, &alone)).unwrap();
+    let (out, out_alone) = (tmp.path().join("shared"), tmp.path().join("alone"));
+
+    let dry = train(&[
+        "sweep",
+        "--config",
+        s(&cfg),
+        "--out",
+        s(&out),
+        "--dry-run",
+        "--no-estimate",
+    ])
+    .ok();
+    assert!(
+        dry.stdout
+            .contains("plan: 6 runs (2 trainings of a maximal search space serve 4 pruned runs)"),
+        "{}",
+        dry.stdout
+    );
+    let r = train(&[
+        "sweep",
+        "--config",
+        s(&cfg),
+        "--out",
+        s(&out),
+        "--quiet",
+        "--no-estimate",
+    ])
+    .ok();
+    assert!(
+        r.stdout
+            .contains("6 planned, 0 already done, 6 completed now, 0 failed"),
+        "{}",
+        r.stdout
+    );
+    let names = run_names(&out.join("runs"));
+    assert_eq!(
+        names,
+        [
+            "rte-bitfit-fresh-u100-mean-fresh-s0",
+            "rte-bitfit-iter-u100-it2-mean-same-s0",
+            "rte-bitfit-lr2-maximal-s0",
+            "rte-bitfit-lr2-u100-mean-same-s0",
+            "rte-bitfit-maximal-s0",
+            "rte-bitfit-u100-mean-same-s0",
+        ]
+        .map(String::from)
+        .to_vec()
+    );
+    // The fresh retraining from the shared maximal run is the one from a maximal run of its own.
+    train(&[
+        "sweep",
+        "--config",
+        s(&cfg_alone),
+        "--out",
+        s(&out_alone),
+        "--quiet",
+        "--no-estimate",
+    ])
+    .ok();
+    assert_eq!(
+        run_names(&out_alone.join("runs")),
+        [
+            "rte-bitfit-fresh-maximal-s0",
+            "rte-bitfit-fresh-u100-mean-fresh-s0"
+        ]
+        .map(String::from)
+        .to_vec()
+    );
+    assert_same_run(
+        &out.join("runs/rte-bitfit-fresh-u100-mean-fresh-s0"),
+        &out_alone.join("runs/rte-bitfit-fresh-u100-mean-fresh-s0"),
+    );
+    // Resumed, nothing is left: the shared entries' runs count as done.
+    let again = train(&[
+        "sweep",
+        "--config",
+        s(&cfg),
+        "--out",
+        s(&out),
+        "--dry-run",
+        "--no-estimate",
+    ])
+    .ok();
+    assert!(again.stdout.contains("6 done, 0 to do"), "{}", again.stdout);
+}

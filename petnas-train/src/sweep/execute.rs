@@ -236,11 +236,11 @@ pub fn execute(
                         on_record(&o.record);
                         Ok(None)
                     }
-                    (Unit::Prepare(_), Job::Search { cfg: sc, .. }) => {
+                    (Unit::Prepare(_), Job::Search { cfg: sc, also, .. }) => {
                         let mut rec = |r: &RunRecord| on_record(r);
                         search::prepare(
                             inp,
-                            sc,
+                            &prepare_config(sc, also),
                             &runs_dir(out),
                             SearchHooks {
                                 is_done: &is_done,
@@ -249,7 +249,11 @@ pub fn execute(
                             },
                         )
                     }
-                    (Unit::Pruned(_, prep, p), Job::Search { cfg: sc, .. }) => {
+                    (Unit::Pruned(_, prep, which, p), Job::Search { cfg: sc, also, .. }) => {
+                        let sc = match which {
+                            0 => sc,
+                            k => &also[k - 1],
+                        };
                         let r =
                             search::run_pruned(inp, sc, prep, p, &runs_dir(out), multi.clone())?;
                         on_record(&r);
@@ -258,12 +262,17 @@ pub fn execute(
                     _ => unreachable!("units are made from their job's kind"),
                 }
             })();
-            let pruned = |prep: &Prepared, ji: usize| -> Vec<search::PrunedRun> {
+            let pruned = |prep: &Prepared, ji: usize| -> Vec<(usize, search::PrunedRun)> {
                 match &plan.jobs[ji] {
-                    Job::Search { cfg: sc, .. } => sc
-                        .pruned_runs(prep.maximal())
-                        .into_iter()
-                        .filter(|p| !is_done(&p.id, &p.spec))
+                    Job::Search { cfg: sc, also, .. } => std::iter::once(&**sc)
+                        .chain(also)
+                        .enumerate()
+                        .flat_map(|(k, c)| {
+                            c.pruned_runs(prep.maximal())
+                                .into_iter()
+                                .map(move |p| (k, p))
+                        })
+                        .filter(|(_, p)| !is_done(&p.id, &p.spec))
                         .collect(),
                     Job::Baseline { .. } => Vec::new(),
                 }
@@ -307,12 +316,37 @@ pub fn execute(
     Ok(summary)
 }
 
+/// The search that prepares a job's maximal training: its owner, asking for every criterion
+/// and re-initialisation any of the searches sharing the training needs (a saved criterion that
+/// cannot give one of them is not enough; `keep` needs the trained values).
+fn prepare_config(
+    owner: &search::SearchConfig,
+    also: &[search::SearchConfig],
+) -> search::SearchConfig {
+    let mut c = owner.clone();
+    for a in also {
+        for k in &a.criteria {
+            if !c.criteria.contains(k) {
+                c.criteria.push(*k);
+            }
+        }
+        for r in &a.reinits {
+            if !c.reinits.contains(r) {
+                c.reinits.push(*r);
+            }
+        }
+    }
+    c
+}
+
 /// One piece of work of a sweep: a baseline run, a search's maximal training (or the loading
 /// of its saved criterion), or one pruned retraining of a prepared search.
 enum Unit {
     Baseline(usize),
     Prepare(usize),
-    Pruned(usize, std::sync::Arc<Prepared>, search::PrunedRun),
+    /// Job, its prepared search, which of the job's searches (0: the owner, k: `also[k - 1]`),
+    /// the retraining.
+    Pruned(usize, std::sync::Arc<Prepared>, usize, search::PrunedRun),
 }
 
 impl Unit {
@@ -331,7 +365,7 @@ enum JobState {
     /// The search is prepared: its retrainings not handed out yet, and how many are running.
     Ready {
         prep: std::sync::Arc<Prepared>,
-        left: std::collections::VecDeque<search::PrunedRun>,
+        left: std::collections::VecDeque<(usize, search::PrunedRun)>,
         running: usize,
     },
     /// Nothing left.
@@ -379,9 +413,9 @@ impl Scheduler {
                         left,
                         running,
                     } => {
-                        if let Some(p) = left.pop_front() {
+                        if let Some((k, p)) = left.pop_front() {
                             *running += 1;
-                            unit = Some(Unit::Pruned(*ji, prep.clone(), p));
+                            unit = Some(Unit::Pruned(*ji, prep.clone(), k, p));
                             break;
                         }
                     }
@@ -405,7 +439,7 @@ impl Scheduler {
         &self,
         unit: Unit,
         result: Result<Option<Prepared>>,
-        pruned: impl Fn(&Prepared, usize) -> Vec<search::PrunedRun>,
+        pruned: impl Fn(&Prepared, usize) -> Vec<(usize, search::PrunedRun)>,
     ) {
         let ji = unit.job();
         // Listing the retrainings reads run folders: outside the lock.

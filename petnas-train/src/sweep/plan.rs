@@ -33,12 +33,16 @@ pub enum Job {
         /// Architecture (None: full fine-tuning).
         arch: Option<Architecture>,
     },
-    /// One search.
+    /// One search: one maximal training and its pruned runs.
     Search {
         /// Task.
         task: TaskInfo,
-        /// The search.
+        /// The search that owns the maximal training.
         cfg: Box<SearchConfig>,
+        /// Later entries of the config whose maximal training is the same training (the same
+        /// spec hash: e.g. a tagged entry that only asks for other re-initialisations or
+        /// pruning rounds). They add pruned runs and train no maximal run of their own.
+        also: Vec<SearchConfig>,
     },
 }
 
@@ -128,6 +132,8 @@ pub fn plan(cfg: &SweepConfig, data_override: Option<&Path>) -> Result<Plan> {
     }
     let mut jobs = Vec::new();
     let mut runs: Vec<PlannedRun> = Vec::new();
+    // Maximal spec hash -> the job that trains it.
+    let mut maximal_job: std::collections::HashMap<String, usize> = Default::default();
     for task in &tasks {
         let n = task.load(SplitName::Train)?.len();
         let n = cfg.max_train_for(task).map_or(n, |m| n.min(m));
@@ -172,28 +178,43 @@ pub fn plan(cfg: &SweepConfig, data_override: Option<&Path>) -> Result<Plan> {
                     s.for_task(task)
                         .resolve(&base, mc, cfg.recipe_for(task, s.lr))?;
                 let ms = sc.maximal_spec(&maximal);
-                runs.push(PlannedRun {
-                    id: sc.maximal_id(),
-                    task: task.name().into(),
-                    job: jobs.len(),
-                    hash: ms.hash(),
-                    steps: crate::train::total_steps(&ms.recipe, n),
-                    spec: ms,
-                });
+                let mh = ms.hash();
+                let shared = maximal_job.get(&mh).copied();
+                let job = shared.unwrap_or(jobs.len());
+                if shared.is_none() {
+                    runs.push(PlannedRun {
+                        id: sc.maximal_id(),
+                        task: task.name().into(),
+                        job,
+                        hash: mh.clone(),
+                        steps: crate::train::total_steps(&ms.recipe, n),
+                        spec: ms,
+                    });
+                }
                 for p in sc.pruned_runs(&maximal) {
                     runs.push(PlannedRun {
                         id: p.id,
                         task: task.name().into(),
-                        job: jobs.len(),
+                        job,
                         hash: p.spec.hash(),
                         steps: crate::train::total_steps(&p.spec.recipe, n),
                         spec: p.spec,
                     });
                 }
-                jobs.push(Job::Search {
-                    task: task.clone(),
-                    cfg: Box::new(sc),
-                });
+                match shared {
+                    Some(j) => match &mut jobs[j] {
+                        Job::Search { also, .. } => also.push(sc),
+                        Job::Baseline { .. } => unreachable!("maximal_job lists searches"),
+                    },
+                    None => {
+                        maximal_job.insert(mh, job);
+                        jobs.push(Job::Search {
+                            task: task.clone(),
+                            cfg: Box::new(sc),
+                            also: Vec::new(),
+                        });
+                    }
+                }
             }
         }
     }

@@ -162,8 +162,10 @@ fn paired_text(seeds: &SeedMap, a: &str, b: &str, budget: Option<i64>) -> String
 /// The comparisons behind the paper's claims, in the order a reader checks them: `(claim, a,
 /// b)` for the labels present. A searched label is held against its random control, the
 /// structured search against the unstructured one, a searched MaM against MaM at rank 8 and the
-/// rank-16 MaM it prunes, a pruned BitFit against BitFit.
-fn claim_pairs(searched: &[String]) -> Vec<(&'static str, String, String)> {
+/// rank-16 MaM it prunes, a pruned BitFit against BitFit, and the paper's search setting
+/// against each of its ablations (`ablations`: labels of runs flagged as ablations, e.g.
+/// `U-BitFit [last]`, held against the label without its suffixes).
+fn claim_pairs(searched: &[String], ablations: &[String]) -> Vec<(&'static str, String, String)> {
     let has = |l: &str| searched.iter().any(|x| x == l);
     let mut out = Vec::new();
     for l in searched {
@@ -205,6 +207,16 @@ fn claim_pairs(searched: &[String]) -> Vec<(&'static str, String, String)> {
             ));
         }
     }
+    for l in ablations {
+        let base = l.split(" [").next().unwrap_or(l);
+        if !l.starts_with("Random ") && has(base) {
+            out.push((
+                "the paper's search setting beats its ablation",
+                base.to_string(),
+                l.clone(),
+            ));
+        }
+    }
     out
 }
 
@@ -217,8 +229,9 @@ pub fn claims_table(sweep: &Sweep, metric: &Metric) -> Result<String> {
     let map = median_map(&med)?;
     let seeds = seed_map(sweep, metric)?;
     let searched = labels_in_group(&sweep.runs, "searched")?;
+    let ablations = ablation_labels(&sweep.runs)?;
     let mut rows = Vec::new();
-    for (claim, a, b) in claim_pairs(&searched) {
+    for (claim, a, b) in claim_pairs(&searched, &ablations) {
         for (budget, task_wins, tasks, _) in compare(&map, &a, &b) {
             if budget.is_none() {
                 continue;
@@ -249,6 +262,22 @@ pub fn claims_table(sweep: &Sweep, metric: &Metric) -> Result<String> {
         s.push('\n');
     }
     Ok(s)
+}
+
+/// Labels of the completed runs flagged as ablations (another criterion than mean or random,
+/// another re-init, LoRA init or number of pruning rounds), in table order.
+fn ablation_labels(runs: &DataFrame) -> Result<Vec<String>> {
+    let df = runs
+        .clone()
+        .lazy()
+        .filter(col("status").eq(lit("completed")).and(col("ablation")))
+        .select([col("label")])
+        .unique(None, UniqueKeepStrategy::Any)
+        .collect()
+        .map_err(AnalyzeError::polars("listing ablation labels"))?;
+    let mut v: Vec<String> = str_values(&df, "label")?.into_iter().flatten().collect();
+    v.sort_by_key(|l| crate::label::label_order(l));
+    Ok(v)
 }
 
 fn budget_text(b: Option<i64>) -> String {

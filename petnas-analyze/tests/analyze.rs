@@ -628,3 +628,36 @@ fn searched_mam_is_compared_with_the_mam_baselines() {
     );
     assert_eq!(t.lines().count(), 4, "{t}");
 }
+
+/// An ablation (here the last-step criterion) is held against the paper's setting of the same
+/// search, paired by seed, in the claims table.
+#[test]
+fn ablations_are_compared_with_the_papers_setting() {
+    let dir = tempfile::tempdir().unwrap();
+    for seed in 0..3u64 {
+        for (criterion, score) in [
+            (CriterionKind::Mean, 0.76),
+            (CriterionKind::Last, 0.75 + seed as f64 / 100.0),
+        ] {
+            let r = SynthRun::searched(
+                "mrpc",
+                "bitfit",
+                PruneMode::Unstructured,
+                5_000,
+                criterion,
+                seed,
+                score,
+                vec![],
+            );
+            save(dir.path(), &r.record());
+        }
+    }
+    let s = load_sweep(dir.path()).unwrap();
+    // Differences of the mean against last: +1, 0, -1 points.
+    let t = claims_table(&s, &Metric::Primary).unwrap();
+    assert!(
+        t.contains("| the paper's search setting beats its ablation | U-BitFit vs U-BitFit [last] | 5k | 1/1/1 of 3 | ±0.0 [-0.5, +0.5] | 0 of 1 |"),
+        "{t}"
+    );
+    assert_eq!(t.lines().count(), 3, "{t}");
+}

@@ -556,3 +556,40 @@ fn store_receives_each_finished_element_once_and_writes_c() {
         }
     }
 }
+
+/// `gemm_bf16_ptr` from parallel tasks, each writing its own column block of one shared C
+/// (as the attention heads do), gives the bits of `gemm_bf16` into a matrix of its own, and
+/// leaves the other columns alone.
+#[test]
+fn gemm_ptr_into_column_blocks_from_parallel_tasks() {
+    use rayon::prelude::*;
+    #[derive(Clone, Copy)]
+    struct P(*mut f32);
+    unsafe impl Send for P {}
+    unsafe impl Sync for P {}
+    let mut rng = Rng(321);
+    // m = 128 spans two row blocks of the GEMM (run one after another on the calling thread).
+    let (m, k, blocks, w) = (128, 128, 6, 32);
+    let ldc = blocks * w + 3;
+    let a = rng.vec(m * k);
+    let bs: Vec<BMat> = (0..blocks).map(|i| BMat::new(&mut rng, k, w, i % 2)).collect();
+    let pbs: Vec<PackedB> = bs.iter().map(|b| b.pack()).collect();
+    let mut c = vec![-7.0f32; m * ldc];
+    let cp = P(c.as_mut_ptr());
+    (0..blocks).into_par_iter().for_each(|i| {
+        let cp = cp;
+        unsafe { gemm_bf16_ptr(m, w, k, &a, k, &pbs[i], cp.0.add(i * w), ldc, false) };
+    });
+    for (i, pb) in pbs.iter().enumerate() {
+        let mut want = vec![0f32; m * w];
+        gemm_bf16(m, w, k, &a, k, pb, &mut want, w, false);
+        for r in 0..m {
+            let got: Vec<u32> = c[r * ldc + i * w..r * ldc + (i + 1) * w].iter().map(|x| x.to_bits()).collect();
+            let exp: Vec<u32> = want[r * w..(r + 1) * w].iter().map(|x| x.to_bits()).collect();
+            assert_eq!(got, exp, "block {i} row {r}");
+        }
+    }
+    for r in 0..m {
+        assert!(c[r * ldc + blocks * w..(r + 1) * ldc].iter().all(|&x| x == -7.0), "row {r} tail touched");
+    }
+}

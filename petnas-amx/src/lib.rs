@@ -805,29 +805,6 @@ pub fn gemm_bf16_with(
     gemm_impl(backend, m, n, k, a, lda, b, c, ldc, accumulate, None)
 }
 
-/// [`gemm_bf16`] into C through a raw pointer, on the calling thread only: for callers whose
-/// parallel tasks each run a small product into a disjoint column block of one matrix (no
-/// `&mut` slice of it can be formed per task, and a nested parallel loop would let the thread
-/// steal a sibling task in the middle of the product). The same bits as [`gemm_bf16`].
-///
-/// # Safety
-/// `c.add(i·ldc + j)` must be valid for writes (and reads when `accumulate`) for every
-/// `i < m, j < n`, and no other thread may access those elements during the call.
-#[allow(clippy::too_many_arguments)]
-pub unsafe fn gemm_bf16_ptr(
-    m: usize,
-    n: usize,
-    k: usize,
-    a: &[f32],
-    lda: usize,
-    b: &PackedB,
-    c: *mut f32,
-    ldc: usize,
-    accumulate: bool,
-) {
-    gemm_raw(selected_backend(), m, n, k, a, lda, b, c, ldc, accumulate, None, false)
-}
-
 #[allow(clippy::too_many_arguments)]
 fn gemm_impl(
     backend: Backend,
@@ -841,31 +818,6 @@ fn gemm_impl(
     ldc: usize,
     accumulate: bool,
     store: Option<&dyn Store>,
-) {
-    if m > 0 && n > 0 {
-        assert!(ldc >= n, "gemm_bf16: ldc < n");
-        assert!(c.len() >= (m - 1) * ldc + n, "gemm_bf16: c too short");
-    }
-    // SAFETY: the slice covers every element addressed, and the `&mut` makes it exclusive.
-    unsafe { gemm_raw(backend, m, n, k, a, lda, b, c.as_mut_ptr(), ldc, accumulate, store, true) }
-}
-
-/// # Safety
-/// As [`gemm_bf16_ptr`].
-#[allow(clippy::too_many_arguments)]
-unsafe fn gemm_raw(
-    backend: Backend,
-    m: usize,
-    n: usize,
-    k: usize,
-    a: &[f32],
-    lda: usize,
-    b: &PackedB,
-    c: *mut f32,
-    ldc: usize,
-    accumulate: bool,
-    store: Option<&dyn Store>,
-    parallel: bool,
 ) {
     assert!(
         backend.is_available(),
@@ -884,19 +836,17 @@ unsafe fn gemm_raw(
         return;
     }
     assert!(ldc >= n, "gemm_bf16: ldc < n");
+    assert!(c.len() >= (m - 1) * ldc + n, "gemm_bf16: c too short");
     if k == 0 {
-        // SAFETY (all rows below): row i's n elements are C's, valid by the contract.
         if !accumulate {
             for i in 0..m {
-                std::slice::from_raw_parts_mut(c.add(i * ldc), n).fill(0.0);
+                c[i * ldc..i * ldc + n].fill(0.0);
             }
         }
         if let Some(st) = store {
             st.prepare(0, m, 0, n);
-            let src: Vec<f32> = (0..m)
-                .flat_map(|i| std::slice::from_raw_parts(c.add(i * ldc), n).to_vec())
-                .collect();
-            st.store(0, m, 0, n, &src, n, c, ldc);
+            let src: Vec<f32> = (0..m).flat_map(|i| c[i * ldc..i * ldc + n].to_vec()).collect();
+            st.store(0, m, 0, n, &src, n, c.as_mut_ptr(), ldc);
         }
         return;
     }
@@ -926,11 +876,11 @@ unsafe fn gemm_raw(
                 .collect(),
         };
         let bp = SendPtr(b.buf.ptr);
-        let cp = SendPtr(c);
+        let cp = SendPtr(c.as_mut_ptr());
         let (mb, nb) = block_plan(m_tiles * TM, n_tiles * TN, k_tiles * TK);
         let m_blocks = (m_tiles * TM).div_ceil(mb);
         let n_blocks = (n_tiles * TN).div_ceil(nb);
-        let task = |t: usize| {
+        (0..m_blocks * n_blocks).into_par_iter().for_each(|t| {
             let (bi, bj) = (t / n_blocks, t % n_blocks);
             let r0 = bi * mb;
             let r1 = (r0 + mb).min(m_tiles * TM);
@@ -976,12 +926,7 @@ unsafe fn gemm_raw(
                     }
                 }
             }
-        };
-        if parallel {
-            (0..m_blocks * n_blocks).into_par_iter().for_each(task);
-        } else {
-            (0..m_blocks * n_blocks).for_each(task);
-        }
+        });
     });
 }
 

@@ -145,7 +145,7 @@ impl TaskDef {
                 self.text_columns
             ));
         }
-        if self.text_columns.iter().any(|c| *c == self.label_column) {
+        if self.text_columns.contains(&self.label_column) {
             return Err(format!(
                 "column `{}` is both a text and the label column",
                 self.label_column

@@ -280,18 +280,24 @@ pub fn chosen_budget(runs: &DataFrame, label: &str, budgets: &[i64]) -> Result<O
 
 /// Distinct labels of completed runs in `group`, in table order.
 pub fn labels_in_group(runs: &DataFrame, group: &str) -> Result<Vec<String>> {
+    completed_labels(
+        runs,
+        col("group").eq(lit(group.to_string())),
+        "listing labels",
+    )
+}
+
+/// Distinct labels of the completed runs that `filter` keeps, in table order; `what` names the
+/// listing in a polars error.
+pub fn completed_labels(runs: &DataFrame, filter: Expr, what: &str) -> Result<Vec<String>> {
     let df = runs
         .clone()
         .lazy()
-        .filter(
-            col("status")
-                .eq(lit("completed"))
-                .and(col("group").eq(lit(group.to_string()))),
-        )
+        .filter(col("status").eq(lit("completed")).and(filter))
         .select([col("label")])
         .unique(None, UniqueKeepStrategy::Any)
         .collect()
-        .map_err(AnalyzeError::polars("listing labels"))?;
+        .map_err(AnalyzeError::polars(what))?;
     let mut v: Vec<String> = str_values(&df, "label")?.into_iter().flatten().collect();
     v.sort_by_key(|l| crate::label::label_order(l));
     Ok(v)

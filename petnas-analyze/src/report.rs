@@ -267,17 +267,7 @@ pub fn claims_table(sweep: &Sweep, metric: &Metric) -> Result<String> {
 /// Labels of the completed runs flagged as ablations (another criterion than mean or random,
 /// another re-init, LoRA init or number of pruning rounds), in table order.
 fn ablation_labels(runs: &DataFrame) -> Result<Vec<String>> {
-    let df = runs
-        .clone()
-        .lazy()
-        .filter(col("status").eq(lit("completed")).and(col("ablation")))
-        .select([col("label")])
-        .unique(None, UniqueKeepStrategy::Any)
-        .collect()
-        .map_err(AnalyzeError::polars("listing ablation labels"))?;
-    let mut v: Vec<String> = str_values(&df, "label")?.into_iter().flatten().collect();
-    v.sort_by_key(|l| crate::label::label_order(l));
-    Ok(v)
+    crate::aggregate::completed_labels(runs, col("ablation"), "listing ablation labels")
 }
 
 fn budget_text(b: Option<i64>) -> String {

@@ -185,6 +185,45 @@ fn avx512bf16_available() -> bool {
     })
 }
 
+/// The CPU vendor string of `cpuid` leaf 0 ("GenuineIntel", "AuthenticAMD", ...), or "" where
+/// there is no `cpuid`.
+pub fn cpu_vendor() -> &'static str {
+    static V: OnceLock<String> = OnceLock::new();
+    V.get_or_init(|| {
+        #[cfg(target_arch = "x86_64")]
+        {
+            #[allow(unused_unsafe)]
+            let r = unsafe { std::arch::x86_64::__cpuid(0) };
+            let mut b = Vec::with_capacity(12);
+            for w in [r.ebx, r.edx, r.ecx] {
+                b.extend_from_slice(&w.to_le_bytes());
+            }
+            String::from_utf8_lossy(&b).into_owned()
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            String::new()
+        }
+    })
+}
+
+/// Whether this CPU's `vdpbf16ps` (AVX512-BF16, the [`Backend::Avx512Bf16`] kernel) outruns its
+/// fp32 FMAs, so that bf16 without AMX is worth running on it rather than fp32 arithmetic on
+/// bf16-rounded values. Decided by the CPU's vendor alone, so that a given CPU always takes the
+/// same path (results are bit-identical per path, not across paths). Measured with
+/// `cargo run --release -p petnas-amx --example bench`, per thread:
+/// * AMD (Zen 5 EPYC, `reports/bench/petnas-amx-kernels-epyc-zen5.jsonl`): `vdpbf16ps`
+///   478–501 GFLOP/s against gemm f32's 234–256: it issues on the FMA pipes at their rate and
+///   does two products per lane;
+/// * Intel without AMX (a Xeon whose hypervisor hides AMX,
+///   `reports/bench/petnas-amx-kernels-xeon-avx512bf16-noamx.jsonl`): 74–82 against 124–166:
+///   it issues on one port where fp32 FMAs issue on two.
+///
+/// False where the CPU lacks AVX512-BF16.
+pub fn avx512bf16_outruns_fp32() -> bool {
+    avx512bf16_available() && cpu_vendor() == "AuthenticAMD"
+}
+
 /// Compute path of [`gemm_bf16`].
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
 pub enum Backend {

@@ -410,6 +410,31 @@ fn backend_selection() {
     eprintln!("backend {name}, amx_available {}", amx_available());
 }
 
+/// The vendor that decides whether bf16 without AMX runs `vdpbf16ps` is the one Linux reports,
+/// and the rule needs AVX512-BF16.
+#[test]
+fn cpu_vendor_matches_linux_and_gates_avx512bf16() {
+    #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+    {
+        let info = std::fs::read_to_string("/proc/cpuinfo").unwrap();
+        let linux = info
+            .lines()
+            .find_map(|l| l.strip_prefix("vendor_id"))
+            .map(|r| r.trim_start_matches([' ', '\t', ':']).trim().to_string())
+            .expect("vendor_id in /proc/cpuinfo");
+        assert_eq!(cpu_vendor(), linux);
+    }
+    if avx512bf16_outruns_fp32() {
+        assert!(Backend::Avx512Bf16.is_available());
+        assert_eq!(cpu_vendor(), "AuthenticAMD");
+    }
+    eprintln!(
+        "vendor {}, avx512bf16_outruns_fp32 {}",
+        cpu_vendor(),
+        avx512bf16_outruns_fp32()
+    );
+}
+
 #[test]
 fn gemm_concurrent_callers_and_nested_rayon() {
     // Several OS threads calling gemm at once on a shared PackedB, and gemm called from

@@ -162,20 +162,21 @@ pub struct PackedWeight {
 }
 
 enum Packed {
-    /// AMX: `fwd` is `Wᵀ` (for `y = x·Wᵀ`), `bwd` is `W` (for `dx = g·W`, only when a backward
-    /// follows), in petnas-amx's tile layout.
+    /// AMX, or AVX512-BF16 where it outruns fp32 (AMD): `fwd` is `Wᵀ` (for `y = x·Wᵀ`), `bwd`
+    /// is `W` (for `dx = g·W`, only when a backward follows), in petnas-amx's tile layout.
     Tiles {
         fwd: petnas_amx::PackedB,
         bwd: Option<petnas_amx::PackedB>,
     },
-    /// No AMX: `W` rounded to bf16 and kept as f32 [out, in], for gemm's f32 kernels on
+    /// Neither: `W` rounded to bf16 and kept as f32 [out, in], for gemm's f32 kernels on
     /// bf16-rounded activations. The same arithmetic as bf16 × bf16 → fp32 (a product of two
     /// bf16 values is exact in f32), at fp32 speed. Measured against petnas-amx's other paths:
     /// its portable kernel ran the frozen matmuls about 3× slower than `--precision fp32` on an
     /// AVX2 machine, and its AVX512-BF16 kernel (`vdpbf16ps`) ran at 74–82 GFLOP/s per thread
     /// against gemm f32's 124–166 on a Xeon without AMX
     /// (`reports/bench/petnas-amx-kernels-xeon-avx512bf16-noamx.jsonl`): `vdpbf16ps` issues on
-    /// one port where fp32 FMAs issue on two, so it brings no speed over fp32 there.
+    /// one port where fp32 FMAs issue on two, so it brings no speed over fp32 there (on AMD it
+    /// runs at twice gemm f32's rate, and packed weights are used: [`bf16_on_tiles`]).
     Rounded(Vec<f32>),
 }
 
@@ -389,17 +390,22 @@ impl std::fmt::Debug for PackedWeight {
     }
 }
 
-/// Whether the CPU bf16 matmuls run on AMX tiles (petnas-amx's AMX backend); otherwise they run
-/// gemm's f32 kernels on bf16-rounded values (see [`Packed::Rounded`]).
+/// Whether the CPU bf16 matmuls run on petnas-amx's packed bf16 weights: on AMX tiles, or with
+/// `vdpbf16ps` where that outruns fp32 FMAs ([`petnas_amx::avx512bf16_outruns_fp32`]: AMD);
+/// otherwise they run gemm's f32 kernels on bf16-rounded values (see [`Packed::Rounded`]).
 fn bf16_on_tiles() -> bool {
-    petnas_amx::backend() == "amx"
+    match petnas_amx::backend() {
+        "amx" => true,
+        "avx512bf16" => petnas_amx::avx512bf16_outruns_fp32(),
+        _ => false,
+    }
 }
 
 /// The path the frozen matmuls of `--precision bf16` take on this CPU, as benchmarks and
-/// `verify` report it: "amx", or "gemm-f32 on bf16-rounded values".
+/// `verify` report it: "amx", "avx512bf16", or "gemm-f32 on bf16-rounded values".
 pub fn bf16_path() -> &'static str {
     if bf16_on_tiles() {
-        "amx"
+        petnas_amx::backend()
     } else {
         "gemm-f32 on bf16-rounded values"
     }
@@ -408,14 +414,14 @@ pub fn bf16_path() -> &'static str {
 /// `None` when `--precision bf16` runs on AMX tiles here; otherwise a one-line notice of the path
 /// it takes instead.
 pub fn bf16_notice() -> Option<String> {
-    if bf16_on_tiles() {
-        return None;
+    match (petnas_amx::backend(), bf16_on_tiles()) {
+        ("amx", _) => None,
+        ("avx512bf16", true) => Some(
+            "--precision bf16: no AMX tiles here (the CPU lacks them or Linux refused them); the frozen matmuls run AVX512-BF16 (vdpbf16ps), bf16 × bf16 → fp32, which outruns fp32 FMAs on this CPU".into(),
+        ),
+        ("avx512bf16", false) => Some("--precision bf16: no AMX tiles here (the CPU lacks them or Linux refused them), and AVX512-BF16 is no faster than fp32 FMAs on this CPU; the frozen matmuls run gemm's f32 kernels on bf16-rounded values: bf16 numerics at fp32 speed".into()),
+        _ => Some("--precision bf16: no AMX tiles here (the CPU lacks them or Linux refused them); the frozen matmuls run gemm's f32 kernels on bf16-rounded values: bf16 numerics at fp32 speed".into()),
     }
-    let why = match petnas_amx::backend() {
-        "avx512bf16" => "no AMX tiles here (the CPU lacks them or Linux refused them), and AVX512-BF16 is no faster than fp32 FMAs",
-        _ => "no AMX tiles here (the CPU lacks them or Linux refused them)",
-    };
-    Some(format!("--precision bf16: {why}; the frozen matmuls run gemm's f32 kernels on bf16-rounded values: bf16 numerics at fp32 speed"))
 }
 
 /// A PET linear layer as one op: frozen base weight, trainable bias, optional LoRA factors and

@@ -631,6 +631,8 @@ thread_local! {
     static A_BUF: RefCell<Option<AlignedBuf>> = const { RefCell::new(None) };
     /// Per-thread block of rows for [`PackedB::pack_rows_both`].
     static ROWS_BUF: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+    /// Per-thread block of C for the AVX512-BF16 path with a [`Store`].
+    static BLOCK_BUF: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
 
 /// A (m × k f32, row-major with lda) packed into 16×32 bf16 tiles: tile (mt, kt) at
@@ -955,8 +957,44 @@ fn gemm_impl(
                     #[cfg(target_arch = "x86_64")]
                     Backend::Avx512Bf16 => {
                         apack.ensure_rows(r0, r1);
-                        x86::bf16_task(&g, &blk, apack.buf, bp.get(), cp.get());
-                        whole(cp.get());
+                        match store {
+                            None => x86::bf16_task(
+                                &g,
+                                &blk,
+                                apack.buf,
+                                bp.get(),
+                                cp.get(),
+                                g.ldc,
+                                (0, 0),
+                            ),
+                            Some(st) if rows > 0 && cols > 0 => {
+                                // The block into a per-thread scratch (ld = its width), which
+                                // the store reads: C is written once, by the store.
+                                let ld = c1 - c0;
+                                BLOCK_BUF.with(|b| {
+                                    let mut b = b.borrow_mut();
+                                    if b.len() < rows * ld {
+                                        b.resize(rows * ld, 0.0);
+                                    }
+                                    let sp = b.as_mut_ptr();
+                                    if g.accumulate {
+                                        let c = cp.get();
+                                        for i in 0..rows {
+                                            std::ptr::copy_nonoverlapping(
+                                                c.add((r0 + i) * ldc + c0),
+                                                sp.add(i * ld),
+                                                cols,
+                                            );
+                                        }
+                                    }
+                                    let (ap, bq) = (apack.buf, bp.get());
+                                    x86::bf16_task(&g, &blk, ap, bq, sp, ld, (r0, c0));
+                                    let src = &b[..(rows - 1) * ld + cols];
+                                    st.store(r0, rows, c0, cols, src, ld, cp.get(), ldc);
+                                });
+                            }
+                            Some(_) => {}
+                        }
                     }
                     _ => {
                         apack.ensure_rows(r0, r1);
@@ -1530,18 +1568,32 @@ mod x86 {
 
     /// One rayon task with `vdpbf16ps`: 8 rows × 32 columns of C in 16 zmm accumulators,
     /// full k per accumulator pass (same k order as AMX: k-tile by k-tile, pair by pair).
+    ///
+    /// C(i, j) is written at `c.add((i - org.0)·ldc + j - org.1)`: into the user's C with
+    /// `org = (0, 0)`, or into a scratch block whose first element is C(org).
+    #[allow(clippy::too_many_arguments)]
     pub(super) unsafe fn bf16_task(
         g: &Geom,
         blk: &Block,
         ap: *const u16,
         bp: *const u16,
         c: *mut f32,
+        ldc: usize,
+        org: (usize, usize),
     ) {
-        bf16_task_impl(g, blk, ap, bp, c)
+        bf16_task_impl(g, blk, ap, bp, c, ldc, org)
     }
 
     #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
-    unsafe fn bf16_task_impl(g: &Geom, blk: &Block, ap: *const u16, bp: *const u16, c: *mut f32) {
+    unsafe fn bf16_task_impl(
+        g: &Geom,
+        blk: &Block,
+        ap: *const u16,
+        bp: *const u16,
+        c: *mut f32,
+        ldc: usize,
+        org: (usize, usize),
+    ) {
         let kt_all = g.k_tiles;
         let mut cc = blk.c0;
         while cc < blk.c1 {
@@ -1562,7 +1614,7 @@ mod x86 {
                 let mut acc = [[_mm512_setzero_ps(); 2]; 8];
                 if g.accumulate {
                     for (i, a) in acc.iter_mut().enumerate().take(vr) {
-                        let crow = c.add((rr + i) * g.ldc + cc);
+                        let crow = c.add((rr + i - org.0) * ldc + cc - org.1);
                         a[0] = _mm512_maskz_loadu_ps(msk0, crow);
                         a[1] = _mm512_maskz_loadu_ps(msk1, crow.wrapping_add(TN));
                     }
@@ -1585,7 +1637,7 @@ mod x86 {
                     }
                 }
                 for (i, a) in acc.iter().enumerate().take(vr) {
-                    let crow = c.add((rr + i) * g.ldc + cc);
+                    let crow = c.add((rr + i - org.0) * ldc + cc - org.1);
                     _mm512_mask_storeu_ps(crow, msk0, a[0]);
                     _mm512_mask_storeu_ps(crow.wrapping_add(TN), msk1, a[1]);
                 }

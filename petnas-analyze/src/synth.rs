@@ -230,6 +230,7 @@ impl SynthRun {
             },
             git_commit: Some("0123abc".into()),
             created_unix: 1_700_000_000,
+            host: None,
         }
     }
 }

@@ -523,6 +523,22 @@ pub struct RunRecord {
     pub git_commit: Option<String>,
     /// Creation time, seconds since the Unix epoch.
     pub created_unix: u64,
+    /// Where the run was computed, if recorded (records before this field have none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<Host>,
+}
+
+/// Provenance of a run's arithmetic: not part of the spec or its hash, because the same spec is
+/// meant to run anywhere, but it says which processor and matmul path produced the bits. fp32
+/// results are bit-identical across some processor kinds and not others, and the bf16 paths
+/// (AMX tiles, `vdpbf16ps`, gemm f32 on bf16-rounded values) agree to bf16 accuracy only.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Host {
+    /// The processor, e.g. "AMD EPYC (AuthenticAMD family 26 model 2)", or the GPU's device.
+    pub cpu: String,
+    /// The path of the frozen matmuls: "gemm-f32", "amx", "avx512bf16",
+    /// "gemm-f32 on bf16-rounded values", or "cuda".
+    pub matmuls: String,
 }
 
 impl RunRecord {
@@ -542,7 +558,14 @@ impl RunRecord {
             config_hash,
             git_commit,
             created_unix,
+            host: None,
         }
+    }
+
+    /// The record with its [`Host`] set.
+    pub fn with_host(mut self, host: Host) -> Self {
+        self.host = Some(host);
+        self
     }
 
     /// Writes the record as pretty JSON, atomically.
@@ -666,7 +689,26 @@ mod tests {
             },
             git_commit: Some("abc123".into()),
             created_unix: 1_700_000_000,
+            host: Some(Host {
+                cpu: "AMD EPYC (AuthenticAMD family 26 model 2)".into(),
+                matmuls: "gemm-f32".into(),
+            }),
         }
+    }
+
+    /// Records written before `host` existed load with none, and a record without one writes no
+    /// `host` key (so rewriting an old record keeps its JSON).
+    #[test]
+    fn host_is_optional_provenance() {
+        let r = record(RunStatus::Completed);
+        let v = serde_json::to_value(&r).unwrap();
+        assert_eq!(v["host"]["matmuls"], "gemm-f32");
+        let mut old = v.clone();
+        old.as_object_mut().unwrap().remove("host");
+        let back: RunRecord = serde_json::from_value(old).unwrap();
+        assert_eq!(back.host, None);
+        assert!(serde_json::to_value(&back).unwrap().get("host").is_none());
+        assert_eq!(back.with_host(r.host.clone().unwrap()), r);
     }
 
     #[test]

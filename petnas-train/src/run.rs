@@ -241,7 +241,8 @@ pub fn execute(inp: &RunInputs, plan: RunPlan, id: &str, out_dir: &Path) -> Resu
         }
         Err(e) => return Err(e),
     };
-    let record = RunRecord::new(id.to_string(), spec, result, git_commit());
+    let host = crate::device::host(&inp.device, spec.precision);
+    let record = RunRecord::new(id.to_string(), spec, result, git_commit()).with_host(host);
     // The criterion sums go into the run folder before it appears: a search resumed after a kill
     // must never find its maximal run done but without the scores to prune from.
     let criterion = criterion.as_deref().filter(|_| model.is_some());

@@ -241,10 +241,7 @@ pub fn bench(cfg: &BenchConfig, device: &Device) -> Result<BenchReport> {
             (positions - real) as f64 / positions as f64
         },
         precision: cfg.precision,
-        backend: match cfg.precision {
-            petnas_core::record::Precision::Fp32 => "gemm-f32".into(),
-            petnas_core::record::Precision::Bf16 => crate::model::fused::bf16_path().into(),
-        },
+        backend: crate::model::fused::matmul_path(cfg.precision).into(),
         flush_denormals: crate::model::cpu::flush_denormals_on()
             && rayon::broadcast(|_| crate::model::cpu::flush_denormals_on())
                 .iter()

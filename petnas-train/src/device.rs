@@ -35,20 +35,16 @@ pub fn host(
     device: &Device,
     precision: petnas_core::record::Precision,
 ) -> petnas_core::record::Host {
-    use petnas_core::record::{Host, Precision};
+    use petnas_core::record::Host;
     if !device.is_cpu() {
         return Host {
             cpu: format!("{:?}", device.location()),
             matmuls: "cuda".into(),
         };
     }
-    let matmuls = match precision {
-        Precision::Fp32 => "gemm-f32".to_string(),
-        Precision::Bf16 => crate::model::fused::bf16_path().to_string(),
-    };
     Host {
         cpu: cpu_name(),
-        matmuls,
+        matmuls: crate::model::fused::matmul_path(precision).into(),
     }
 }
 

@@ -411,16 +411,25 @@ pub fn bf16_path() -> &'static str {
     }
 }
 
+/// The path of the frozen matmuls on this CPU in `precision`, as `bench` and run records name
+/// it: "gemm-f32" in fp32, [`bf16_path`] in bf16.
+pub fn matmul_path(precision: petnas_core::record::Precision) -> &'static str {
+    match precision {
+        petnas_core::record::Precision::Fp32 => "gemm-f32",
+        petnas_core::record::Precision::Bf16 => bf16_path(),
+    }
+}
+
 /// `None` when `--precision bf16` runs on AMX tiles here; otherwise a one-line notice of the path
 /// it takes instead.
 pub fn bf16_notice() -> Option<String> {
+    const NO_TILES: &str = "no AMX tiles here (the CPU lacks them or Linux refused them)";
+    let rounded = "the frozen matmuls run gemm's f32 kernels on bf16-rounded values: bf16 numerics at fp32 speed";
     match (petnas_amx::backend(), bf16_on_tiles()) {
         ("amx", _) => None,
-        ("avx512bf16", true) => Some(
-            "--precision bf16: no AMX tiles here (the CPU lacks them or Linux refused them); the frozen matmuls run AVX512-BF16 (vdpbf16ps), bf16 × bf16 → fp32, which outruns fp32 FMAs on this CPU".into(),
-        ),
-        ("avx512bf16", false) => Some("--precision bf16: no AMX tiles here (the CPU lacks them or Linux refused them), and AVX512-BF16 is no faster than fp32 FMAs on this CPU; the frozen matmuls run gemm's f32 kernels on bf16-rounded values: bf16 numerics at fp32 speed".into()),
-        _ => Some("--precision bf16: no AMX tiles here (the CPU lacks them or Linux refused them); the frozen matmuls run gemm's f32 kernels on bf16-rounded values: bf16 numerics at fp32 speed".into()),
+        ("avx512bf16", true) => Some(format!("--precision bf16: {NO_TILES}; the frozen matmuls run AVX512-BF16 (vdpbf16ps), bf16 × bf16 → fp32, which outruns fp32 FMAs on this CPU")),
+        ("avx512bf16", false) => Some(format!("--precision bf16: {NO_TILES}, and AVX512-BF16 is no faster than fp32 FMAs on this CPU; {rounded}")),
+        _ => Some(format!("--precision bf16: {NO_TILES}; {rounded}")),
     }
 }
 

@@ -1031,6 +1031,114 @@ fn rows_times_small_r<const R: usize>(a: &[f32], k: usize, m: &[f32], out: &mut 
     }
 }
 
+/// [`rows_times_small_r`] with AVX-512 intrinsics, for CPUs at `simd_level() == 4`, `ROWS` rows
+/// at a time (their chains independent, each `m` load shared by them). Rank 8: one register
+/// holds two of the portable kernel's partial sums side by side (lanes 0–7 the sum of
+/// `j ≡ 0 mod 4`, lanes 8–15 of `j ≡ 1`, and a second register `j ≡ 2, 3`), so each step of four
+/// `j` is two multiplies and two adds on `m`'s rows `j..j+4` as two registers, with `a`'s four
+/// values spread across the halves by one permute each. Rank 16: one register per partial sum,
+/// as in the portable kernel. Either way every partial sum takes the same products in the same
+/// order, as a multiply then an add (no FMA), and they are added as `(s0 + s1) + (s2 + s3)`, so
+/// the bits equal the portable kernel's; a test checks it. The portable kernel spent most of
+/// its time on bounds checks and on 8-lane chains of dependent adds.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn rows_times_small_avx512<const R: usize>(a: &[f32], k: usize, m: &[f32], out: &mut [f32]) {
+    const ROWS: usize = 4;
+    let rows = out.len() / R;
+    assert!((R == 8 || R == 16) && a.len() >= rows * k && m.len() >= k * R);
+    let mut i = 0;
+    while i + ROWS <= rows {
+        rows_block_avx512::<R, ROWS>(
+            a.as_ptr().add(i * k),
+            k,
+            m.as_ptr(),
+            out.as_mut_ptr().add(i * R),
+        );
+        i += ROWS;
+    }
+    while i < rows {
+        rows_block_avx512::<R, 1>(
+            a.as_ptr().add(i * k),
+            k,
+            m.as_ptr(),
+            out.as_mut_ptr().add(i * R),
+        );
+        i += 1;
+    }
+}
+
+/// `N` rows of [`rows_times_small_avx512`] from `a` (row stride `k`) into `out` (row stride `R`).
+/// The caller checks the bounds.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[inline]
+unsafe fn rows_block_avx512<const R: usize, const N: usize>(
+    a: *const f32,
+    k: usize,
+    m: *const f32,
+    out: *mut f32,
+) {
+    use std::arch::x86_64::*;
+    let k4 = k / 4 * 4;
+    // s[0..4] per row: the four partial sums (rank 8: s[0] = sums 0|1, s[1] = sums 2|3).
+    let mut s = [[_mm512_setzero_ps(); 4]; N];
+    if R == 8 {
+        let idx01 = _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);
+        let idx23 = _mm512_set_epi32(3, 3, 3, 3, 3, 3, 3, 3, 2, 2, 2, 2, 2, 2, 2, 2);
+        let mut j = 0;
+        while j < k4 {
+            let m01 = _mm512_loadu_ps(m.add(j * 8));
+            let m23 = _mm512_loadu_ps(m.add(j * 8 + 16));
+            for (r, sr) in s.iter_mut().enumerate() {
+                let av = _mm512_castps128_ps512(_mm_loadu_ps(a.add(r * k + j)));
+                let p01 = _mm512_permutexvar_ps(idx01, av);
+                let p23 = _mm512_permutexvar_ps(idx23, av);
+                sr[0] = _mm512_add_ps(sr[0], _mm512_mul_ps(p01, m01));
+                sr[1] = _mm512_add_ps(sr[1], _mm512_mul_ps(p23, m23));
+            }
+            j += 4;
+        }
+        for (r, sr) in s.iter().enumerate() {
+            let mut s0 = _mm512_castps512_ps256(sr[0]);
+            let s1 = _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(sr[0])));
+            let s2 = _mm512_castps512_ps256(sr[1]);
+            let s3 = _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(sr[1])));
+            for j in k4..k {
+                let av = _mm256_set1_ps(*a.add(r * k + j));
+                s0 = _mm256_add_ps(s0, _mm256_mul_ps(av, _mm256_loadu_ps(m.add(j * 8))));
+            }
+            let t = _mm256_add_ps(_mm256_add_ps(s0, s1), _mm256_add_ps(s2, s3));
+            _mm256_storeu_ps(out.add(r * 8), t);
+        }
+    } else {
+        let mut j = 0;
+        while j < k4 {
+            let mj = [
+                _mm512_loadu_ps(m.add(j * 16)),
+                _mm512_loadu_ps(m.add(j * 16 + 16)),
+                _mm512_loadu_ps(m.add(j * 16 + 32)),
+                _mm512_loadu_ps(m.add(j * 16 + 48)),
+            ];
+            for (r, sr) in s.iter_mut().enumerate() {
+                for q in 0..4 {
+                    let av = _mm512_set1_ps(*a.add(r * k + j + q));
+                    sr[q] = _mm512_add_ps(sr[q], _mm512_mul_ps(av, mj[q]));
+                }
+            }
+            j += 4;
+        }
+        for (r, sr) in s.iter_mut().enumerate() {
+            for j in k4..k {
+                let av = _mm512_set1_ps(*a.add(r * k + j));
+                sr[0] = _mm512_add_ps(sr[0], _mm512_mul_ps(av, _mm512_loadu_ps(m.add(j * 16))));
+            }
+            let t = _mm512_add_ps(_mm512_add_ps(sr[0], sr[1]), _mm512_add_ps(sr[2], sr[3]));
+            _mm512_storeu_ps(out.add(r * 16), t);
+        }
+    }
+}
+
 /// [`rows_times_small`] as a plain loop, one row at a time with the kernels' four partial sums:
 /// what the kernels must equal bit for bit.
 #[cfg(test)]
@@ -1110,9 +1218,17 @@ const COLS_PER_TASK: usize = 96;
 
 /// The thin-matrix kernel of [`rows_times_small`] for rank `r`, if there is one.
 fn rows_kernel(r: usize) -> Option<RowsKernel> {
-    match r {
-        8 => Some(rows_times_small_8),
-        16 => Some(rows_times_small_16),
+    #[cfg(target_arch = "x86_64")]
+    let wide = simd_level() == 4;
+    #[cfg(not(target_arch = "x86_64"))]
+    let wide = false;
+    match (r, wide) {
+        #[cfg(target_arch = "x86_64")]
+        (8, true) => Some(|a, k, m, out| unsafe { rows_times_small_avx512::<8>(a, k, m, out) }),
+        #[cfg(target_arch = "x86_64")]
+        (16, true) => Some(|a, k, m, out| unsafe { rows_times_small_avx512::<16>(a, k, m, out) }),
+        (8, _) => Some(rows_times_small_8),
+        (16, _) => Some(rows_times_small_16),
         _ => None,
     }
 }

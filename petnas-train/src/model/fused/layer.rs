@@ -8,7 +8,7 @@
 //! gradients. Inside, the layer runs exactly the per-op kernels of [`super::linear`],
 //! [`super::attention`], [`super::layernorm`] and [`super::dropout`], in the same order, and sums
 //! gradients where two paths meet in the order candle's backprop does, so results are bit for bit
-//! those of the per-op path (`tests::layer_op_matches_per_op_path`).
+//! those of the per-op path (`the_fused_layer_op_matches_the_per_op_path_bit_for_bit` in tests/model.rs).
 //!
 //! Scope: CPU, f32 activations (either precision of the frozen matmuls), erf GELU, no trained base
 //! weight (full fine-tuning keeps the per-op path, which computes weight gradients).
@@ -20,7 +20,7 @@ use candle_core::{bail, CpuStorage, Layout, Result, Shape, Tensor};
 use super::attention::Attention;
 use super::dropout::dropout_in_place;
 use super::layernorm::{ln_backward, ln_forward};
-use super::linear::PetLinearOp;
+use super::linear::{DxThen, PetLinearOp};
 use super::*;
 
 /// One PET linear of the layer: the frozen weight, its effective bias `b + m⊙Δb` and effective
@@ -162,7 +162,7 @@ impl LayerOp {
         want_x: bool,
         dp: &mut [f32],
     ) -> Result<Option<Vec<f32>>> {
-        self.lin_backward_fused(j, x, n, params, grad, want_x, dp, false, None)
+        self.lin_backward_fused(j, x, n, params, grad, want_x, dp, false, DxThen::Nothing)
     }
 
     /// [`LayerOp::lin_backward`] with [`PetLinearOp::backward_fused`]'s GELU fusions.
@@ -177,7 +177,7 @@ impl LayerOp {
         want_x: bool,
         dp: &mut [f32],
         grad_through_gelu: bool,
-        dx_gelu: Option<&[f32]>,
+        dx_then: DxThen<'_>,
     ) -> Result<Option<Vec<f32>>> {
         let s = self.sections[j];
         let k = x.len() / n.max(1);
@@ -189,7 +189,7 @@ impl LayerOp {
             grad,
             want_x,
             grad_through_gelu,
-            dx_gelu,
+            dx_then,
         )?;
         dp[s.bias..s.bias + s.out].copy_from_slice(&db);
         if s.uv_len > 0 {
@@ -259,22 +259,21 @@ impl LayerOp {
                 let Some(z) = z.as_ref() else {
                     bail!("fused layer: backward without the FFN's saved pre-activation")
                 };
-                Some(z.as_slice())
+                DxThen::Gelu(z.as_slice())
             } else {
-                None
+                DxThen::Nothing
             };
             self.lin_backward_fused(5, &sv.i, n, p, &d_o, true, &mut dp, false, z)?
                 .expect("dx requested")
         };
         drop(d_o);
-        let da_inter = self
-            .lin_backward_fused(4, &sv.a, n, p, &di, true, &mut dp, fuse_gelu, None)?
+        // a feeds the residual (its gradient arrives first in candle's order) and the FFN:
+        // da = ds2 + (the FFN's dx), added in the dx GEMM's store on packed bf16 weights.
+        let da = self
+            .lin_backward_fused(4, &sv.a, n, p, &di, true, &mut dp, fuse_gelu, DxThen::Add(&ds2))?
             .expect("dx requested");
         drop(di);
-        // a feeds the residual (its gradient arrives first in candle's order) and the FFN.
-        let mut da = ds2;
-        add_assign(&mut da, &da_inter);
-        drop(da_inter);
+        drop(ds2);
         // a = LN1(s1), s1 = drop1(attn_out(ctx)) + x
         let (ds1, _, dbeta1) = ln_backward(&sv.s1, &da, &self.gamma[0], h, self.eps[0]);
         dp[b1..b1 + h].copy_from_slice(&dbeta1);
@@ -288,19 +287,21 @@ impl LayerOp {
             .attn
             .backward_slices(&sv.q, &sv.k, &sv.v, &dctx, b, l, h)?;
         drop(dctx);
-        // x feeds the residual, then V, K and Q, summed in that order (candle's).
-        let dx_v = self.lin_backward(2, x, n, p, &dv, want_x, &mut dp)?;
-        let dx_k = self.lin_backward(1, x, n, p, &dk, want_x, &mut dp)?;
-        let dx_q = self.lin_backward(0, x, n, p, &dq, want_x, &mut dp)?;
-        let dx = match (dx_v, dx_k, dx_q) {
-            (Some(v), Some(k), Some(q)) => {
-                let mut dx = ds1;
-                add_assign(&mut dx, &v);
-                add_assign(&mut dx, &k);
-                add_assign(&mut dx, &q);
-                Some(dx)
+        // x feeds the residual, then V, K and Q, summed in that order (candle's): each dx GEMM
+        // adds the sum so far (in its store on packed bf16 weights).
+        let dx = if want_x {
+            let mut sum = ds1;
+            for (j, dj) in [(2, &dv), (1, &dk), (0, &dq)] {
+                sum = self
+                    .lin_backward_fused(j, x, n, p, dj, true, &mut dp, false, DxThen::Add(&sum))?
+                    .expect("dx requested");
             }
-            _ => None,
+            Some(sum)
+        } else {
+            for (j, dj) in [(2, &dv), (1, &dk), (0, &dq)] {
+                self.lin_backward(j, x, n, p, dj, false, &mut dp)?;
+            }
+            None
         };
         Ok((dx, dp))
     }

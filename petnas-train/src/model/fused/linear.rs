@@ -31,6 +31,21 @@ pub(super) enum After<'a> {
     DropoutAdd(Option<(u64, u64, f32)>, &'a [f32]),
 }
 
+/// What a dx GEMM applies to its products `g·W'` on their way out: on packed bf16 weights, in
+/// the GEMM's store as each block leaves the accumulators; otherwise as a pass after it, with
+/// the same arithmetic per element either way.
+#[derive(Clone, Copy)]
+pub(super) enum DxThen<'a> {
+    /// `dx` itself.
+    Nothing,
+    /// `dx ⊙ GELU'(z)` for the GELU whose pre-activation `z` [n, in] produced this linear's
+    /// input.
+    Gelu(&'a [f32]),
+    /// `dx + prev`: the gradient of an input that feeds other paths too, `prev` [n, in] the
+    /// sum of what they sent (one addition per element, as a separate add would do it).
+    Add(&'a [f32]),
+}
+
 /// Prefetches the [rows × cols] block at `p` (row stride `ld`) towards L2, so that a store
 /// that reads it finds it there after the block's products.
 #[inline]
@@ -141,6 +156,41 @@ impl petnas_amx::Store for GeluBackwardStore<'_> {
                 )
             };
             gelu_bwd_chunk(&self.z[at..at + cols], &src[i * lds..i * lds + cols], d);
+        }
+    }
+}
+
+/// The store of a dx GEMM whose input feeds other paths too: `dx = products + prev` (one
+/// addition per element: the bits of adding `prev` in a separate pass), `prev` prefetched per
+/// region. `prev` is a buffer of its own, so the store never reads C, whatever the backend.
+struct AddBackwardStore<'a> {
+    k: usize,
+    prev: &'a [f32],
+}
+
+impl petnas_amx::Store for AddBackwardStore<'_> {
+    fn prepare(&self, r0: usize, rows: usize, c0: usize, cols: usize) {
+        prefetch_block(self.prev[r0 * self.k + c0..].as_ptr(), self.k, rows, cols);
+    }
+
+    fn store(
+        &self,
+        r0: usize,
+        rows: usize,
+        c0: usize,
+        cols: usize,
+        src: &[f32],
+        lds: usize,
+        dx: *mut f32,
+        ldx: usize,
+    ) {
+        debug_assert_eq!(ldx, self.k);
+        for i in 0..rows {
+            let at = (r0 + i) * self.k + c0;
+            // SAFETY: dx is the GEMM's C [n, k]; disjoint regions, each stored once. Every
+            // element is written before anything reads it (sum_into only writes `d`).
+            let d = unsafe { std::slice::from_raw_parts_mut(dx.add(at), cols) };
+            sum_into(d, &src[i * lds..i * lds + cols], &self.prev[at..at + cols]);
         }
     }
 }
@@ -320,21 +370,19 @@ impl PackedWeight {
     /// `bf16(g)·bf16(W)` for `g` [n, out]: dx [n, in]; `None` if packed without backward.
     #[cfg(test)]
     pub(super) fn backward(&self, n: usize, g: &[f32]) -> Option<Vec<f32>> {
-        self.backward_then_gelu(n, g, None)
+        self.backward_then(n, g, DxThen::Nothing)
     }
 
-    /// [`PackedWeight::backward`], then with `z` [n, in], `dx ← dx ⊙ GELU'(z)`: the gradient
-    /// through the GELU that produced this linear's input, in the GEMM's store on AMX tiles
-    /// (the same elementwise arithmetic as [`gelu_backward`], so the same bits).
-    pub(super) fn backward_then_gelu(
-        &self,
-        n: usize,
-        g: &[f32],
-        z: Option<&[f32]>,
-    ) -> Option<Vec<f32>> {
+    /// [`PackedWeight::backward`], then [`DxThen`]: with `Gelu(z)`, `dx ← dx ⊙ GELU'(z)` (the
+    /// gradient through the GELU that produced this linear's input); with `Add(prev)`, `dx ←
+    /// dx + prev`. On packed weights in the GEMM's store, with the same elementwise arithmetic
+    /// as [`gelu_backward`] and as an add pass, so the same bits.
+    pub(super) fn backward_then(&self, n: usize, g: &[f32], then: DxThen<'_>) -> Option<Vec<f32>> {
         let (o, k) = (self.out, self.inp);
-        if let Some(z) = z {
-            assert_eq!(z.len(), n * k, "bf16 backward: GELU input length");
+        match then {
+            DxThen::Gelu(z) => assert_eq!(z.len(), n * k, "bf16 backward: GELU input length"),
+            DxThen::Add(p) => assert_eq!(p.len(), n * k, "bf16 backward: summand length"),
+            DxThen::Nothing => {}
         }
         let mut dx: Vec<f32> = Vec::with_capacity(n * k);
         match &self.kind {
@@ -342,12 +390,16 @@ impl PackedWeight {
                 let bwd = bwd.as_ref()?;
                 // SAFETY: the non-accumulating GEMM writes every element of dx.
                 unsafe { dx.set_len(n * k) };
-                match z {
-                    Some(z) => {
+                match then {
+                    DxThen::Gelu(z) => {
                         let st = GeluBackwardStore { k, z };
                         petnas_amx::gemm_bf16_store(n, k, o, g, o, bwd, &mut dx, k, false, &st)
                     }
-                    None => petnas_amx::gemm_bf16(n, k, o, g, o, bwd, &mut dx, k, false),
+                    DxThen::Add(prev) => {
+                        let st = AddBackwardStore { k, prev };
+                        petnas_amx::gemm_bf16_store(n, k, o, g, o, bwd, &mut dx, k, false, &st)
+                    }
+                    DxThen::Nothing => petnas_amx::gemm_bf16(n, k, o, g, o, bwd, &mut dx, k, false),
                 }
                 return Some(dx);
             }
@@ -373,9 +425,13 @@ impl PackedWeight {
                 );
             },
         }
-        Some(match z {
-            Some(z) => gelu_backward(z, &dx),
-            None => dx,
+        Some(match then {
+            DxThen::Gelu(z) => gelu_backward(z, &dx),
+            DxThen::Add(prev) => {
+                add_assign(&mut dx, prev);
+                dx
+            }
+            DxThen::Nothing => dx,
         })
     }
 }
@@ -727,7 +783,7 @@ impl PetLinearOp {
         grad: &[f32],
         want_x: bool,
     ) -> Result<LinearGrads> {
-        self.backward_fused(x, n, k, uv, grad, want_x, false, None)
+        self.backward_fused(x, n, k, uv, grad, want_x, false, DxThen::Nothing)
     }
 
     /// The pre-activation `z` this op's GELU saved in forward (for [`PetLinearOp::backward_fused`]
@@ -746,10 +802,11 @@ impl PetLinearOp {
         self.bf16 && bf16_on_tiles()
     }
 
-    /// [`PetLinearOp::backward`] with two fusions of the bf16 path: `grad_through_gelu` says
-    /// `grad` is already the gradient of this op's pre-activation (its GELU's backward ran in
-    /// the store of the layer above), and `dx_gelu = Some(z)` applies `⊙ GELU'(z)` to dx in
-    /// the dx GEMM's store, for the GELU that produced `x`.
+    /// [`PetLinearOp::backward`] with fusions of the bf16 path: `grad_through_gelu` says `grad`
+    /// is already the gradient of this op's pre-activation (its GELU's backward ran in the store
+    /// of the layer above), and `dx_then` is applied to dx, in the dx GEMM's store on packed
+    /// weights: `Gelu(z)` (bf16 only) for the GELU that produced `x`, `Add(prev)` (either
+    /// precision; after the GEMM in fp32) for an `x` that feeds other paths too.
     #[allow(clippy::too_many_arguments)]
     pub(super) fn backward_fused(
         &self,
@@ -760,13 +817,18 @@ impl PetLinearOp {
         grad: &[f32],
         want_x: bool,
         grad_through_gelu: bool,
-        dx_gelu: Option<&[f32]>,
+        dx_then: DxThen<'_>,
     ) -> Result<LinearGrads> {
         let o = self.w.dim(0)?;
         let (ks, os) = (k as isize, o as isize);
         let par = parallelism();
-        if dx_gelu.is_some() && !(want_x && self.bf16) {
+        if matches!(dx_then, DxThen::Gelu(_)) && !(want_x && self.bf16) {
             bail!("fused linear: a GELU in the dx store needs the bf16 path and dx");
+        }
+        if let DxThen::Add(prev) = dx_then {
+            if !want_x || prev.len() != n * k {
+                bail!("fused linear: a summand of {} for dx [{n}, {k}]", prev.len());
+            }
         }
         // Through the GELU first: g ← g ⊙ gelu'(z).
         let gz_own;
@@ -801,7 +863,7 @@ impl PetLinearOp {
                 .map_err(|_| candle_core::Error::Msg("fused linear: poisoned lock".into()))?;
             let Some(dx) = saved
                 .as_ref()
-                .and_then(|p| p.backward_then_gelu(n, g, dx_gelu))
+                .and_then(|p| p.backward_then(n, g, dx_then))
             else {
                 bail!("fused linear: backward without the packed weight")
             };
@@ -840,6 +902,9 @@ impl PetLinearOp {
                     })?
                 }
                 None => bail!("fused linear: backward without the saved effective weight"),
+            }
+            if let DxThen::Add(prev) = dx_then {
+                add_assign(&mut dx, prev);
             }
             Some(dx)
         } else {

@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex};
 use candle_core::{bail, CpuStorage, Layout, Result, Shape, Tensor};
 
 use super::attention::Attention;
-use super::dropout::dropout_in_place;
+use super::dropout::dropout_slice;
 use super::layernorm::{ln_backward, ln_forward};
 use super::linear::{DxThen, PetLinearOp};
 use super::*;
@@ -122,12 +122,13 @@ fn lock_err() -> candle_core::Error {
 }
 
 impl LayerOp {
-    /// Dropout `which` applied to `x` in place (the buffer is reused, not copied).
-    fn dropout(&self, which: usize, mut x: Vec<f32>) -> Vec<f32> {
-        if let Some((sm, base, p)) = self.drop[which] {
-            dropout_in_place(&mut x, sm, base, p);
+    /// Dropout `which` applied to a copy of `x`, in one pass (the bits of dropout in place on
+    /// `x.to_vec()`).
+    fn dropout_copy(&self, which: usize, x: &[f32]) -> Vec<f32> {
+        match self.drop[which] {
+            Some((sm, base, p)) => dropout_slice(x, sm, base, p),
+            None => x.to_vec(),
         }
-        x
     }
 
     /// Linear `j` on `x`; with `residual = Some((which, r))`, `drop_which(lin_j(x)) + r`.
@@ -249,7 +250,7 @@ impl LayerOp {
         // y = LN2(s2), s2 = drop2(out(i)) + a
         let (ds2, _, dbeta2) = ln_backward(&sv.s2, g, &self.gamma[1], h, self.eps[1]);
         dp[b2..b2 + h].copy_from_slice(&dbeta2);
-        let d_o = self.dropout(1, ds2.clone());
+        let d_o = self.dropout_copy(1, &ds2);
         // On AMX tiles the FFN's GELU backward runs in the store of the output dense's dx
         // GEMM (the same elementwise arithmetic, so the same bits as a separate pass).
         let fuse_gelu = self.lin[5].bf16_tiles();
@@ -278,7 +279,7 @@ impl LayerOp {
         let (ds1, _, dbeta1) = ln_backward(&sv.s1, &da, &self.gamma[0], h, self.eps[0]);
         dp[b1..b1 + h].copy_from_slice(&dbeta1);
         drop(da);
-        let d_ao = self.dropout(0, ds1.clone());
+        let d_ao = self.dropout_copy(0, &ds1);
         let dctx = self
             .lin_backward(3, &sv.ctx, n, p, &d_ao, true, &mut dp)?
             .expect("dx requested");

@@ -147,9 +147,6 @@ pub struct EncoderModel {
     dtype: DType,
     /// Run each encoder layer as one fused op where it can (see [`fused::encoder_layer`]).
     layer_fusion: bool,
-    /// bf16 run on a CPU whose `vdpbf16ps` outruns fp32: the fused attention's products of
-    /// scores, context, dP and dQ in bf16 (see [`fused::attention`]).
-    bf16_attention: bool,
 }
 
 /// HF names of the head's tensors for a family: (dense weight, dense bias, out weight, out bias).
@@ -377,9 +374,6 @@ impl EncoderModel {
             device: device.clone(),
             dtype: dt,
             layer_fusion: true,
-            bf16_attention: opts.precision == Precision::Bf16
-                && device.is_cpu()
-                && fused::bf16_attention_available(),
         })
     }
 
@@ -490,15 +484,7 @@ impl EncoderModel {
                             d.hidden2 = Some((seed, base, p_hidden as f32));
                         }
                     }
-                    x = fused::encoder_layer(
-                        &x,
-                        &batch.attention_mask,
-                        nh,
-                        scale,
-                        &parts,
-                        d,
-                        self.bf16_attention,
-                    )?;
+                    x = fused::encoder_layer(&x, &batch.attention_mask, nh, scale, &parts, d)?;
                     continue;
                 }
             }
@@ -514,16 +500,7 @@ impl EncoderModel {
                     }
                     _ => None,
                 };
-                fused::attention(
-                    &q,
-                    &k,
-                    &v,
-                    &batch.attention_mask,
-                    nh,
-                    scale,
-                    drop_at,
-                    self.bf16_attention,
-                )?
+                fused::attention(&q, &k, &v, &batch.attention_mask, nh, scale, drop_at)?
             } else {
                 let heads = |t: Tensor| -> Result<Tensor> {
                     t.reshape((b, l, nh, dh))?.transpose(1, 2)?.contiguous()

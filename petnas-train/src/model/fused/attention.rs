@@ -31,68 +31,6 @@ pub(super) struct Attention {
     kept: Mutex<Option<Vec<u8>>>,
     /// Whether anything upstream needs gradients (else the probabilities are not kept).
     keep: bool,
-    /// The products of scores (Q·Kᵀ), context (P·V), dP (dctx·Vᵀ) and dQ (dS·K) as bf16 × bf16
-    /// → fp32 with `vdpbf16ps` ([`super::dotbf16`]); dV and dK stay fp32. dK's column sums are
-    /// the key bias's gradient, zero in exact arithmetic (a softmax ignores a shift of its row):
-    /// dS in bf16 would break that cancellation (README, "Tried and not kept").
-    bf16: bool,
-}
-
-thread_local! {
-    /// Per-thread bf16 pair buffers of the bf16 products.
-    static PAIRS: std::cell::RefCell<Vec<u32>> = const { std::cell::RefCell::new(Vec::new()) };
-}
-
-/// Runs `f` on this thread's pair buffer of at least `len` values (contents: whatever an earlier
-/// call left; `f` writes what it reads).
-fn with_pairs<R>(len: usize, f: impl FnOnce(&mut [u32]) -> R) -> R {
-    PAIRS.with(|cell| match cell.try_borrow_mut() {
-        Ok(mut b) => {
-            if b.len() < len {
-                b.resize(len, 0);
-            }
-            f(&mut b[..len])
-        }
-        Err(_) => f(&mut vec![0u32; len]),
-    })
-}
-
-/// `C = alpha · A·Bᵀ` in bf16 pairs for `A` [m, d] and `B` [n, d] (row strides `lda`, `ldb`,
-/// columns contiguous), `C` [m, n] (row stride `ldc`): both operands paired along `d`.
-///
-/// # Safety
-/// The views cover valid memory, `C` overlaps neither, and [`super::dotbf16::available`].
-#[cfg(target_arch = "x86_64")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn bf16_times_transposed(m: usize, n: usize, d: usize, a: *const f32, lda: usize, b: *const f32, ldb: usize, c: *mut f32, ldc: usize, alpha: f32) {
-    use super::dotbf16::*;
-    let kp = d.div_ceil(2);
-    with_pairs(m * kp + 2 * n * kp, |buf| {
-        let (ap, rest) = buf.split_at_mut(m * kp);
-        let (bp, bt) = rest.split_at_mut(n * kp);
-        pairs_along_rows(a, m, d, lda, ap.as_mut_ptr());
-        pairs_along_rows(b, n, d, ldb, bp.as_mut_ptr());
-        transpose_u32(bp.as_ptr(), n, kp, bt.as_mut_ptr());
-        gemm_pairs(m, n, kp, ap.as_ptr(), kp, bt.as_ptr(), n, c, ldc, alpha);
-    })
-}
-
-/// `C = alpha · A·B` in bf16 pairs for `A` [m, k], `B` [k, n] (row strides `lda`, `ldb`, columns
-/// contiguous), `C` [m, n] (row stride `ldc`).
-///
-/// # Safety
-/// As for [`bf16_times_transposed`].
-#[cfg(target_arch = "x86_64")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn bf16_times(m: usize, n: usize, k: usize, a: *const f32, lda: usize, b: *const f32, ldb: usize, c: *mut f32, ldc: usize, alpha: f32) {
-    use super::dotbf16::*;
-    let kp = k.div_ceil(2);
-    with_pairs(m * kp + kp * n, |buf| {
-        let (ap, bp) = buf.split_at_mut(m * kp);
-        pairs_along_rows(a, m, k, lda, ap.as_mut_ptr());
-        pairs_down_cols(b, k, n, ldb, bp.as_mut_ptr());
-        gemm_pairs(m, n, kp, ap.as_ptr(), kp, bp.as_ptr(), n, c, ldc, alpha);
-    })
 }
 
 multiversion! {
@@ -184,7 +122,6 @@ impl Attention {
         scale: f64,
         drop: Option<(u64, u64, f32)>,
         keep: bool,
-        bf16: bool,
     ) -> Result<Self> {
         // Same additive bias as the composite path: (m − 1)·1e9.
         let mask_bias: Vec<f32> = attention_mask
@@ -204,7 +141,6 @@ impl Attention {
             probs: Mutex::new(None),
             kept: Mutex::new(None),
             keep,
-            bf16: bf16 && cfg!(target_arch = "x86_64") && super::dotbf16::available(),
         })
     }
 
@@ -245,28 +181,22 @@ impl Attention {
                 let (bi, hi) = (t / nh, t % nh);
                 let off = bi * l * h + hi * dh;
                 let p: &mut [f32] = unsafe {
-                    let dst = p.as_mut_ptr() as *mut f32;
                     // scores = scale · Q_h·K_hᵀ; Kᵀ element (d, j) = k[j, d].
-                    if self.bf16 {
-                        #[cfg(target_arch = "x86_64")]
-                        bf16_times_transposed(l, l, dh, q.as_ptr().add(off), h, k.as_ptr().add(off), h, dst, l, self.scale);
-                    } else {
-                        gemm_f32(
-                            l,
-                            l,
-                            dh,
-                            dst,
-                            l as isize,
-                            1,
-                            false,
-                            Mat(q.as_ptr().add(off), hs, 1),
-                            Mat(k.as_ptr().add(off), 1, hs),
-                            self.scale,
-                            Parallelism::None,
-                        );
-                    }
+                    gemm_f32(
+                        l,
+                        l,
+                        dh,
+                        p.as_mut_ptr() as *mut f32,
+                        l as isize,
+                        1,
+                        false,
+                        Mat(q.as_ptr().add(off), hs, 1),
+                        Mat(k.as_ptr().add(off), 1, hs),
+                        self.scale,
+                        Parallelism::None,
+                    );
                     // Every element of the block is written now.
-                    std::slice::from_raw_parts_mut(dst, p.len())
+                    std::slice::from_raw_parts_mut(p.as_mut_ptr() as *mut f32, p.len())
                 };
                 softmax_rows(p, &self.mask_bias[bi * l..(bi + 1) * l], l);
                 with_scratch(if self.drop.is_some() { l * l } else { 0 }, |dropped, _| {
@@ -311,24 +241,19 @@ impl Attention {
                         None => p,
                     };
                     unsafe {
-                        if self.bf16 {
-                            #[cfg(target_arch = "x86_64")]
-                            bf16_times(l, dh, l, lhs.as_ptr(), l, v.as_ptr().add(off), h, cp.0.add(off), h, 1.0);
-                        } else {
-                            gemm_f32(
-                                l,
-                                dh,
-                                l,
-                                cp.0.add(off),
-                                hs,
-                                1,
-                                false,
-                                Mat(lhs.as_ptr(), l as isize, 1),
-                                Mat(v.as_ptr().add(off), hs, 1),
-                                1.0,
-                                Parallelism::None,
-                            );
-                        }
+                        gemm_f32(
+                            l,
+                            dh,
+                            l,
+                            cp.0.add(off),
+                            hs,
+                            1,
+                            false,
+                            Mat(lhs.as_ptr(), l as isize, 1),
+                            Mat(v.as_ptr().add(off), hs, 1),
+                            1.0,
+                            Parallelism::None,
+                        );
                     }
                 });
             });
@@ -437,46 +362,36 @@ impl Attention {
                         Parallelism::None,
                     );
                     // d(P_drop) = dctx_h · V_hᵀ
-                    if self.bf16 {
-                        #[cfg(target_arch = "x86_64")]
-                        bf16_times_transposed(l, l, dh, gs.as_ptr().add(off), h, vs.as_ptr().add(off), h, d.as_mut_ptr(), l, 1.0);
-                    } else {
-                        gemm_f32(
-                            l,
-                            l,
-                            dh,
-                            d.as_mut_ptr(),
-                            ls,
-                            1,
-                            false,
-                            Mat(gs.as_ptr().add(off), hs, 1),
-                            Mat(vs.as_ptr().add(off), 1, hs),
-                            1.0,
-                            Parallelism::None,
-                        );
-                    }
+                    gemm_f32(
+                        l,
+                        l,
+                        dh,
+                        d.as_mut_ptr(),
+                        ls,
+                        1,
+                        false,
+                        Mat(gs.as_ptr().add(off), hs, 1),
+                        Mat(vs.as_ptr().add(off), 1, hs),
+                        1.0,
+                        Parallelism::None,
+                    );
                 }
                 softmax_bwd_rows(d, p, l, kb, dscale);
                 unsafe {
                     // dQ_h = scale · dS · K_h ; dK_h = scale · dSᵀ · Q_h
-                    if self.bf16 {
-                        #[cfg(target_arch = "x86_64")]
-                        bf16_times(l, dh, l, d.as_ptr(), l, ks.as_ptr().add(off), h, dqp.0.add(off), h, self.scale);
-                    } else {
-                        gemm_f32(
-                            l,
-                            dh,
-                            l,
-                            dqp.0.add(off),
-                            hs,
-                            1,
-                            false,
-                            Mat(d.as_ptr(), ls, 1),
-                            Mat(ks.as_ptr().add(off), hs, 1),
-                            self.scale,
-                            Parallelism::None,
-                        );
-                    }
+                    gemm_f32(
+                        l,
+                        dh,
+                        l,
+                        dqp.0.add(off),
+                        hs,
+                        1,
+                        false,
+                        Mat(d.as_ptr(), ls, 1),
+                        Mat(ks.as_ptr().add(off), hs, 1),
+                        self.scale,
+                        Parallelism::None,
+                    );
                     gemm_f32(
                         l,
                         dh,
@@ -581,9 +496,6 @@ impl candle_core::CustomOp3 for Attention {
 /// Attention core for `q`, `k`, `v` [batch, seq, hidden] (heads = column blocks of width
 /// hidden/heads): returns the context [batch, seq, hidden]. `attention_mask` [batch, seq] is 1.0
 /// for tokens and 0.0 for padding; `drop` = (seed, base counter, p) for attention dropout.
-/// `bf16`: the scores, context, dP and dQ products in bf16 where [`super::bf16_attention_available`]
-/// (else fp32 regardless).
-#[allow(clippy::too_many_arguments)]
 pub fn attention(
     q: &Tensor,
     k: &Tensor,
@@ -592,10 +504,9 @@ pub fn attention(
     heads: usize,
     scale: f64,
     drop: Option<(u64, u64, f32)>,
-    bf16: bool,
 ) -> Result<Tensor> {
     let keep = q.track_op() || k.track_op() || v.track_op();
-    let op = Attention::new(attention_mask, heads, scale, drop, keep, bf16)?;
+    let op = Attention::new(attention_mask, heads, scale, drop, keep)?;
     q.contiguous()?
         .apply_op3(&k.contiguous()?, &v.contiguous()?, op)
 }

@@ -374,7 +374,6 @@ pub fn encoder_layer(
     scale: f64,
     parts: &LayerParts,
     drop: LayerDropout,
-    bf16_attention: bool,
 ) -> Result<Tensor> {
     let x = x.contiguous()?;
     let (_, _, h) = x.dims3()?;
@@ -448,7 +447,7 @@ pub fn encoder_layer(
     let op = LayerOp {
         lin,
         sections,
-        attn: Attention::new(attention_mask, heads, scale, drop.attn, keep, bf16_attention)?,
+        attn: Attention::new(attention_mask, heads, scale, drop.attn, keep)?,
         gamma: [gamma(&parts.attn_ln)?, gamma(&parts.out_ln)?],
         beta_at,
         eps: [parts.attn_ln.eps as f32, parts.out_ln.eps as f32],

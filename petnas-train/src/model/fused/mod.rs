@@ -379,7 +379,6 @@ const ROWS_PER_TASK: usize = 32;
 const ELEMS_PER_TASK: usize = 1 << 15;
 
 mod attention;
-mod dotbf16;
 mod dropout;
 mod gelu;
 mod layer;
@@ -387,12 +386,6 @@ mod layernorm;
 mod linear;
 
 pub use attention::*;
-
-/// Whether [`attention`] can run its products in bf16 here (`vdpbf16ps` outrunning fp32 FMAs:
-/// AVX512-BF16 without AMX on AMD).
-pub fn bf16_attention_available() -> bool {
-    cfg!(target_arch = "x86_64") && dotbf16::available()
-}
 pub use dropout::*;
 pub use gelu::*;
 pub use layer::*;

@@ -437,7 +437,6 @@ fn attention_matches_composite_with_mask_and_dropout() -> Result<()> {
             nh,
             scale,
             drop,
-            false,
         )?;
         assert!(
             max_abs_diff(&yf, &yc) < 1e-5,

@@ -55,7 +55,14 @@ pub(super) fn dropout_slice(x: &[f32], seed_mixed: u64, base: u64, p: f32) -> Ve
         .zip(x.par_chunks(ELEMS_PER_TASK))
         .enumerate()
         .for_each(|(c, (yc, xc))| {
-            dropout_chunk_into(xc, yc, seed_mixed, base + (c * ELEMS_PER_TASK) as u64, p, scale)
+            dropout_chunk_into(
+                xc,
+                yc,
+                seed_mixed,
+                base + (c * ELEMS_PER_TASK) as u64,
+                p,
+                scale,
+            )
         });
     // SAFETY: dropout_chunk_into wrote every element.
     unsafe { y.set_len(x.len()) };

@@ -271,7 +271,17 @@ impl LayerOp {
         // a feeds the residual (its gradient arrives first in candle's order) and the FFN:
         // da = ds2 + (the FFN's dx), added in the dx GEMM's store on packed bf16 weights.
         let da = self
-            .lin_backward_fused(4, &sv.a, n, p, &di, true, &mut dp, fuse_gelu, DxThen::Add(&ds2))?
+            .lin_backward_fused(
+                4,
+                &sv.a,
+                n,
+                p,
+                &di,
+                true,
+                &mut dp,
+                fuse_gelu,
+                DxThen::Add(&ds2),
+            )?
             .expect("dx requested");
         drop(di);
         drop(ds2);

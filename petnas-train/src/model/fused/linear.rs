@@ -827,7 +827,10 @@ impl PetLinearOp {
         }
         if let DxThen::Add(prev) = dx_then {
             if !want_x || prev.len() != n * k {
-                bail!("fused linear: a summand of {} for dx [{n}, {k}]", prev.len());
+                bail!(
+                    "fused linear: a summand of {} for dx [{n}, {k}]",
+                    prev.len()
+                );
             }
         }
         // Through the GELU first: g ← g ⊙ gelu'(z).
@@ -861,10 +864,7 @@ impl PetLinearOp {
                 .saved_packed
                 .lock()
                 .map_err(|_| candle_core::Error::Msg("fused linear: poisoned lock".into()))?;
-            let Some(dx) = saved
-                .as_ref()
-                .and_then(|p| p.backward_then(n, g, dx_then))
-            else {
+            let Some(dx) = saved.as_ref().and_then(|p| p.backward_then(n, g, dx_then)) else {
                 bail!("fused linear: backward without the packed weight")
             };
             Some(dx)

@@ -300,20 +300,14 @@ impl LayerOp {
         drop(dctx);
         // x feeds the residual, then V, K and Q, summed in that order (candle's): each dx GEMM
         // adds the sum so far (in its store on packed bf16 weights).
-        let dx = if want_x {
-            let mut sum = ds1;
-            for (j, dj) in [(2, &dv), (1, &dk), (0, &dq)] {
-                sum = self
-                    .lin_backward_fused(j, x, n, p, dj, true, &mut dp, false, DxThen::Add(&sum))?
-                    .expect("dx requested");
+        let mut dx = want_x.then_some(ds1);
+        for (j, dj) in [(2, &dv), (1, &dk), (0, &dq)] {
+            let then = dx.as_deref().map_or(DxThen::Nothing, DxThen::Add);
+            let sum = self.lin_backward_fused(j, x, n, p, dj, want_x, &mut dp, false, then)?;
+            if want_x {
+                dx = sum;
             }
-            Some(sum)
-        } else {
-            for (j, dj) in [(2, &dv), (1, &dk), (0, &dq)] {
-                self.lin_backward(j, x, n, p, dj, false, &mut dp)?;
-            }
-            None
-        };
+        }
         Ok((dx, dp))
     }
 }

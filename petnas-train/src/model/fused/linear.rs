@@ -122,55 +122,43 @@ impl petnas_amx::Store for BiasStore<'_> {
     }
 }
 
-/// The store of a dx GEMM followed by the GELU that produced this linear's input:
-/// `dx = products ⊙ GELU'(z)` ([`gelu_bwd_chunk`]'s arithmetic), `z` prefetched per region.
-struct GeluBackwardStore<'a> {
-    k: usize,
-    z: &'a [f32],
-}
-
-impl petnas_amx::Store for GeluBackwardStore<'_> {
-    fn prepare(&self, r0: usize, rows: usize, c0: usize, cols: usize) {
-        prefetch_block(self.z[r0 * self.k + c0..].as_ptr(), self.k, rows, cols);
+impl DxThen<'_> {
+    /// The [n, in] operand of the elementwise step, if any (what a store prefetches).
+    fn operand(&self) -> Option<&[f32]> {
+        match *self {
+            DxThen::Nothing => None,
+            DxThen::Gelu(z) => Some(z),
+            DxThen::Add(prev) => Some(prev),
+        }
     }
 
-    fn store(
-        &self,
-        r0: usize,
-        rows: usize,
-        c0: usize,
-        cols: usize,
-        src: &[f32],
-        lds: usize,
-        dx: *mut f32,
-        ldx: usize,
-    ) {
-        debug_assert_eq!(ldx, self.k);
-        for i in 0..rows {
-            let at = (r0 + i) * self.k + c0;
-            // SAFETY: dx is the GEMM's C [n, k]; disjoint regions, each stored once.
-            let d = unsafe {
-                std::slice::from_raw_parts_mut(
-                    (dx as *mut std::mem::MaybeUninit<f32>).add(at),
-                    cols,
-                )
-            };
-            gelu_bwd_chunk(&self.z[at..at + cols], &src[i * lds..i * lds + cols], d);
+    /// The step as a pass over a finished `dx` (paths without a store hook).
+    fn after(self, mut dx: Vec<f32>) -> Vec<f32> {
+        match self {
+            DxThen::Nothing => dx,
+            DxThen::Gelu(z) => gelu_backward(z, &dx),
+            DxThen::Add(prev) => {
+                add_assign(&mut dx, prev);
+                dx
+            }
         }
     }
 }
 
-/// The store of a dx GEMM whose input feeds other paths too: `dx = products + prev` (one
-/// addition per element: the bits of adding `prev` in a separate pass), `prev` prefetched per
-/// region. `prev` is a buffer of its own, so the store never reads C, whatever the backend.
-struct AddBackwardStore<'a> {
+/// The store of a dx GEMM with a [`DxThen`] step, its operand prefetched per region: `Gelu(z)`
+/// writes `products ⊙ GELU'(z)` ([`gelu_bwd_chunk`]'s arithmetic), `Add(prev)` writes
+/// `products + prev` (one addition per element: the bits of a separate add pass). The operand
+/// is a buffer of its own, so the store never reads C, whatever the backend.
+struct DxStore<'a> {
     k: usize,
-    prev: &'a [f32],
+    then: DxThen<'a>,
 }
 
-impl petnas_amx::Store for AddBackwardStore<'_> {
+impl petnas_amx::Store for DxStore<'_> {
     fn prepare(&self, r0: usize, rows: usize, c0: usize, cols: usize) {
-        prefetch_block(self.prev[r0 * self.k + c0..].as_ptr(), self.k, rows, cols);
+        if let Some(x) = self.then.operand() {
+            prefetch_block(x[r0 * self.k + c0..].as_ptr(), self.k, rows, cols);
+        }
     }
 
     fn store(
@@ -187,10 +175,19 @@ impl petnas_amx::Store for AddBackwardStore<'_> {
         debug_assert_eq!(ldx, self.k);
         for i in 0..rows {
             let at = (r0 + i) * self.k + c0;
-            // SAFETY: dx is the GEMM's C [n, k]; disjoint regions, each stored once. Every
-            // element is written before anything reads it (sum_into only writes `d`).
+            let s = &src[i * lds..i * lds + cols];
+            // SAFETY: dx is the GEMM's C [n, k]; disjoint regions, each stored once, every
+            // element written (by the kernels below, which only write `d`) before anything
+            // reads it.
             let d = unsafe { std::slice::from_raw_parts_mut(dx.add(at), cols) };
-            sum_into(d, &src[i * lds..i * lds + cols], &self.prev[at..at + cols]);
+            match self.then {
+                DxThen::Gelu(z) => {
+                    let d = unsafe { &mut *(d as *mut [f32] as *mut [std::mem::MaybeUninit<f32>]) };
+                    gelu_bwd_chunk(&z[at..at + cols], s, d)
+                }
+                DxThen::Add(prev) => sum_into(d, s, &prev[at..at + cols]),
+                DxThen::Nothing => d.copy_from_slice(s),
+            }
         }
     }
 }
@@ -391,15 +388,11 @@ impl PackedWeight {
                 // SAFETY: the non-accumulating GEMM writes every element of dx.
                 unsafe { dx.set_len(n * k) };
                 match then {
-                    DxThen::Gelu(z) => {
-                        let st = GeluBackwardStore { k, z };
-                        petnas_amx::gemm_bf16_store(n, k, o, g, o, bwd, &mut dx, k, false, &st)
-                    }
-                    DxThen::Add(prev) => {
-                        let st = AddBackwardStore { k, prev };
-                        petnas_amx::gemm_bf16_store(n, k, o, g, o, bwd, &mut dx, k, false, &st)
-                    }
                     DxThen::Nothing => petnas_amx::gemm_bf16(n, k, o, g, o, bwd, &mut dx, k, false),
+                    then => {
+                        let st = DxStore { k, then };
+                        petnas_amx::gemm_bf16_store(n, k, o, g, o, bwd, &mut dx, k, false, &st)
+                    }
                 }
                 return Some(dx);
             }
@@ -425,14 +418,7 @@ impl PackedWeight {
                 );
             },
         }
-        Some(match then {
-            DxThen::Gelu(z) => gelu_backward(z, &dx),
-            DxThen::Add(prev) => {
-                add_assign(&mut dx, prev);
-                dx
-            }
-            DxThen::Nothing => dx,
-        })
+        Some(then.after(dx))
     }
 }
 
@@ -903,10 +889,8 @@ impl PetLinearOp {
                 }
                 None => bail!("fused linear: backward without the saved effective weight"),
             }
-            if let DxThen::Add(prev) = dx_then {
-                add_assign(&mut dx, prev);
-            }
-            Some(dx)
+            // Gelu was refused above: this path adds `prev` after the GEMM, if anything.
+            Some(dx_then.after(dx))
         } else {
             None
         };
